@@ -1,0 +1,45 @@
+"""The ``coorch`` command line: demo, instrument agents, the store, benchmarks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(help="Co-orchestration of characterisation instruments.",
+                  no_args_is_help=True, add_completion=False)
+bench_app = typer.Typer(help="Benchmarks (figures go to docs/benchmarks.md).",
+                        no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@app.command()
+def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="where the store, report and "
+                                      "Prefect state go"),
+         budget: int = typer.Option(30, min=4, help="measurements per campaign, seeds included"),
+         seed: int = typer.Option(0, help="seed of the twins and the policies")) -> None:
+    """Run a co-orchestrated PFM + Raman campaign on digital twins, then the same budget at
+    random positions, and report both against the ground truth."""
+    from coorch.demo import run_demo
+
+    run_demo(run_dir, budget=budget, seed=seed)
+
+
+def _mount_optional() -> None:
+    """Sub-commands of the layers (each layer owns its CLI module)."""
+    try:
+        from coorch.instrument_agents.cli import agent_app
+
+        app.add_typer(agent_app, name="agent", help="Instrument agents (serve a twin/replay).")
+    except ImportError:  # pragma: no cover - layer without a CLI yet
+        pass
+    try:
+        from coorch.storage.cli import bench_ingest_command, store_app
+
+        app.add_typer(store_app, name="store", help="Inspect, verify and export stores.")
+        bench_app.command("ingest")(bench_ingest_command)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+_mount_optional()

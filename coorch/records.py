@@ -1,0 +1,125 @@
+"""The small shared types every layer may use (DESIGN.md, "Layers").
+
+These records are the only things that cross layer boundaries: an instrument agent returns a
+:class:`Measurement` (over HTTP, as JSON), the store writes it, the decision agent returns a
+:class:`Decision`, the store keeps it beside the measurement it caused. Keeping them here, and
+only here, lets ``instrument_agents/``, ``models/`` and ``storage/`` stay ignorant of each other.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+
+def new_id(prefix: str) -> str:
+    """A sortable-enough unique id with a readable prefix (``m-``, ``d-``, ...)."""
+    return f"{prefix}-{uuid.uuid4().hex[:16]}"
+
+
+class Signal(BaseModel):
+    """One named N-d array with its dims, coords and units: an xarray DataArray in JSON form.
+
+    ``values`` is a nested list so that the record survives JSON unchanged; :meth:`array`
+    gives it back as numpy.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    dims: list[str]
+    values: Any
+    units: str = ""
+    long_name: str = ""
+    coords: dict[str, list[float] | list[str]] = Field(default_factory=dict)
+    coord_units: dict[str, str] = Field(default_factory=dict)
+
+    def array(self) -> np.ndarray:
+        return np.asarray(self.values, dtype=float)
+
+    @classmethod
+    def from_array(cls, name: str, dims: list[str], values: np.ndarray, **kw: Any) -> Signal:
+        coords = {k: np.asarray(v).tolist() for k, v in kw.pop("coords", {}).items()}
+        return cls(name=name, dims=dims, values=np.asarray(values, float).tolist(), coords=coords,
+                   **kw)
+
+
+class ModalitySpec(BaseModel):
+    """What one modality of an instrument returns and what it costs (from ``describe``)."""
+
+    name: str
+    signal: str
+    dims: list[str]
+    shape: list[int]
+    units: str
+    coord_units: dict[str, str] = Field(default_factory=dict)
+    cost_s: float = Field(description="instrument seconds per measurement (unscaled)")
+
+
+class InstrumentDescription(BaseModel):
+    """An instrument agent's answer to ``GET /v1/describe``."""
+
+    id: str
+    kind: str
+    modalities: list[ModalitySpec]
+    move_cost_s_per_mm: float = 0.0
+    stage_limits: dict[str, tuple[float, float]]
+    frame: str = "stage"
+    library: str | None = None
+    time_scale: float = 1.0
+
+    def modality(self, name: str) -> ModalitySpec:
+        for m in self.modalities:
+            if m.name == name:
+                return m
+        raise KeyError(f"instrument {self.id!r} has no modality {name!r}; "
+                       f"it has {[m.name for m in self.modalities]}")
+
+
+class Measurement(BaseModel):
+    """One acquisition: what, where (library and stage frames), when, and the data.
+
+    ``measurement_id`` is the request id the client sent, so a retried request and the store
+    agree on identity. ``decision_id`` and ``flow_run_id`` are filled in by the flow.
+    """
+
+    measurement_id: str
+    instrument: str
+    modality: str
+    sample: str
+    library_x: float
+    library_y: float
+    stage_x: float
+    stage_y: float
+    started: float
+    ended: float
+    signal: Signal
+    decision_id: str | None = None
+    flow_run_id: str | None = None
+    campaign: str | None = None
+
+
+class Decision(BaseModel):
+    """Why a measurement was asked for: enough to replay or audit the choice later."""
+
+    decision_id: str = Field(default_factory=lambda: new_id("d"))
+    measurement_id: str = Field(default_factory=lambda: new_id("m"),
+                                description="the request id the measurement will carry")
+    instrument: str
+    modality: str
+    library_x: float
+    library_y: float
+    policy: str
+    model_version: str = ""
+    trained_on: list[str] = Field(default_factory=list)
+    pending: list[str] = Field(default_factory=list)
+    acquisition_value: float = float("nan")
+    n_candidates: int = 0
+    human_input: str | None = None
+    created: float = Field(default_factory=time.time)
+    flow_run_id: str | None = None
+    campaign: str | None = None

@@ -1,0 +1,1 @@
+"""coorch.deployments: see DESIGN.md, \"Layers\"."""

@@ -1,0 +1,76 @@
+"""Campaign and facility configuration (pydantic): one file shape for laptop and facility.
+
+A :class:`CampaignSpec` is what a flow run is parameterised with, so it must stay JSON-plain:
+tokens are referenced by file, never inlined (flow parameters are stored by Prefect).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid")
+
+
+class InstrumentConfig(BaseModel):
+    """One instrument in a campaign: where its agent listens and what the campaign uses."""
+
+    name: str = Field(description="instrument id, as the agent describes itself")
+    kind: str = Field(description="afm | raman | wds | stem (twins) or a real driver's kind")
+    modality: str = Field(description="which of the instrument's modalities this campaign uses")
+    url: str = Field(description="base URL of the instrument agent, e.g. http://127.0.0.1:8101")
+    token_file: Path = Field(description="file holding the bearer token for control")
+    descriptor: str = Field("physics", description="physics | vae: how signals become tasks")
+
+    def token(self) -> str:
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as exc:
+            raise ValueError(f"cannot read token for {self.name} from {self.token_file}: {exc}"
+                             ) from exc
+
+
+class DaskConfig(BaseModel):
+    """Where models are fitted: a LocalCluster by default, an existing scheduler, or jobqueue."""
+
+    address: str | None = Field(None, description="scheduler address; None starts a LocalCluster")
+    n_workers: int = 1
+    threads_per_worker: int = 1
+    jobqueue: str | None = Field(None, description="e.g. 'slurm': dask-jobqueue cluster class")
+    jobqueue_kwargs: dict = Field(default_factory=dict)
+
+
+class CampaignSpec(BaseModel):
+    """What to measure, with what, how much, and where the data go."""
+
+    name: str = "demo"
+    library: str = "smbfo"
+    sample: str = "smbfo-001"
+    instruments: list[InstrumentConfig]
+    policy: str = "coorchestrate"
+    budget: int = Field(30, ge=1, description="total measurements, seeds included")
+    seeds_per_instrument: int = Field(3, ge=0)
+    extent: tuple[tuple[float, float], tuple[float, float]] | None = Field(
+        None, description="library bounds ((x0, x1), (y0, y1)) in mm; None: the twin library's")
+    grid: tuple[int, int] = Field((41, 5), description="candidate positions along x and y")
+    refit_every: int = Field(4, ge=1, description="refit hyperparameters every N observations")
+    store: str = "runs/demo/campaign.zarr"
+    seed: int = 0
+    dask: DaskConfig = Field(default_factory=DaskConfig)
+
+    @field_validator("policy")
+    @classmethod
+    def _known_policy(cls, v: str) -> str:
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; choose from {POLICIES}")
+        return v
+
+    @model_validator(mode="after")
+    def _unique_instruments(self) -> CampaignSpec:
+        names = [i.name for i in self.instruments]
+        if len(set(names)) != len(names):
+            raise ValueError(f"instrument names must be unique, got {names}")
+        if not names:
+            raise ValueError("a campaign needs at least one instrument")
+        return self

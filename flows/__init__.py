@@ -1,0 +1,1 @@
+"""coorch.flows: see DESIGN.md, \"Layers\"."""

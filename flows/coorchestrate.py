@@ -1,0 +1,112 @@
+"""The co-orchestration flow: several instruments, one policy, measuring at the same time.
+
+Story: connect to each instrument agent (take its lease, load the sample), open the store, seed a
+few points per instrument, then keep every instrument busy: whenever one finishes, its
+measurement is stored, turned into a descriptor and told to the policy, a background refit is
+started or swapped in, and the instrument gets its next point, chosen with the points still
+being measured elsewhere counted as pending. No science here: it composes ``coorch.tasks``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+
+import numpy as np
+from prefect import flow, get_run_logger
+from prefect.context import get_run_context
+from prefect.futures import PrefectFuture, as_completed
+
+from coorch.deployments.config import CampaignSpec
+from coorch.deployments.dask_cluster import dask_client
+from coorch.records import Measurement
+from coorch.tasks.campaign import CampaignResult, Instruments, build_policy, seed_decisions
+from coorch.tasks.decide import decide
+from coorch.tasks.fit import BackgroundRefit
+from coorch.tasks.ingest import observe
+from coorch.tasks.measure import acquire
+from coorch.tasks.resume import resume
+
+Reporter = Callable[[Measurement, dict], None]
+_reporter: list[Reporter] = []
+
+
+@contextlib.contextmanager
+def reporting(fn: Reporter) -> Iterator[None]:
+    """Call ``fn(measurement, info)`` for each stored measurement of flows run inside."""
+    _reporter.append(fn)
+    try:
+        yield
+    finally:
+        _reporter.remove(fn)
+
+
+def _report(m: Measurement, info: dict) -> None:
+    for fn in _reporter:
+        fn(m, info)
+
+
+def _why(d) -> str:
+    if d.policy == "seed":
+        return "seed"
+    return f"{d.policy} gain/cost={d.acquisition_value:.3g} ({d.model_version})"
+
+
+@flow(name="coorchestrate", log_prints=False)
+def coorchestrate(spec: CampaignSpec) -> CampaignResult:
+    """Run (or resume) the campaign ``spec`` until its measurement budget is spent."""
+    log = get_run_logger()
+    flow_run_id = str(get_run_context().flow_run.id)
+    with Instruments.connect(spec) as instruments, dask_client(spec.dask) as dask:
+        store = instruments.open_store(spec, flow_run_id)
+        policy = build_policy(spec, instruments.descriptions)
+        refit = BackgroundRefit(dask, policy, every=spec.refit_every)
+        done, queue = resume(store, policy)
+        log.info("campaign %s: %d measurements in the store, %d decisions to finish",
+                 spec.name, len(done), len(queue))
+        if not done and not queue:
+            queue = seed_decisions(spec, policy, instruments, store, flow_run_id)
+
+        in_flight: dict[str, PrefectFuture] = {}
+        why: dict[str, str] = {}
+        decided = len(done) + len(queue)
+
+        def start(decision) -> None:
+            client = instruments.clients[decision.instrument]
+            why[decision.measurement_id] = _why(decision)
+            in_flight[decision.instrument] = acquire.submit(client, decision, store)
+
+        def next_for(name: str) -> None:
+            nonlocal decided
+            pending = [d for d in queue if d.instrument == name]
+            if pending:
+                queue.remove(pending[0])
+                start(pending[0])
+            elif decided < spec.budget:
+                decided += 1
+                start(decide(policy, name, instruments.modalities, store,
+                             campaign=spec.name, flow_run_id=flow_run_id))
+
+        for name in instruments.clients:
+            next_for(name)
+        n_done = len(done)
+        while in_flight:
+            for fut in as_completed(list(in_flight.values())):  # the first to finish
+                m = fut.result()
+                del in_flight[m.instrument]
+                obs = observe(policy, [m])[0]
+                n_done += 1
+                refit.poll()
+                _report(m, {"n": n_done, "budget": spec.budget, "descriptor": obs.values,
+                            "why": why.pop(m.measurement_id, "resumed"), "fits": refit.fits})
+                next_for(m.instrument)
+                break
+        refit.finish()
+        report = policy.report()
+        log.info("campaign %s finished: %d measurements, model %s", spec.name, n_done,
+                 report["model_version"])
+        hyper = getattr(getattr(policy, "post", None), "hyper", None)
+        return CampaignResult(store=spec.store, flow_run_id=flow_run_id, n_measurements=n_done,
+                              n_fits=refit.fits, policy=report,
+                              hyperparameters=None if hyper is None else {
+                                  k: np.asarray(v).tolist() for k, v in vars(hyper).items()})

@@ -1,0 +1,1 @@
+"""coorch.instrument_agents: see DESIGN.md, \"Layers\"."""

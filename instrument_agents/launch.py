@@ -1,0 +1,95 @@
+"""Run an agent in-process: uvicorn on loopback in a background thread.
+
+The demo and the tests need real HTTP services without spawning processes or leaking ports:
+``serve_driver`` binds a socket itself (port 0 picks a free one, so parallel tests never clash),
+starts uvicorn on it in a daemon thread, waits until ``/v1/health`` answers, and ``stop`` (or
+leaving the ``with`` block) shuts it down and aborts the driver so nothing keeps running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from typing import Any
+
+import httpx
+import uvicorn
+from coorch.instrument_agents.frames import AffineFrame
+from coorch.instrument_agents.protocol import Driver
+from coorch.instrument_agents.server import create_app
+from coorch.instrument_agents.twins import make_twin
+
+
+class RunningAgent:
+    """A served driver: ``url``, ``driver``, ``stop()``; a context manager."""
+
+    def __init__(self, driver: Driver, server: uvicorn.Server, thread: threading.Thread,
+                 url: str, sock: socket.socket) -> None:
+        self.driver, self.url = driver, url
+        self._server, self._thread, self._sock = server, thread, sock
+
+    def __enter__(self) -> RunningAgent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Abort the driver (ends any hang), then stop uvicorn and join its thread."""
+        if not self._thread.is_alive():
+            self._sock.close()
+            return
+        with contextlib.suppress(Exception):  # a broken driver must not keep the server up
+            self.driver.abort()
+        self._server.should_exit = True
+        self._thread.join(timeout_s)
+        if self._thread.is_alive():
+            self._server.force_exit = True
+            self._thread.join(timeout_s)
+        self._sock.close()
+
+
+def serve_driver(driver: Driver, *, token: str, readonly_token: str | None = None,
+                 frame: AffineFrame | None = None, host: str = "127.0.0.1", port: int = 0,
+                 startup_timeout_s: float = 10.0, **app_kw: Any) -> RunningAgent:
+    """Serve ``driver`` on ``host:port`` (0 = a free port) and return once it answers health."""
+    app = create_app(driver, token=token, readonly_token=readonly_token, frame=frame, **app_kw)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                            timeout_graceful_shutdown=1, timeout_keep_alive=5)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
+                              name=f"agent-{bound_port}")
+    thread.start()
+    url = f"http://{host}:{bound_port}"
+    agent = RunningAgent(driver, server, thread, url, sock)
+    deadline = time.monotonic() + startup_timeout_s
+    while True:
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if not thread.is_alive() or time.monotonic() > deadline:
+            agent.stop()
+            raise RuntimeError(f"agent on {url} did not start")
+        time.sleep(0.01)
+    return agent
+
+
+def start_twin(instrument: str, library: str = "smbfo", *, token: str, seed: int = 0,
+               time_scale: float = 0.0, fault_rate: float = 0.0,
+               readonly_token: str | None = None, **twin_kw: Any) -> RunningAgent:
+    """Build a twin with :func:`make_twin` and serve it on a free loopback port."""
+    twin = make_twin(instrument, library, seed=seed, time_scale=time_scale,
+                     fault_rate=fault_rate, **twin_kw)
+    return serve_driver(twin, token=token, readonly_token=readonly_token)

@@ -1,0 +1,1 @@
+"""coorch.models: see DESIGN.md, \"Layers\"."""

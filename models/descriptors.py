@@ -1,0 +1,98 @@
+"""Physics descriptors: one signal in, a few numbers (GP tasks) out.
+
+The multi-task GP needs low-dimensional targets. A VAE learns them (``coorch.models.vae``); these
+physics fits give them without training, so they work from the first measurement and mean
+something to a materials scientist: the PFM loop's opening (switchable polarisation times
+coercive field), the Raman spectrum's centre of mass (mode shifts across the phase boundary),
+the dopant's atomic fraction, the STEM lattice spacing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.ndimage import gaussian_filter1d, median_filter, minimum_filter1d
+
+from coorch.records import Signal
+
+Descriptor = Callable[[Signal], np.ndarray]
+
+
+def loop_opening(sig: Signal) -> np.ndarray:
+    """Area between the two branches of a hysteresis loop (pm/V x V): zero when non-switching."""
+    loop = sig.array()
+    bias = np.asarray(sig.coords["bias"], float)
+    branch = list(sig.coords.get("branch", ["forward", "reverse"]))
+    fwd, rev = loop[branch.index("forward")], loop[branch.index("reverse")]
+    diff = median_filter(rev - fwd, size=3, mode="nearest")
+    return np.array([np.sum((diff[1:] + diff[:-1]) * np.diff(bias)) / 2.0])
+
+
+def spectral_centroid(sig: Signal, axis: str | None = None) -> np.ndarray:
+    """Intensity-weighted mean position after removing spikes and a rolling-minimum baseline."""
+    y = median_filter(sig.array(), size=5, mode="nearest")  # cosmic-ray spikes
+    axis = axis or sig.dims[0]
+    x = np.asarray(sig.coords[axis], float)
+    base = gaussian_filter1d(minimum_filter1d(y, size=max(5, len(y) // 5)), len(y) / 20)
+    w = np.clip(y - base, 0, None)
+    return np.array([float((w * x).sum() / max(w.sum(), 1e-12))])
+
+
+def dopant_fraction(sig: Signal, dopants: tuple[str, ...] = ("Sm", "Sc", "B")) -> np.ndarray:
+    """At.% of the first dopant element the spectrometer reports."""
+    elements = list(sig.coords["element"])
+    for el in dopants:
+        if el in elements:
+            return np.array([sig.array()[elements.index(el)]])
+    raise ValueError(f"none of {dopants} among the measured elements {elements}")
+
+
+def lattice_spacing(sig: Signal) -> np.ndarray:
+    """Dominant real-space period (nm) of an image, from the peak of its radial power spectrum."""
+    img = sig.array()
+    img = img - img.mean()
+    power = np.abs(np.fft.fft2(img)) ** 2
+    fy = np.fft.fftfreq(img.shape[0])[:, None]
+    fx = np.fft.fftfreq(img.shape[1])[None, :]
+    r = np.sqrt(fx**2 + fy**2)
+    power[r < 1.5 / max(img.shape)] = 0.0  # ignore the image-scale gradient
+    peak = r.flat[int(np.argmax(power))]
+    pixel = np.diff(np.asarray(sig.coords[sig.dims[-1]], float)[:2])[0]
+    return np.array([pixel / max(peak, 1e-12)])
+
+
+def roughness(sig: Signal) -> np.ndarray:
+    """RMS height after removing a best-fit plane (nm)."""
+    z = sig.array()
+    yy, xx = np.mgrid[: z.shape[0], : z.shape[1]]
+    a = np.column_stack([np.ones(z.size), xx.ravel(), yy.ravel()])
+    resid = z.ravel() - a @ np.linalg.lstsq(a, z.ravel(), rcond=None)[0]
+    return np.array([float(np.sqrt((resid**2).mean()))])
+
+
+def latent_component(sig: Signal, component: int = 1) -> np.ndarray:
+    """A pre-computed latent vector (replayed data): pick the published run's component."""
+    return np.array([sig.array().reshape(-1)[component]])
+
+
+PHYSICS: dict[str, Descriptor] = {
+    "pfm_loop": loop_opening,
+    "beps_polarization": loop_opening,
+    "raman": spectral_centroid,
+    "eels": spectral_centroid,
+    "wds": dopant_fraction,
+    "stem_haadf": lattice_spacing,
+    "afm_topo": roughness,
+}
+
+
+def describe(modality: str, sig: Signal) -> np.ndarray:
+    """The physics descriptor of one ``modality`` signal (a latent vector is passed through)."""
+    if sig.dims == ["latent"]:
+        return latent_component(sig)
+    try:
+        fn = PHYSICS[modality]
+    except KeyError:
+        raise KeyError(f"no physics descriptor for {modality!r}; known: {list(PHYSICS)}") from None
+    return fn(sig)

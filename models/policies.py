@@ -1,0 +1,381 @@
+"""Decision policies behind one small contract (DESIGN.md, "Decision agent").
+
+Like bluesky-adaptive's ``Agent``: a policy is *told* observations and *asked* for the next
+position for a free instrument (or, with ``instrument=None``, for the best (instrument,
+position) pair), and can ``report()`` what it believes. Every policy remembers what it has
+suggested and not yet been told about (pending), so concurrent instruments are never sent to
+the same place. Random, grid, single-modality GP, the published max-uncertainty agent and the
+cost-aware co-orchestration agent all fit, which keeps the efficiency benchmark fair.
+
+Positions are library coordinates (mm); the policy works in the unit box of ``bounds``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Protocol
+
+import numpy as np
+
+from coorch.models.acquisition import knowledge_gain
+from coorch.models.incremental import IncrementalPosterior, exact_posterior
+from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters
+from coorch.records import new_id
+
+
+@dataclasses.dataclass(frozen=True)
+class InstrumentModel:
+    """What a policy knows of an instrument: which tasks it observes and what it costs."""
+
+    name: str
+    tasks: tuple[int, ...]
+    cost_s: float = 1.0
+    move_cost_s_per_mm: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    """A measured descriptor: ``values`` holds one number per task of ``instrument``."""
+
+    instrument: str
+    x: np.ndarray  # library coordinates (d,)
+    values: np.ndarray
+    measurement_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Suggestion:
+    """The policy's answer: where to measure, with what, and why."""
+
+    instrument: str
+    x: np.ndarray
+    measurement_id: str
+    acquisition_value: float
+    policy: str
+    model_version: str
+    trained_on: tuple[str, ...]
+    pending: tuple[str, ...]
+    n_candidates: int
+
+
+class Policy(Protocol):
+    name: str
+
+    def tell(self, observations: Sequence[Observation]) -> None: ...
+
+    def ask(self, instrument: str | None = None) -> Suggestion: ...
+
+    def report(self) -> dict: ...
+
+
+class BasePolicy:
+    """Candidates, instruments, observations and pending bookkeeping shared by all policies."""
+
+    name = "base"
+
+    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
+                 instruments: Sequence[InstrumentModel], *, seed: int = 0) -> None:
+        self.bounds = np.asarray(bounds, float)  # (d, 2)
+        self.candidates = np.atleast_2d(np.asarray(candidates, float))
+        self.unit = self._to_unit(self.candidates)
+        self.instruments = {i.name: i for i in instruments}
+        self.num_tasks = 1 + max(t for i in instruments for t in i.tasks)
+        self.rng = np.random.default_rng(seed)
+        self.obs_x: list[np.ndarray] = []
+        self.obs_t: list[int] = []
+        self.obs_y: list[float] = []
+        self.obs_ids: list[str] = []
+        self.pending: dict[str, tuple[str, int]] = {}  # measurement id -> (instrument, cand)
+        self.position: dict[str, np.ndarray] = {}  # last position per instrument (unit box)
+        self._lock = threading.RLock()
+
+    def _to_unit(self, x: np.ndarray) -> np.ndarray:
+        lo, hi = self.bounds[:, 0], self.bounds[:, 1]
+        return (np.atleast_2d(x) - lo) / (hi - lo)
+
+    def _instrument(self, name: str) -> InstrumentModel:
+        try:
+            return self.instruments[name]
+        except KeyError:
+            known = list(self.instruments)
+            raise KeyError(f"unknown instrument {name!r}; policy knows {known}") from None
+
+    # -- the contract -------------------------------------------------------------------
+    def tell(self, observations: Sequence[Observation]) -> None:
+        with self._lock:
+            for o in observations:
+                if o.measurement_id in self.obs_ids:
+                    continue  # told twice (resume, retry): once is enough
+                inst = self._instrument(o.instrument)
+                u = self._to_unit(o.x)[0]
+                if self.pending.pop(o.measurement_id, None) is None:
+                    self._condition(u, inst)  # not suggested by us (seed, resume, human)
+                for task, value in zip(inst.tasks, np.atleast_1d(o.values), strict=True):
+                    self.obs_x.append(u)
+                    self.obs_t.append(task)
+                    self.obs_y.append(float(value))
+                self.obs_ids.append(o.measurement_id)
+                self.position[o.instrument] = u
+
+    def ask(self, instrument: str | None = None) -> Suggestion:
+        with self._lock:
+            names = [instrument] if instrument else list(self.instruments)
+            best = None
+            for name in names:
+                inst = self._instrument(name)
+                cand, value = self._choose(inst)
+                if best is None or value > best[2]:
+                    best = (inst, cand, value)
+            inst, cand, value = best
+            mid = new_id("m")
+            pending = tuple(self.pending)
+            self.pending[mid] = (inst.name, cand)
+            self._condition(self.unit[cand], inst)
+            self.position[inst.name] = self.unit[cand]
+            return Suggestion(
+                instrument=inst.name, x=self.candidates[cand].copy(), measurement_id=mid,
+                acquisition_value=float(value), policy=self.name,
+                model_version=self.model_version, trained_on=tuple(self.obs_ids),
+                pending=pending, n_candidates=len(self.candidates))
+
+    def plan(self, instrument: str, x: np.ndarray, *, reason: str = "seed",
+             measurement_id: str | None = None) -> Suggestion:
+        """Register a position chosen outside the policy (seed, human redirect, a decision
+        re-issued on resume) as pending at the nearest candidate, so the policy's own choices
+        account for it."""
+        with self._lock:
+            inst = self._instrument(instrument)
+            cand = int(np.argmin(((self.unit - self._to_unit(x)) ** 2).sum(1)))
+            mid = measurement_id or new_id("m")
+            pending = tuple(self.pending)
+            self.pending[mid] = (inst.name, cand)
+            self._condition(self.unit[cand], inst)
+            return Suggestion(
+                instrument=inst.name, x=self.candidates[cand].copy(), measurement_id=mid,
+                acquisition_value=float("nan"), policy=reason, model_version=self.model_version,
+                trained_on=tuple(self.obs_ids), pending=pending,
+                n_candidates=len(self.candidates))
+
+    def forget(self, measurement_id: str) -> None:
+        """A suggested measurement will never come (instrument failed): stop waiting for it."""
+        with self._lock:
+            self.pending.pop(measurement_id, None)
+
+    def report(self) -> dict:
+        return {"policy": self.name, "n_observations": len(self.obs_ids),
+                "n_pending": len(self.pending), "model_version": self.model_version}
+
+    # -- hooks ----------------------------------------------------------------------------
+    model_version = "none"
+
+    def _condition(self, u: np.ndarray, inst: InstrumentModel) -> None:
+        """Remember that ``inst`` is (or will be) measured at unit position ``u``."""
+
+    def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
+        raise NotImplementedError
+
+    def _taken(self, inst: InstrumentModel) -> np.ndarray:
+        """Candidate indices already suggested to or measured by ``inst``."""
+        pend = [c for name, c in self.pending.values() if name == inst.name]
+        return np.asarray(pend, dtype=int)
+
+
+class RandomPolicy(BasePolicy):
+    """Uniformly random positions (never a pending one): the floor any agent must beat."""
+
+    name = "random"
+
+    def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
+        free = np.setdiff1d(np.arange(len(self.candidates)), self._taken(inst))
+        return int(self.rng.choice(free)), float(self.rng.random())
+
+
+class GridPolicy(BasePolicy):
+    """A space-filling survey: farthest-point order over the candidates, per instrument."""
+
+    name = "grid"
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.order = farthest_point_order(self.unit)
+        self.next_index = dict.fromkeys(self.instruments, 0)
+
+    def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
+        i = self.next_index[inst.name]
+        self.next_index[inst.name] = i + 1
+        # the instrument with the least done so far wins when several are free
+        return int(self.order[i % len(self.order)]), -float(i)
+
+
+def farthest_point_order(x: np.ndarray, start: int = 0) -> np.ndarray:
+    """Greedy farthest-point ordering: each next point is farthest from all chosen so far."""
+    n = len(x)
+    order = np.empty(n, dtype=int)
+    dist = np.full(n, np.inf)
+    cur = start
+    for i in range(n):
+        order[i] = cur
+        dist = np.minimum(dist, ((x - x[cur]) ** 2).sum(1))
+        dist[cur] = -1.0
+        cur = int(np.argmax(dist))
+    return order
+
+
+class GPPolicy(BasePolicy):
+    """Multi-task GP policies on the incremental posterior.
+
+    ``acquisition``: ``"knowledge_gain"`` (integrated variance reduction over all tasks per
+    instrument-second: co-orchestration) or ``"max_variance"`` (largest standardised
+    predictive variance among the instrument's tasks, equal cost: the published agent).
+    ``coupled=False`` decouples the tasks: each instrument learns alone (single-modality GP).
+    Hyperparameters come from outside (a background fit): :meth:`set_hyperparameters` swaps
+    them in synchronously, :meth:`swap_hyperparameters_async` builds the new posterior in a
+    background thread and swaps it at the next ``ask``, replaying rows decided meanwhile.
+    """
+
+    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
+                 instruments: Sequence[InstrumentModel], *, acquisition: str = "knowledge_gain",
+                 coupled: bool = True, cost_aware: bool = True,
+                 hyperparameters: MTGPHyperparameters | None = None,
+                 task_weights: np.ndarray | None = None, n_reference: int = 512,
+                 top_k: int = 32, seed: int = 0, name: str | None = None) -> None:
+        super().__init__(candidates, bounds, instruments, seed=seed)
+        if acquisition not in ("knowledge_gain", "max_variance"):
+            raise ValueError(f"unknown acquisition {acquisition!r}")
+        self.acquisition, self.coupled, self.cost_aware = acquisition, coupled, cost_aware
+        self.name = name or ("coorchestrate" if coupled else "single_task")
+        self.task_weights = task_weights
+        self.top_k = top_k
+        m = len(self.candidates)
+        self.reference = (np.arange(m) if m <= n_reference
+                          else np.sort(self.rng.choice(m, n_reference, replace=False)))
+        h = hyperparameters or default_hyperparameters(self.num_tasks, self.unit.shape[1])
+        self.rows: list[tuple[np.ndarray, tuple[int, ...]]] = []  # every conditioned point
+        self._swap: tuple[Future, int] | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._install(self._build(h, self.rows))
+
+    # -- model state --------------------------------------------------------------------
+    def _build(self, h: MTGPHyperparameters, rows) -> IncrementalPosterior:
+        h = h if self.coupled else h.independent()
+        post = IncrementalPosterior(self.unit, h, capacity=max(64, 2 * len(rows)))
+        for u, tasks in rows:
+            post.add(u, tasks)
+        return post
+
+    def _install(self, post: IncrementalPosterior) -> None:
+        self.post = post
+        self.model_version = post.hyper.version
+        prior = np.diag(post.hyper.task_covariance)
+        w = np.ones(self.num_tasks) if self.task_weights is None else self.task_weights
+        self.weights = np.asarray(w, float) / prior
+
+    def _condition(self, u: np.ndarray, inst: InstrumentModel) -> None:
+        self.rows.append((u, inst.tasks))
+        self.post.add(u, list(inst.tasks))
+
+    def set_hyperparameters(self, h: MTGPHyperparameters) -> None:
+        """Swap in new hyperparameters now (rebuilds the posterior: O(n^2 M T))."""
+        with self._lock:
+            self._install(self._build(h, self.rows))
+
+    def swap_hyperparameters_async(self, h: MTGPHyperparameters) -> Future:
+        """Build the posterior for ``h`` off the decision path; ``ask`` swaps it in when done."""
+        with self._lock:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(1, thread_name_prefix="posterior")
+            snapshot = list(self.rows)
+            fut = self._executor.submit(self._build, h, snapshot)
+            self._swap = (fut, len(snapshot))
+            return fut
+
+    def _maybe_swap(self) -> None:
+        if self._swap is None or not self._swap[0].done():
+            return
+        fut, n_done = self._swap
+        self._swap = None
+        post = fut.result()
+        for u, tasks in self.rows[n_done:]:  # replay what was decided while it was built
+            post.add(u, list(tasks))
+        self._install(post)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    def training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x unit box (n, d), task (n,), y (n,)) for a background hyperparameter fit."""
+        with self._lock:
+            d = self.unit.shape[1]
+            x = np.asarray(self.obs_x).reshape(-1, d)
+            return x, np.asarray(self.obs_t, int), np.asarray(self.obs_y, float)
+
+    # -- deciding -----------------------------------------------------------------------
+    def ask(self, instrument: str | None = None) -> Suggestion:
+        with self._lock:
+            self._maybe_swap()
+            return super().ask(instrument)
+
+    def _cost(self, inst: InstrumentModel) -> np.ndarray:
+        if not self.cost_aware:
+            return np.ones(len(self.candidates))
+        here = self.position.get(inst.name)
+        if here is None or inst.move_cost_s_per_mm == 0:
+            return np.full(len(self.candidates), inst.cost_s)
+        span = self.bounds[:, 1] - self.bounds[:, 0]
+        dist = np.sqrt((((self.unit - here) * span) ** 2).sum(1))
+        return inst.cost_s + inst.move_cost_s_per_mm * dist
+
+    def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
+        tasks = list(inst.tasks)
+        taken = self._taken(inst)
+        if self.acquisition == "max_variance":
+            var = self.post.variance()[:, tasks] / np.diag(self.post.hyper.task_covariance)[tasks]
+            score = var.max(1)
+            score[taken] = -np.inf
+            c = int(np.argmax(score))
+            return c, float(score[c])
+        idx, gain = knowledge_gain(self.post, tasks, self.weights, self.reference,
+                                   top_k=self.top_k, exclude=taken)
+        value = gain / self._cost(inst)[idx]
+        best = int(np.argmax(value))
+        return int(idx[best]), float(value[best])
+
+    # -- beliefs --------------------------------------------------------------------------
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and variance (Q, T) at library positions ``x``, targets' units."""
+        with self._lock:
+            h = self.post.hyper
+            xo, to, yo = self.training_data()
+            return exact_posterior(h, xo, to, yo, self._to_unit(x))
+
+    def report(self) -> dict:
+        out = super().report()
+        h = self.post.hyper
+        out.update(lengthscale=h.lengthscale.tolist(), task_correlation=h.correlation().tolist(),
+                   noise=h.noise.tolist())
+        return out
+
+
+def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
+                instruments: Sequence[InstrumentModel], *, seed: int = 0,
+                **kw) -> BasePolicy:
+    """Policies by the names the CLI, the flows and the benchmarks use."""
+    if name == "random":
+        return RandomPolicy(candidates, bounds, instruments, seed=seed)
+    if name == "grid":
+        return GridPolicy(candidates, bounds, instruments, seed=seed)
+    if name == "coorchestrate":
+        return GPPolicy(candidates, bounds, instruments, seed=seed, **kw)
+    if name == "single_task":
+        return GPPolicy(candidates, bounds, instruments, coupled=False, seed=seed, **kw)
+    if name == "max_uncertainty":
+        return GPPolicy(candidates, bounds, instruments, acquisition="max_variance",
+                        cost_aware=False, seed=seed, name="max_uncertainty", **kw)
+    raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
+
+
+POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid")

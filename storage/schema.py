@@ -1,0 +1,146 @@
+"""What the store's arrays are: columns of a modality group and of the decisions table.
+
+This is the one place that maps the shared records (``coorch.records``) onto named, CF-style
+zarr arrays, so that a reader with only xarray can understand a campaign years later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from coorch.records import Decision, Measurement
+
+from .zarr_table import Column
+
+MEASUREMENT_DIM = "measurement"
+DECISION_DIM = "decision"
+DECISIONS_GROUP = "decisions"
+TIME_UNITS = "seconds since 1970-01-01 00:00:00"
+TIME_ATTRS = {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "time_zone": "UTC"}
+HASH_DESCRIPTION = "sha256 of the signal values as float64, little-endian, C order"
+#: Target uncompressed size of one data chunk: small enough that rewriting the tail chunk on
+#: every append costs well under a millisecond, large enough to keep object counts sane.
+DATA_CHUNK_BYTES = 64 * 1024
+
+#: Per-measurement coordinates, in order: (name, dtype, attrs).
+MEASUREMENT_COORDS: list[tuple[str, str, dict[str, Any]]] = [
+    ("measurement_id", "string", {"long_name": "measurement id (the instrument request id)"}),
+    ("library_x", "float64", {"units": "mm", "long_name": "library x (from fiducial origin)"}),
+    ("library_y", "float64", {"units": "mm", "long_name": "library y (from fiducial origin)"}),
+    ("stage_x", "float64", {"units": "mm", "long_name": "instrument stage x"}),
+    ("stage_y", "float64", {"units": "mm", "long_name": "instrument stage y"}),
+    ("instrument", "string", {"long_name": "instrument id"}),
+    ("sample", "string", {"long_name": "sample (library) id"}),
+    ("start_time", "float64", {**TIME_ATTRS, "long_name": "acquisition start"}),
+    ("end_time", "float64", {**TIME_ATTRS, "long_name": "acquisition end"}),
+    ("content_hash", "string", {"long_name": HASH_DESCRIPTION}),
+    ("decision_id", "string", {"long_name": "decision that requested this measurement "
+                                            "('' if none)"}),
+    ("flow_run_id", "string", {"long_name": "Prefect flow run id ('' if none)"}),
+]
+
+#: The decisions table: (name, dtype, attrs). List fields are JSON arrays in a string.
+DECISION_COLUMNS: list[tuple[str, str, dict[str, Any]]] = [
+    ("decision_id", "string", {"long_name": "decision id"}),
+    ("instrument", "string", {"long_name": "instrument asked to measure"}),
+    ("modality", "string", {"long_name": "modality asked for"}),
+    ("library_x", "float64", {"units": "mm", "long_name": "chosen library x"}),
+    ("library_y", "float64", {"units": "mm", "long_name": "chosen library y"}),
+    ("policy", "string", {"long_name": "policy that decided"}),
+    ("model_version", "string", {"long_name": "surrogate model version"}),
+    ("trained_on", "string", {"long_name": "measurement ids the model was trained on",
+                              "encoding": "JSON array of strings"}),
+    ("pending", "string", {"long_name": "measurement ids pending at decision time",
+                           "encoding": "JSON array of strings"}),
+    ("acquisition_value", "float64", {"long_name": "acquisition function value", "units": "1"}),
+    ("n_candidates", "int64", {"long_name": "number of candidates considered", "units": "1"}),
+    ("human_input", "string", {"long_name": "operator input, JSON (null if none)",
+                               "encoding": "JSON value"}),
+    ("created", "float64", {**TIME_ATTRS, "long_name": "decision time"}),
+    ("flow_run_id", "string", {"long_name": "Prefect flow run id ('' if none)"}),
+    ("campaign", "string", {"long_name": "campaign name ('' if none)"}),
+]
+
+
+def content_hash(values: np.ndarray) -> str:
+    """sha256 of the data bytes, in the stored representation (float64 LE, C order)."""
+    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f8").tobytes()).hexdigest()
+
+
+def data_chunk_rows(row_shape: tuple[int, ...]) -> int:
+    row_bytes = 8 * math.prod(row_shape)
+    return int(min(1024, max(8, DATA_CHUNK_BYTES // max(row_bytes, 1))))
+
+
+def measurement_columns(m: Measurement) -> tuple[list[Column], dict[str, Any]]:
+    """Columns for the modality of ``m``, and the group attrs (signal name, dims, coords)."""
+    sig = m.signal
+    arr = sig.array()
+    row_shape = tuple(int(s) for s in arr.shape)
+    if len(row_shape) != len(sig.dims):
+        raise ValueError(f"signal {sig.name!r}: dims {sig.dims} but values of shape {row_shape}")
+    coord_names = " ".join(name for name, _, _ in MEASUREMENT_COORDS)
+    cols = [Column(name, dtype, (MEASUREMENT_DIM,), (), dict(attrs))
+            for name, dtype, attrs in MEASUREMENT_COORDS]
+    data_attrs: dict[str, Any] = {"long_name": sig.long_name or sig.name,
+                                  "coordinates": coord_names}
+    if sig.units:
+        data_attrs["units"] = sig.units
+    cols.append(Column(sig.name, "float64", (MEASUREMENT_DIM, *sig.dims), row_shape, data_attrs,
+                       data_chunk_rows(row_shape)))
+    group_attrs = {"modality": m.modality, "signal": sig.name, "signal_dims": list(sig.dims),
+                   "Conventions": "CF-1.10",
+                   "title": f"coorch campaign, modality {m.modality}"}
+    return cols, group_attrs
+
+
+def signal_coords(m: Measurement) -> dict[str, tuple[np.ndarray, dict[str, Any]]]:
+    """The signal's own coordinates (bias, wavenumber, element names ...) with CF attrs."""
+    out = {}
+    for name, values in m.signal.coords.items():
+        arr = np.asarray(values)
+        attrs: dict[str, Any] = {"long_name": name}
+        if name in m.signal.coord_units:
+            attrs["units"] = m.signal.coord_units[name]
+        out[name] = (arr, attrs)
+    return out
+
+
+def measurement_row(m: Measurement) -> tuple[dict[str, Any], np.ndarray]:
+    """One measurement as scalar column values and its data array (hash included)."""
+    values = m.signal.array()
+    row = {
+        "measurement_id": m.measurement_id,
+        "library_x": float(m.library_x), "library_y": float(m.library_y),
+        "stage_x": float(m.stage_x), "stage_y": float(m.stage_y),
+        "instrument": m.instrument, "sample": m.sample,
+        "start_time": float(m.started), "end_time": float(m.ended),
+        "content_hash": content_hash(values),
+        "decision_id": m.decision_id or "", "flow_run_id": m.flow_run_id or "",
+    }
+    return row, values
+
+
+def decision_columns() -> list[Column]:
+    return [Column(name, dtype, (DECISION_DIM,), (), dict(attrs), 256)
+            for name, dtype, attrs in DECISION_COLUMNS]
+
+
+def decision_row(d: Decision) -> dict[str, Any]:
+    acq = d.acquisition_value
+    return {
+        "decision_id": d.decision_id, "instrument": d.instrument, "modality": d.modality,
+        "library_x": float(d.library_x), "library_y": float(d.library_y),
+        "policy": d.policy, "model_version": d.model_version,
+        "trained_on": json.dumps(list(d.trained_on)), "pending": json.dumps(list(d.pending)),
+        "acquisition_value": float(acq) if acq is not None else float("nan"),
+        "n_candidates": int(d.n_candidates),
+        "human_input": json.dumps(d.human_input),
+        "created": float(d.created), "flow_run_id": d.flow_run_id or "",
+        "campaign": d.campaign or "",
+    }

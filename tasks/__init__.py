@@ -1,0 +1,1 @@
+"""coorch.tasks: see DESIGN.md, \"Layers\"."""

@@ -1,0 +1,37 @@
+"""The ``decide`` task: ask the policy, record why, before anything moves.
+
+The decision is stored *before* its measurement is requested, so a crash between the two leaves a
+decision without a measurement, which :func:`coorch.tasks.resume.unfinished_decisions` finds and
+re-issues with the same request id (nothing lost, nothing measured twice).
+"""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from coorch.models.policies import BasePolicy, Suggestion
+from coorch.records import Decision
+from coorch.storage import CampaignStore
+
+
+def to_decision(s: Suggestion, modality: str, *, campaign: str, flow_run_id: str | None,
+                human_input: str | None = None) -> Decision:
+    """A policy's suggestion as the stored record."""
+    x = [float(v) for v in s.x] + [0.0]
+    return Decision(measurement_id=s.measurement_id, instrument=s.instrument,
+                    modality=modality, library_x=x[0], library_y=x[1], policy=s.policy,
+                    model_version=s.model_version, trained_on=list(s.trained_on),
+                    pending=list(s.pending), acquisition_value=s.acquisition_value,
+                    n_candidates=s.n_candidates, human_input=human_input,
+                    flow_run_id=flow_run_id, campaign=campaign)
+
+
+@task(name="decide", cache_policy=NO_CACHE, task_run_name="decide-{instrument}")
+def decide(policy: BasePolicy, instrument: str | None, modalities: dict[str, str],
+           store: CampaignStore, *, campaign: str, flow_run_id: str | None) -> Decision:
+    """The policy's next (instrument, position), recorded in the store."""
+    s = policy.ask(instrument)
+    d = to_decision(s, modalities[s.instrument], campaign=campaign, flow_run_id=flow_run_id)
+    store.append_decision(d)
+    return d

@@ -1,0 +1,134 @@
+"""The multi-task GP, its incremental posterior and the decision policies."""
+
+import numpy as np
+import pytest
+import torch
+
+from coorch.models.incremental import IncrementalPosterior, exact_posterior
+from coorch.models.mtgp import _HadamardMTGP, default_hyperparameters, fit_hyperparameters
+from coorch.models.policies import GPPolicy, InstrumentModel, Observation, make_policy
+
+
+def truth(x):
+    """Two correlated tasks over 1-D position: the second is a warped copy of the first."""
+    a = np.exp(-((x - 0.6) / 0.12) ** 2)
+    return np.column_stack([a, 0.8 * a + 0.3 * np.sin(3 * x)])
+
+
+@pytest.fixture(scope="module")
+def fitted():
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1))
+    t = rng.integers(0, 2, 40)
+    y = truth(x[:, 0])[np.arange(40), t] + 0.02 * rng.standard_normal(40)
+    return x, t, y, fit_hyperparameters(x, t, y, 2)
+
+
+def test_incremental_variance_equals_exact_posterior(fitted):
+    x, t, y, h = fitted
+    cand = np.linspace(0, 1, 50)[:, None]
+    post = IncrementalPosterior(cand, h, capacity=4, dtype=np.float64)  # forces growth
+    for xi, ti in zip(x, t, strict=True):
+        post.add(xi, [ti])
+    _, var = exact_posterior(h, x, t, y, cand)
+    np.testing.assert_allclose(post.variance() * h.y_scale**2, var, rtol=1e-6, atol=1e-9)
+
+
+def test_exact_posterior_matches_gpytorch(fitted):
+    x, t, y, h = fitted
+    q = np.linspace(0, 1, 7)[:, None]
+    mean, var = exact_posterior(h, x, t, y, q)
+    ys = (y - h.y_offset[t]) / h.y_scale[t]
+    xi = torch.as_tensor(np.column_stack([x, t]), dtype=torch.float64)
+    model = _HadamardMTGP.build(xi, torch.as_tensor(ys), 2, 2, True).double()
+    model.covar_module.lengthscale = torch.as_tensor(h.lengthscale)
+    f = torch.as_tensor(np.linalg.cholesky(h.task_covariance + 1e-12 * np.eye(2)))
+    model.task_covar_module.covar_factor.data = f
+    model.task_covar_module.var = torch.full((2,), 1e-12, dtype=torch.float64)
+    model.likelihood.noise = torch.as_tensor(h.noise)
+    model.task_mean.data = torch.as_tensor(h.task_mean)
+    model.eval()
+    for task in (0, 1):
+        qi = torch.as_tensor(np.column_stack([q, np.full(len(q), task)]), dtype=torch.float64)
+        with torch.no_grad():
+            out = model(qi)
+        np.testing.assert_allclose(out.mean.numpy() * h.y_scale[task] + h.y_offset[task],
+                                   mean[:, task], rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(out.variance.numpy() * h.y_scale[task] ** 2,
+                                   var[:, task], rtol=1e-3, atol=1e-6)
+
+
+def test_fit_learns_task_coupling(fitted):
+    *_, h = fitted
+    assert h.correlation()[0, 1] > 0.5
+
+
+def test_gp_error_falls_as_measurements_are_added(fitted):
+    *_, h = fitted
+    rng = np.random.default_rng(1)
+    grid = np.linspace(0, 1, 200)[:, None]
+    errors = []
+    for n in (5, 15, 40):
+        x = rng.random((n, 1))
+        t = np.arange(n) % 2
+        y = truth(x[:, 0])[np.arange(n), t]
+        mean, _ = exact_posterior(h, x, t, y, grid)
+        errors.append(np.sqrt(((mean - truth(grid[:, 0])) ** 2).mean()))
+    assert errors[0] > errors[1] > errors[2]
+
+
+def instruments():
+    return [InstrumentModel("a", (0,), cost_s=10.0), InstrumentModel("b", (1,), cost_s=10.0)]
+
+
+@pytest.mark.parametrize("name", ["coorchestrate", "single_task", "max_uncertainty",
+                                  "random", "grid"])
+def test_no_policy_picks_a_pending_point(name):
+    cand = np.linspace(0, 10, 30)[:, None]
+    pol = make_policy(name, cand, np.array([[0.0, 10.0]]), instruments(), seed=3)
+    chosen = [tuple(pol.ask("a").x) for _ in range(12)]
+    assert len(set(chosen)) == len(chosen)
+    assert len(pol.pending) == 12
+
+
+def test_pending_point_on_one_instrument_steers_the_other_away():
+    """With coupled tasks, a point pending on instrument a is worth less to instrument b."""
+    cand = np.linspace(0, 1, 41)[:, None]
+    h = default_hyperparameters(2, 1, lengthscale=0.15, correlation=0.95)
+    pol = GPPolicy(cand, np.array([[0.0, 1.0]]), instruments(), hyperparameters=h)
+    first = pol.ask("a")
+    second = pol.ask("b")
+    assert abs(first.x[0] - second.x[0]) > 0.1
+    assert second.pending == (first.measurement_id,)
+
+
+def test_tell_accepts_seeds_and_resolves_pending():
+    cand = np.linspace(0, 1, 21)[:, None]
+    pol = make_policy("coorchestrate", cand, np.array([[0.0, 1.0]]), instruments())
+    pol.tell([Observation("a", np.array([0.5]), np.array([1.0]), "seed-1")])
+    s = pol.ask("b")
+    pol.tell([Observation("b", s.x, np.array([2.0]), s.measurement_id)])
+    pol.tell([Observation("b", s.x, np.array([2.0]), s.measurement_id)])  # duplicate: ignored
+    assert not pol.pending
+    assert len(pol.rows) == 2
+    x, t, y = pol.training_data()
+    assert list(t) == [0, 1] and list(y) == [1.0, 2.0]
+
+
+def test_async_swap_replays_points_decided_meanwhile(fitted):
+    *_, h = fitted
+    cand = np.linspace(0, 1, 41)[:, None]
+    pol = GPPolicy(cand, np.array([[0.0, 1.0]]), instruments())
+    for _ in range(3):
+        pol.ask("a")
+    fut = pol.swap_hyperparameters_async(h)
+    pol.ask("b")  # decided while the new posterior may still be building
+    fut.result()
+    pol.ask("a")
+    assert pol.model_version == h.version
+    assert pol.post.n == 5
+    ref = IncrementalPosterior(pol.unit, h)
+    for u, tasks in pol.rows[:5]:
+        ref.add(u, list(tasks))
+    np.testing.assert_allclose(pol.post.C[:, 0, 0], ref.C[:, 0, 0], rtol=1e-4, atol=1e-6)
+    pol.close()
