@@ -1,1 +1,17 @@
-"""coorch.instrument_agents: see DESIGN.md, \"Layers\"."""
+"""coorch.instrument_agents: instrument protocol, twins and replay (DESIGN.md, "Layers").
+
+Modules, one job each (imported explicitly, so that importing the protocol stays cheap):
+
+* ``protocol``  -- the ``Driver`` Protocol and ``DriverError``/``Aborted``;
+* ``server``    -- ``create_app(driver, token=..)``: auth, lease, limits, exactly-once measure;
+* ``client``    -- ``InstrumentClient`` (httpx, retries with the same request id) and errors;
+* ``launch``    -- ``serve_driver`` / ``start_twin``: uvicorn on loopback in a thread;
+* ``frames``    -- ``AffineFrame`` library <-> stage from >= 3 fiducials;
+* ``libraries`` -- virtual libraries with ground truth (``get_library("smbfo" | "alscbn")``);
+* ``twin_base``, ``twins`` -- ``make_twin("afm" | "raman" | "wds" | "stem", library)``;
+* ``faults``    -- seeded fault injection for the twins;
+* ``replay``    -- ``ReplayDriver`` over a pre-acquired xarray dataset;
+* ``cli``       -- ``agent_app`` (``coorch agent serve``).
+
+This layer never imports models, storage, flows, tasks, torch or prefect.
+"""

@@ -6,7 +6,7 @@ from the command line, so they do not show up in ``ps`` or shell history.
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -21,14 +21,14 @@ agent_app = typer.Typer(help="Instrument agents: digital twins and replay over H
                         no_args_is_help=True)
 
 
-class Instrument(str, Enum):
+class Instrument(StrEnum):
     afm = "afm"
     raman = "raman"
     wds = "wds"
     stem = "stem"
 
 
-class Library(str, Enum):
+class Library(StrEnum):
     smbfo = "smbfo"
     alscbn = "alscbn"
 

@@ -17,8 +17,8 @@ import threading
 from collections.abc import Mapping
 
 import numpy as np
-from coorch.instrument_agents.protocol import DriverError
 
+from coorch.instrument_agents.protocol import DriverError
 from coorch.records import Signal
 
 DEFAULT_FAULT_WEIGHTS: dict[str, float] = {"transient": 0.5, "hang": 0.15, "disconnect": 0.25,

@@ -22,14 +22,14 @@ import time
 from collections import OrderedDict
 from typing import Any, Literal
 
-from coorch.instrument_agents.faults import ResponseLost
-from coorch.instrument_agents.frames import AffineFrame
-from coorch.instrument_agents.protocol import Aborted, Driver, DriverError
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
+from coorch.instrument_agents.faults import ResponseLost
+from coorch.instrument_agents.frames import AffineFrame
+from coorch.instrument_agents.protocol import Aborted, Driver, DriverError
 from coorch.records import InstrumentDescription, Measurement, new_id
 
 

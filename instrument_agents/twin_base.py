@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
 from coorch.instrument_agents.faults import FaultInjector, ResponseLost
 from coorch.instrument_agents.frames import AffineFrame
 from coorch.instrument_agents.libraries import VirtualLibrary, get_library
 from coorch.instrument_agents.protocol import Aborted, DriverError
-
 from coorch.records import InstrumentDescription, ModalitySpec, Signal
 
 Renderer = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -186,6 +186,18 @@ class TwinDriver:
     def noiseless(self, modality: str, x: float, y: float) -> np.ndarray:
         """The exact expected signal at library (x, y): benchmarks only, never over HTTP."""
         return self.modes[modality].render(np.asarray(float(x)), np.asarray(float(y)))
+
+    def fiducials(self, noise_mm: float = 0.002) -> tuple[np.ndarray, np.ndarray]:
+        """The library's corner marks as an operator would locate them on this stage.
+
+        Returns ``(library_pts, stage_pts)``, each ``(4, 2)`` mm, the stage points with a small
+        click error; feed them to ``AffineFrame.fit`` or ``InstrumentClient.set_frame``.
+        """
+        (x0, x1), (y0, y1) = self.library.extent
+        lib = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], float)
+        sx, sy = self.frame.to_stage(lib[:, 0], lib[:, 1])
+        click = np.random.default_rng([self.seed, 0xF1D]).normal(0.0, noise_mm, lib.shape)
+        return lib, np.column_stack([sx, sy]) + click
 
     # ----------------------------------------------------------------- helpers
     def _busy(self) -> _BusyGuard:

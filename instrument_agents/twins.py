@@ -11,9 +11,10 @@ from __future__ import annotations
 import zlib
 
 import numpy as np
+from scipy.ndimage import gaussian_filter
+
 from coorch.instrument_agents.frames import AffineFrame
 from coorch.instrument_agents.twin_base import Mode, TwinDriver
-from scipy.ndimage import gaussian_filter
 
 N_BIAS = 64
 N_RAMAN = 512
@@ -206,7 +207,7 @@ class STEMTwin(TwinDriver):
         # intensity superstructure from octahedral tilts.
         alt = (-1.0) ** i
         a_x = ax + 0.035 * (1.0 - f) * alt
-        a_int = (z_heavy / 83.0) ** 1.7 * (1.0 + 0.08 * (1.0 - f) * alt + 0.03 * f * side)
+        a_int = (z_heavy / 83.0) ** 1.7 * (1.0 + 0.08 * (1.0 - f) * alt)
         b_x, b_y = ax + a / 2 + disp, ay + a / 2 + disp
         b_int = np.full_like(b_x, 0.2)
         cx = np.concatenate([a_x.ravel(), b_x.ravel()])
@@ -215,6 +216,12 @@ class STEMTwin(TwinDriver):
         gx = np.exp(-0.5 * ((px[None, :] - cx[:, None]) / 0.08) ** 2)  # (columns, x)
         gy = np.exp(-0.5 * ((px[None, :] - cy[:, None]) / 0.08) ** 2)  # (columns, y)
         image = np.einsum("k,ky,kx->yx", amp, gy, gx)
+        # Domain contrast: the two polar domains channel differently (brighter/darker) and the
+        # wall between them is a dark band; both vanish in the non-polar phase.
+        py, pxx = np.meshgrid(px, px, indexing="ij")
+        dist = (pxx - fov / 2) * np.sin(theta) - (py - fov / 2) * np.cos(theta) + c0 - fov / 2
+        wall = np.exp(-0.5 * (dist / 0.25) ** 2)
+        image *= (1.0 + 0.1 * f * np.tanh(dist / 0.1)) * (1.0 - 0.2 * f * wall)
         return 400.0 * image + 20.0
 
     @staticmethod

@@ -23,6 +23,9 @@ from coorch.models.incremental import IncrementalPosterior
 def local_gain(post: IncrementalPosterior, tasks: list[int], weights: np.ndarray) -> np.ndarray:
     """Weighted variance reduction at each candidate's own position, shape (M,)."""
     c = post.C  # (M, T, T)
+    if len(tasks) == 1:  # the common case, without a batched solve
+        o = tasks[0]
+        return (c[:, :, o] ** 2 @ weights) / (c[:, o, o] + post.hyper.noise[o])
     c_oo = c[:, tasks][:, :, tasks] + np.diag(post.hyper.noise[tasks])[None]
     c_to = c[:, :, tasks]  # (M, T, O)
     sol = np.linalg.solve(c_oo, np.swapaxes(c_to, 1, 2))  # (M, O, T)
@@ -30,9 +33,11 @@ def local_gain(post: IncrementalPosterior, tasks: list[int], weights: np.ndarray
 
 
 def integrated_gain(post: IncrementalPosterior, idx: np.ndarray, tasks: list[int],
-                    ref: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted integrated variance reduction over ``ref`` for candidates ``idx``, shape (K,)."""
-    cov = post.cross_covariance(idx, tasks, ref)  # (K, O, R, T)
+                    weights: np.ndarray) -> np.ndarray:
+    """Weighted integrated variance reduction over the posterior's reference positions for
+    candidates ``idx``, shape (K,)."""
+    cov = post.cross_covariance(idx, tasks)  # (K, O, R, T)
+    ref = post.reference
     c = post.C[idx][:, tasks][:, :, tasks] + np.diag(post.hyper.noise[tasks])[None]
     sol = np.linalg.solve(c, cov.reshape(len(idx), len(tasks), -1))  # (K, O, R*T)
     red = (cov.reshape(sol.shape) * sol).sum(1).reshape(len(idx), len(ref), -1)  # (K, R, T)
@@ -40,7 +45,7 @@ def integrated_gain(post: IncrementalPosterior, idx: np.ndarray, tasks: list[int
 
 
 def knowledge_gain(post: IncrementalPosterior, tasks: list[int], weights: np.ndarray,
-                   ref: np.ndarray, *, top_k: int = 32,
+                   *, top_k: int = 32,
                    exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Candidate indices (k,) and their integrated gain (k,), best first."""
     score = local_gain(post, tasks, weights)
@@ -48,6 +53,6 @@ def knowledge_gain(post: IncrementalPosterior, tasks: list[int], weights: np.nda
         score[exclude] = -np.inf
     k = min(top_k, len(score))
     idx = np.argpartition(-score, k - 1)[:k]
-    gain = integrated_gain(post, idx, tasks, ref, weights)
+    gain = integrated_gain(post, idx, tasks, weights)
     order = np.argsort(-gain)
     return idx[order], gain[order]

@@ -29,16 +29,20 @@ class IncrementalPosterior:
     rows added one at a time by :meth:`add`. Values ``y`` never enter: see module docstring."""
 
     def __init__(self, candidates: np.ndarray, hyper: MTGPHyperparameters, *,
-                 capacity: int = 256, dtype: type = np.float32) -> None:
+                 reference: np.ndarray | None = None, capacity: int = 256,
+                 dtype: type = np.float32) -> None:
         self.candidates = np.ascontiguousarray(candidates, dtype=float)
         self.hyper = hyper
         self.dtype = dtype
         m, t = len(self.candidates), hyper.num_tasks
+        self.reference = np.arange(m) if reference is None else np.asarray(reference, int)
         self.n = 0
         self.x = np.zeros((capacity, self.candidates.shape[1]))
         self.t = np.zeros(capacity, dtype=int)
         self.L = np.zeros((capacity, capacity))
         self.V = np.zeros((capacity, m, t), dtype=dtype)
+        # V at the reference positions, kept contiguous for the knowledge-gain GEMM
+        self.V_ref = np.zeros((capacity, len(self.reference), t), dtype=dtype)
         self.C = np.broadcast_to(hyper.task_covariance, (m, t, t)).astype(float)
 
     @property
@@ -47,7 +51,7 @@ class IncrementalPosterior:
 
     def _grow(self) -> None:
         cap = 2 * len(self.t)
-        for name in ("x", "t", "V"):
+        for name in ("x", "t", "V", "V_ref"):
             old = getattr(self, name)
             new = np.zeros((cap, *old.shape[1:]), dtype=old.dtype)
             new[: self.n] = old[: self.n]
@@ -79,7 +83,7 @@ class IncrementalPosterior:
             v -= np.tensordot(l_vec.astype(self.dtype), self.V[:n], axes=1)
         v /= d
         self.L[n, :n], self.L[n, n] = l_vec, d
-        self.x[n], self.t[n], self.V[n] = x, task, v
+        self.x[n], self.t[n], self.V[n], self.V_ref[n] = x, task, v, v[self.reference]
         self.C -= v[:, :, None] * v[:, None, :]
         self.n += 1
 
@@ -87,18 +91,18 @@ class IncrementalPosterior:
         """Posterior variance (M, T) of the latent function, standardised units."""
         return np.maximum(np.einsum("mtt->mt", self.C), 0.0)
 
-    def cross_covariance(self, idx: np.ndarray, tasks: list[int],
-                         ref: np.ndarray) -> np.ndarray:
-        """Posterior covariance between (candidates[idx], tasks) and every task at
-        candidates[ref]: shape (K, |tasks|, R, T). One GEMM of size n x K|tasks| x R*T."""
-        h = self.hyper
+    def cross_covariance(self, idx: np.ndarray, tasks: list[int]) -> np.ndarray:
+        """Posterior covariance between (candidates[idx], tasks) and every task at the
+        reference positions: shape (K, |tasks|, R, T). One GEMM, n x K|tasks| x R*T."""
+        h, ref = self.hyper, self.reference
         k = matern52(self.candidates[idx], self.candidates[ref], h.lengthscale)  # (K, R)
         prior = k[:, None, :, None] * h.task_covariance[tasks][None, :, None, :]
         if self.n == 0:
             return prior
-        vp = self.V[: self.n][:, idx][:, :, tasks]  # (n, K, O)
-        vr = self.V[: self.n][:, ref]  # (n, R, T)
-        return prior - np.tensordot(vp, vr, axes=(0, 0))
+        n = self.n
+        vp = self.V[:n, idx][:, :, tasks].reshape(n, -1)  # (n, K*O)
+        vr = self.V_ref[:n].reshape(n, -1)  # (n, R*T)
+        return prior - (vp.T @ vr).reshape(prior.shape)
 
 
 def exact_posterior(hyper: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray,

@@ -261,7 +261,8 @@ class GPPolicy(BasePolicy):
     # -- model state --------------------------------------------------------------------
     def _build(self, h: MTGPHyperparameters, rows) -> IncrementalPosterior:
         h = h if self.coupled else h.independent()
-        post = IncrementalPosterior(self.unit, h, capacity=max(64, 2 * len(rows)))
+        post = IncrementalPosterior(self.unit, h, reference=self.reference,
+                                    capacity=max(64, 2 * len(rows)))
         for u, tasks in rows:
             post.add(u, tasks)
         return post
@@ -338,8 +339,8 @@ class GPPolicy(BasePolicy):
             score[taken] = -np.inf
             c = int(np.argmax(score))
             return c, float(score[c])
-        idx, gain = knowledge_gain(self.post, tasks, self.weights, self.reference,
-                                   top_k=self.top_k, exclude=taken)
+        idx, gain = knowledge_gain(self.post, tasks, self.weights, top_k=self.top_k,
+                                   exclude=taken)
         value = gain / self._cost(inst)[idx]
         best = int(np.argmax(value))
         return int(idx[best]), float(value[best])

@@ -17,6 +17,8 @@ from coorch.instrument_agents.client import (
 from coorch.instrument_agents.launch import serve_driver
 from coorch.instrument_agents.twins import make_twin
 
+# One shared plain-http client: building an httpx.Client loads the CA bundle (~0.1 s).
+HTTP = httpx.Client(verify=False, timeout=10)
 TOKEN = "fault-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -55,7 +57,7 @@ def test_transient_errors_exhaust_retries_without_measuring():
             c.measure("pfm_loop", request_id="t-1")
         assert c.attempts == 1 + 3  # one describe, three measure attempts
         assert agent.driver.n_measured == 0
-        r = httpx.post(f"{agent.url}/v1/measure", headers=AUTH,
+        r = HTTP.post(f"{agent.url}/v1/measure", headers=AUTH,
                        json={"modality": "pfm_loop", "request_id": "t-2"})
         assert r.status_code == 503 and r.json()["error"] == "transient"
 
@@ -64,9 +66,9 @@ def test_disconnect_after_acquisition_is_answered_from_cache():
     with _serve(fault_rate=1.0, fault_weights={"disconnect": 1.0}) as agent:
         body = {"modality": "pfm_loop", "request_id": "d-1"}
         with pytest.raises(httpx.RemoteProtocolError):
-            httpx.post(f"{agent.url}/v1/measure", headers=AUTH, json=body)
+            HTTP.post(f"{agent.url}/v1/measure", headers=AUTH, json=body)
         assert agent.driver.n_measured == 1
-        r = httpx.post(f"{agent.url}/v1/measure", headers=AUTH, json=body)
+        r = HTTP.post(f"{agent.url}/v1/measure", headers=AUTH, json=body)
         assert r.status_code == 200 and r.json()["measurement_id"] == "d-1"
         assert agent.driver.n_measured == 1
 

@@ -13,6 +13,7 @@ import time
 import httpx
 import numpy as np
 import pytest
+
 from coorch.instrument_agents.client import (
     AuthError,
     InstrumentClient,
@@ -24,6 +25,8 @@ from coorch.instrument_agents.launch import start_twin
 from coorch.instrument_agents.libraries import get_library
 from coorch.instrument_agents.twins import make_twin
 
+# One shared plain-http client: building an httpx.Client loads the CA bundle (~0.1 s).
+HTTP = httpx.Client(verify=False, timeout=10)
 TOKEN, RO = "ctl-token", "ro-token"
 
 
@@ -72,14 +75,14 @@ def test_raman_spectrum_over_http(raman):
 
 
 def test_health_needs_no_token_and_others_do(afm):
-    assert httpx.get(f"{afm.url}/v1/health").status_code == 200
+    assert HTTP.get(f"{afm.url}/v1/health").status_code == 200
     for path in ("/v1/describe", "/v1/status"):
-        assert httpx.get(f"{afm.url}{path}").status_code == 401
+        assert HTTP.get(f"{afm.url}{path}").status_code == 401
         bad = {"Authorization": "Bearer nope"}
-        assert httpx.get(f"{afm.url}{path}", headers=bad).status_code == 401
+        assert HTTP.get(f"{afm.url}{path}", headers=bad).status_code == 401
         ro = {"Authorization": f"Bearer {RO}"}
-        assert httpx.get(f"{afm.url}{path}", headers=ro).status_code == 200
-    r = httpx.post(f"{afm.url}/v1/move", json={"x": 1, "y": 1})
+        assert HTTP.get(f"{afm.url}{path}", headers=ro).status_code == 200
+    r = HTTP.post(f"{afm.url}/v1/move", json={"x": 1, "y": 1})
     assert r.status_code == 401
 
 
@@ -103,7 +106,7 @@ def test_out_of_limits_is_422_and_nothing_moves(afm, client):
         assert exc.value.status == 422
         after = client.status()
         assert (after["stage_x"], after["stage_y"]) == (before["stage_x"], before["stage_y"])
-    r = httpx.post(f"{afm.url}/v1/move", content=b'{"x": NaN, "y": 1.0}',
+    r = HTTP.post(f"{afm.url}/v1/move", content=b'{"x": NaN, "y": 1.0}',
                    headers={"Authorization": f"Bearer {TOKEN}", "X-Client-Id": "tester",
                             "Content-Type": "application/json"})
     assert r.status_code == 422
@@ -131,7 +134,7 @@ def test_retry_with_same_request_id_returns_first_result(afm, client):
     other = client.measure("pfm_loop", request_id="req-idem-2")
     assert other.signal.values != first.signal.values  # a new id is a new acquisition
     assert afm.driver.n_measured == n0 + 2
-    r = httpx.post(f"{afm.url}/v1/measure", headers={"Authorization": f"Bearer {TOKEN}",
+    r = HTTP.post(f"{afm.url}/v1/measure", headers={"Authorization": f"Bearer {TOKEN}",
                                                      "X-Client-Id": "tester"},
                    json={"modality": "afm_topo", "request_id": "req-idem-1"})
     assert r.status_code == 422 and r.json()["error"] == "request_id_reused"
@@ -150,10 +153,10 @@ def test_lease_blocks_other_clients_until_release(afm):
         a.measure("pfm_loop")  # the holder works normally
         a.release_lease()
         b.move(1.0, 1.0)
-        b.acquire_lease(ttl_s=0.2)
+        b.acquire_lease(ttl_s=0.5)
         with pytest.raises(LeaseConflict):
             a.move(2.0, 1.0)
-        time.sleep(0.3)  # bob's lease expires without activity
+        time.sleep(0.6)  # bob's lease expires without activity
         a.move(2.0, 1.0)
 
 
@@ -166,7 +169,7 @@ def test_abort_is_allowed_to_any_controller(afm):
 
 
 def test_ground_truth_is_not_reachable_over_http(afm):
-    paths = httpx.get(f"{afm.url}/openapi.json").json()["paths"]
+    paths = HTTP.get(f"{afm.url}/openapi.json").json()["paths"]
     assert not [p for p in paths if "noise" in p or "truth" in p]
     assert set(paths) >= {"/v1/health", "/v1/describe", "/v1/status", "/v1/lease",
                           "/v1/sample", "/v1/move", "/v1/measure", "/v1/abort"}
@@ -260,3 +263,14 @@ def test_twins_are_seeded():
     assert a.measure("raman", {}).values == b.measure("raman", {}).values
     c = make_twin("raman", seed=8)
     assert c.measure("raman", {}).values != make_twin("raman", seed=7).measure("raman", {}).values
+
+
+def test_frame_fitted_from_twin_fiducials_over_http():
+    with start_twin("raman", token=TOKEN) as agent, InstrumentClient(agent.url, TOKEN) as c:
+        lib, stage = agent.driver.fiducials(noise_mm=0.002)
+        fitted = c.set_frame(lib, stage)
+        assert 0 < fitted["residual_mm"] < 0.01
+        out = c.move(4.0, 1.0)
+        sx, sy = agent.driver.frame.to_stage(4.0, 1.0)
+        assert abs(out["stage_x"] - sx) < 0.01 and abs(out["stage_y"] - sy) < 0.01
+        assert c.status()["frame"]["residual_mm"] == fitted["residual_mm"]
