@@ -25,14 +25,13 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="where the store, 
     run_demo(run_dir, budget=budget, seed=seed)
 
 
-def _mount_optional() -> None:
-    """Sub-commands of the layers (each layer owns its CLI module)."""
-    try:
-        from coorch.instrument_agents.cli import agent_app
+def _mount() -> None:
+    """Sub-commands owned by the layers and the benchmarks."""
+    from coorch.benchmarks.decision import bench_decision_command
+    from coorch.instrument_agents.cli import agent_app
 
-        app.add_typer(agent_app, name="agent", help="Instrument agents (serve a twin/replay).")
-    except ImportError:  # pragma: no cover - layer without a CLI yet
-        pass
+    app.add_typer(agent_app, name="agent", help="Instrument agents (serve a twin or replay).")
+    bench_app.command("decision")(bench_decision_command)
     try:
         from coorch.storage.cli import bench_ingest_command, store_app
 
@@ -42,4 +41,4 @@ def _mount_optional() -> None:
         pass
 
 
-_mount_optional()
+_mount()

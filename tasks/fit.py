@@ -13,7 +13,11 @@ from coorch.models.policies import BasePolicy, GPPolicy
 
 
 def _warm_up() -> None:
+    """Import the model stack once and keep the fit to one core: the other decides."""
     import gpytorch  # noqa: F401
+    import torch
+
+    torch.set_num_threads(1)
 
 
 class BackgroundRefit:

@@ -1,0 +1,1 @@
+"""Benchmarks behind ``coorch bench``: each prints figures; docs/benchmarks.md keeps them."""

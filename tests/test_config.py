@@ -1,0 +1,23 @@
+"""Campaign configuration: the deployment's parameters validate, bad input fails clearly."""
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from coorch.deployments.config import CampaignSpec
+
+
+def test_prefect_yaml_parameters_are_a_valid_campaign_spec():
+    with open("prefect.yaml") as f:
+        deployments = yaml.safe_load(f)["deployments"]
+    spec = CampaignSpec(**deployments[0]["parameters"]["spec"])
+    assert [i.modality for i in spec.instruments] == ["pfm_loop", "raman"]
+
+
+def test_unknown_policy_and_duplicate_instruments_are_refused():
+    inst = {"name": "a", "kind": "afm", "modality": "pfm_loop", "url": "http://x",
+            "token_file": "t"}
+    with pytest.raises(ValidationError, match="unknown policy"):
+        CampaignSpec(instruments=[inst], policy="clairvoyant")
+    with pytest.raises(ValidationError, match="unique"):
+        CampaignSpec(instruments=[inst, inst])
