@@ -1,8 +1,10 @@
 """Scoped torch thread and RNG settings for model fitting.
 
-The models here are small (hundreds of points, tens of thousands of weights): on the 2-core
-machines the campaign runs on, intra-op parallelism over more threads than cores only adds
-contention, and a Dask worker may run several fits side by side. Torch's thread count and RNG
+The models here are small (hundreds of points, tens of thousands of weights). Intra-op threads
+buy little on them, and when the cores are shared (a Dask worker running fits beside the flow,
+the agents and other fits) they cost a lot: measured on 2 busy cores, a VAE fit took 3-5 s with
+one torch thread and 29-53 s with two, the threads spinning against each other. So fits default
+to one thread. Torch's thread count and RNG
 are process-global, so nothing here changes them at import time; fits enter :func:`torch_scope`
 for their duration and restore what they found.
 """
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 
 import torch
 
-DEFAULT_THREADS = 2
+DEFAULT_THREADS = 1
 
 
 @contextmanager

@@ -16,8 +16,9 @@ process", 2022; Slautin et al. 2024).
 Implementation: :func:`structured_gp_model` is a pyro model: priors on the physics parameters
 (centre, width, amplitude, offset) and on the residual GP (Matern 5/2 variance, ARD
 lengthscales, noise), then the observations as one multivariate normal with the physics mean and
-the GP covariance, i.e. the GP marginal likelihood. MAP of all parameters jointly with an ``AutoDelta`` guide. The centre's posterior is multimodal on sparse data, so the model carries a
-``starts`` plate: several fits from different initial centres run as one batch (their log
+the GP covariance, i.e. the GP marginal likelihood. All parameters are inferred jointly (MAP,
+an ``AutoDelta`` guide). The centre's posterior is multimodal on sparse data, so the model
+carries a ``starts`` plate: several fits from different initial centres run as one batch (their log
 joints add, so their gradients are independent) and the start with the highest log joint is
 kept. The MAP is found with L-BFGS on the negative ELBO, which for Delta guides is the negative
 log joint; a few hundred evaluations suffice where Adam needs thousands of steps.
@@ -54,12 +55,10 @@ _LENGTHSCALE_PRIOR = (math.log(0.3), 0.7)  # residual GP smooth on the scale of 
 _VARIANCE_PRIOR = (math.log(0.3), 1.0)  # residual a priori smaller than the data's spread
 _NOISE_PRIOR = (math.log(0.05), 1.5)
 _JITTER = 1e-6
-_PHYSICS = ("center", "width", "amplitude")
+_FAILED_LOSS = 1e10
 
 
-def physics_mean(
-    kind: MeanKind, u: torch.Tensor, params: dict[str, torch.Tensor]
-) -> torch.Tensor:
+def physics_mean(kind: MeanKind, u: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
     """Physics mean of the scaled composition ``u`` (n,); params broadcast as (..., 1).
 
     ``peak``:  offset + amplitude * exp(-(u - center)^2 / (2 width^2)): a response maximum
@@ -208,8 +207,10 @@ def _initial_values(
     if kind == "peak":
         amplitude = [y[np.argmin(np.abs(u - c))] - med for c in centres]
     else:
-        amplitude = [y[u >= c].mean() - y[u < c].mean() if 0 < (u >= c).sum() < len(u) else 1.0
-                     for c in centres]
+        amplitude = [
+            y[u >= c].mean() - y[u < c].mean() if 0 < (u >= c).sum() < len(u) else 1.0
+            for c in centres
+        ]
         init["offset"] = torch.as_tensor(
             [y[u < c].mean() if (u < c).any() else med for c in centres], dtype=torch.float64
         )
@@ -253,7 +254,7 @@ def fit_structured_gp(
             it) or ``"constant"`` (plain GP, for comparison).
         feature_index: the input column the physics depends on (the composition).
         steps: most L-BFGS iterations (all starts optimised at once).
-        seed: seeds pyro/torch (initial GP lengthscales are drawn from their prior).
+        seed: seeds pyro/torch (the GP lengthscales start at random values).
         bounds: (2, d) lower/upper input bounds; the centre's prior is uniform over them.
             Defaults to the data's range (the boundary is then assumed inside the measured span).
         n_starts: initial centres tried in parallel (multimodal posterior on sparse data).
@@ -306,7 +307,12 @@ def fit_structured_gp(
 
         def closure() -> torch.Tensor:
             optimiser.zero_grad()
-            loss = neg_elbo(structured_gp_model, guide, *args)
+            try:
+                loss = neg_elbo(structured_gp_model, guide, *args)
+            except (torch.linalg.LinAlgError, ValueError):
+                # A line-search probe so extreme that the covariance is not numerically
+                # positive definite: report a huge loss so the search backs off.
+                return torch.tensor(_FAILED_LOSS, dtype=torch.float64)
             loss.backward()
             return loss
 

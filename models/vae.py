@@ -12,6 +12,8 @@ The network is a plain MLP on the flattened signal (1-D spectra/loops, or 2-D pa
 so it can be refitted in the background as data arrive. Features are standardised with the
 training set's per-channel mean and standard deviation (kept in the model), so the encoder sees
 the same scale on every later call and channels with large raw intensity do not dominate.
+Optionally (``per_signal=True``) each signal is first z-scored by itself, so that overall
+intensity and offset (laser focus, detector gain) do not become a latent of their own.
 
 The fitted model is a plain object holding numpy arrays and a torch module; ``state_dict()``
 returns only numpy arrays and built-in types (cheap to pickle to and from Dask workers), and
@@ -83,6 +85,7 @@ class VAEModel:
         feature_mean, feature_std: per-channel standardisation from the training set.
         net: the torch encoder/decoder.
         history: the training loss (negative ELBO per signal) at each epoch.
+        per_signal: whether each signal is z-scored by itself before the per-channel scaling.
     """
 
     signal_shape: tuple[int, ...]
@@ -108,14 +111,18 @@ class VAEModel:
     def encode(self, signals: np.ndarray) -> np.ndarray:
         """Posterior means of the latents, shape ``(n, latent_dim)``; deterministic."""
         x = self._standardise(signals)
-        with torch_scope(threads=2), torch.no_grad():
+        with torch_scope(threads=1), torch.no_grad():
             mu, _ = self.net.encode(x)
         return mu.numpy().astype(np.float64)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        """Signals (original units) for given latents, shape ``(n, *signal_shape)``."""
+        """Signals for given latents, shape ``(n, *signal_shape)``.
+
+        In the original units, or, for a ``per_signal`` model, in per-signal z-scores (the
+        signal's own intensity and offset are not part of the latent).
+        """
         z = torch.as_tensor(np.asarray(latents, dtype=np.float64), dtype=torch.float32)
-        with torch_scope(threads=2), torch.no_grad():
+        with torch_scope(threads=1), torch.no_grad():
             out = self.net.decoder(z.reshape(-1, self.latent_dim)).numpy().astype(np.float64)
         out = out * self.feature_std + self.feature_mean
         return out.reshape((-1, *self.signal_shape))
@@ -127,7 +134,7 @@ class VAEModel:
         and predicting the training mean for every channel scores about 1.
         """
         x = self._standardise(signals)
-        with torch_scope(threads=2), torch.no_grad():
+        with torch_scope(threads=1), torch.no_grad():
             mu, _ = self.net.encode(x)
             recon = self.net.decoder(mu)
         return float(torch.mean((recon - x) ** 2))
@@ -176,7 +183,7 @@ def fit_vae(
     batch_size: int = 64,
     lr: float = 3e-3,
     beta: float = 1.0,
-    threads: int | None = 2,
+    threads: int | None = 1,
 ) -> VAEModel:
     """Train a VAE on ``signals`` of shape ``(n, *signal_shape)`` and return the fitted model.
 
@@ -190,7 +197,7 @@ def fit_vae(
             descriptor then reflects signal shape only.
         hidden: encoder hidden widths; the decoder mirrors them.
         beta: KL weight; 1 is the standard ELBO, smaller trades latent regularity for fidelity.
-        threads: torch intra-op threads during the fit (restored afterwards).
+        threads: torch intra-op threads during the fit (restored afterwards); see _threads.
 
     The loss is the negative ELBO with a unit-variance Gaussian likelihood on standardised
     features, per signal: 0.5 * squared error summed over channels + beta * KL(q(z|x) || N(0, I)).
