@@ -16,10 +16,11 @@ app.add_typer(bench_app, name="bench")
 @app.command()
 def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="where the store, report and "
                                       "Prefect state go"),
-         budget: int = typer.Option(30, min=4, help="measurements per campaign, seeds included"),
+         budget: int = typer.Option(40, min=12, help="measurements per campaign, seeds "
+                                    "included"),
          seed: int = typer.Option(0, help="seed of the twins and the policies")) -> None:
-    """Run a co-orchestrated PFM + Raman campaign on digital twins, then the same budget at
-    random positions, and report both against the ground truth."""
+    """Run a co-orchestrated PFM + Raman + WDS + STEM campaign on digital twins, then the same
+    budget at random positions, and report both against the ground truth."""
     from coorch.demo import run_demo
 
     run_demo(run_dir, budget=budget, seed=seed)

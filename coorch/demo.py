@@ -1,13 +1,15 @@
 """``coorch demo``: a full co-orchestrated campaign on the embedded defaults.
 
-Two digital twins (PFM loops, Raman spectra) over the virtual Sm-doped BiFeO3 library, served
-over HTTP on loopback; Prefect's local server; a Dask LocalCluster for the GP fits; a local zarr
-store. The same campaign is then run with random positions, and both are scored against the
-twins' ground truth.
+Four digital twins (PFM loops, Raman spectra, WDS composition, STEM HAADF images) over the
+virtual Sm-doped BiFeO3 library, served over HTTP on loopback; a local Prefect server (its own
+process, state in the run folder); a Dask LocalCluster for the GP fits; a local zarr store. The
+same campaign is then run with random positions, and both are scored against the twins' ground
+truth.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -18,18 +20,15 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-DEMO_INSTRUMENTS = (("afm", "pfm_loop"), ("raman", "raman"))
+DEMO_INSTRUMENTS = (("afm", "pfm_loop"), ("raman", "raman"), ("wds", "wds"),
+                    ("stem", "stem_haadf"))
 
 
 def prepare_environment(run_dir: Path) -> None:
     """Keep Prefect's state inside the run folder and its logs quiet (before importing it)."""
     os.environ["PREFECT_HOME"] = str((run_dir / ".prefect").resolve())
-    os.environ.pop("PREFECT_API_URL", None)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_DISTRIBUTED_LEVEL", "WARNING")
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     quiet_libraries()
 
 
@@ -39,18 +38,29 @@ def quiet_libraries() -> None:
     import warnings
 
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
-                 "distributed.worker", "uvicorn"):
+                 "distributed.worker", "distributed.http.proxy", "uvicorn"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
 
 
-def run_demo(run_dir: Path, *, budget: int = 30, seed: int = 0, fresh: bool = True,
-             time_scale: float = 0.01, console: Console | None = None) -> dict:
+def run_demo(run_dir: Path, *, budget: int = 40, seed: int = 0, fresh: bool = True,
+             time_scale: float = 0.02, console: Console | None = None) -> dict:
     """Both campaigns, the report and the summary. ``time_scale`` shrinks the instruments'
-    real cost (a 30 s PFM loop takes 0.3 s at 0.01) so the background fits have time to land."""
+    real cost (a 30 s PFM loop takes 0.6 s at 0.02) so the background fits have time to land."""
+    from coorch.deployments.prefect_server import local_prefect_server
+
     console = console or Console()
     run_dir.mkdir(parents=True, exist_ok=True)
     prepare_environment(run_dir)
+    with contextlib.ExitStack() as stack:
+        with console.status(f"starting a local Prefect server (state in {run_dir}/.prefect)"):
+            stack.enter_context(local_prefect_server(run_dir / ".prefect"))
+        return _campaigns(run_dir, budget=budget, seed=seed, fresh=fresh,
+                          time_scale=time_scale, console=console)
+
+
+def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale: float,
+               console: Console) -> dict:
     from coorch.deployments.config import CampaignSpec, InstrumentConfig
     from coorch.flows.coorchestrate import coorchestrate, reporting
     from coorch.instrument_agents.launch import start_twin
@@ -58,6 +68,8 @@ def run_demo(run_dir: Path, *, budget: int = 30, seed: int = 0, fresh: bool = Tr
     from coorch.tasks.campaign import library_extent
     from coorch.tasks.report import ground_truth, nrmse_curve, plot_report
     from coorch.tasks.resume import stored_measurements
+
+    quiet_libraries()  # again: importing Prefect reconfigured logging
 
     token = secrets.token_hex(16)
     token_file = run_dir / "agent.token"

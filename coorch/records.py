@@ -67,6 +67,7 @@ class InstrumentDescription(BaseModel):
     kind: str
     modalities: list[ModalitySpec]
     move_cost_s_per_mm: float = 0.0
+    sample_load_cost_s: float = 0.0
     stage_limits: dict[str, tuple[float, float]]
     frame: str = "stage"
     library: str | None = None

@@ -21,10 +21,9 @@ from coorch.deployments.config import CampaignSpec
 from coorch.deployments.dask_cluster import dask_client
 from coorch.records import Measurement
 from coorch.tasks.campaign import CampaignResult, Instruments, build_policy, seed_decisions
-from coorch.tasks.decide import decide
 from coorch.tasks.fit import BackgroundRefit
 from coorch.tasks.ingest import observe
-from coorch.tasks.measure import acquire
+from coorch.tasks.measure import measure
 from coorch.tasks.resume import resume
 
 Reporter = Callable[[Measurement, dict], None]
@@ -68,39 +67,36 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
             queue = seed_decisions(spec, policy, instruments, store, flow_run_id)
 
         in_flight: dict[str, PrefectFuture] = {}
-        why: dict[str, str] = {}
         decided = len(done) + len(queue)
 
-        def start(decision) -> None:
-            client = instruments.clients[decision.instrument]
-            why[decision.measurement_id] = _why(decision)
-            in_flight[decision.instrument] = acquire.submit(client, decision, store)
-
         def next_for(name: str) -> None:
+            """Give instrument ``name`` its next measurement: a queued one, else a new one."""
             nonlocal decided
-            pending = [d for d in queue if d.instrument == name]
-            if pending:
-                queue.remove(pending[0])
-                start(pending[0])
+            queued = [d for d in queue if d.instrument == name]
+            common = {"modality": instruments.modalities[name], "campaign": spec.name,
+                      "flow_run_id": flow_run_id}
+            if queued:
+                queue.remove(queued[0])
+                in_flight[name] = measure.submit(instruments.clients[name], store, name,
+                                                 decision=queued[0], **common)
             elif decided < spec.budget:
                 decided += 1
-                start(decide(policy, name, instruments.modalities, store,
-                             campaign=spec.name, flow_run_id=flow_run_id))
+                in_flight[name] = measure.submit(instruments.clients[name], store, name,
+                                                 policy=policy, **common)
 
         for name in instruments.clients:
             next_for(name)
         n_done = len(done)
         while in_flight:
-            for fut in as_completed(list(in_flight.values())):  # the first to finish
-                m = fut.result()
-                del in_flight[m.instrument]
-                obs = observe(policy, [m])[0]
-                n_done += 1
-                refit.poll()
-                _report(m, {"n": n_done, "budget": spec.budget, "descriptor": obs.values,
-                            "why": why.pop(m.measurement_id, "resumed"), "fits": refit.fits})
-                next_for(m.instrument)
-                break
+            fut = next(iter(as_completed(list(in_flight.values()))))  # the first to finish
+            decision, m = fut.result()
+            del in_flight[m.instrument]
+            obs = observe(policy, [m])[0]
+            n_done += 1
+            refit.poll()
+            next_for(m.instrument)
+            _report(m, {"n": n_done, "budget": spec.budget, "descriptor": obs.values,
+                        "why": _why(decision), "fits": refit.fits})
         refit.finish()
         report = policy.report()
         log.info("campaign %s finished: %d measurements, model %s", spec.name, n_done,

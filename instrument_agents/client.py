@@ -130,7 +130,10 @@ class InstrumentClient:
         self._request("DELETE", "/v1/lease")
 
     def load_sample(self, sample_id: str) -> dict[str, Any]:
-        return self._request("POST", "/v1/sample", json={"sample_id": sample_id})
+        """Load a sample; the timeout allows for the instrument's (scaled) load time."""
+        d = self._description or self.describe()
+        return self._request("POST", "/v1/sample", json={"sample_id": sample_id},
+                             timeout_s=self.timeout_s + d.sample_load_cost_s * d.time_scale)
 
     def move(self, x: float, y: float, frame: str = "library") -> dict[str, float]:
         """Absolute move (so a retry is harmless). Returns stage and library coordinates."""

@@ -124,7 +124,8 @@ class TwinDriver:
     def describe(self) -> InstrumentDescription:
         return InstrumentDescription(
             id=self.id, kind=self.kind, modalities=[m.spec() for m in self.modes.values()],
-            move_cost_s_per_mm=self.move_cost_s_per_mm, stage_limits=self.limits, frame="stage",
+            move_cost_s_per_mm=self.move_cost_s_per_mm,
+            sample_load_cost_s=self.sample_load_cost_s, stage_limits=self.limits, frame="stage",
             library=self.library.name, time_scale=self.time_scale)
 
     def status(self) -> dict[str, Any]:

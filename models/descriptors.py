@@ -4,7 +4,7 @@ The multi-task GP needs low-dimensional targets. A VAE learns them (``coorch.mod
 physics fits give them without training, so they work from the first measurement and mean
 something to a materials scientist: the PFM loop's opening (switchable polarisation times
 coercive field), the Raman spectrum's centre of mass (mode shifts across the phase boundary),
-the dopant's atomic fraction, the STEM lattice spacing.
+the dopant's atomic fraction, the STEM image's superstructure power.
 """
 
 from __future__ import annotations
@@ -48,18 +48,15 @@ def dopant_fraction(sig: Signal, dopants: tuple[str, ...] = ("Sm", "Sc", "B")) -
     raise ValueError(f"none of {dopants} among the measured elements {elements}")
 
 
-def lattice_spacing(sig: Signal) -> np.ndarray:
-    """Dominant real-space period (nm) of an image, from the peak of its radial power spectrum."""
+def superstructure_power(sig: Signal, cutoff: float = 0.2) -> np.ndarray:
+    """Fraction of an image's (non-DC) power below ``cutoff`` cycles/pixel: the long-period
+    superstructure and domain contrast that appear away from the plain perovskite lattice."""
     img = sig.array()
-    img = img - img.mean()
-    power = np.abs(np.fft.fft2(img)) ** 2
+    power = np.abs(np.fft.fft2(img - img.mean())) ** 2
     fy = np.fft.fftfreq(img.shape[0])[:, None]
     fx = np.fft.fftfreq(img.shape[1])[None, :]
     r = np.sqrt(fx**2 + fy**2)
-    power[r < 1.5 / max(img.shape)] = 0.0  # ignore the image-scale gradient
-    peak = r.flat[int(np.argmax(power))]
-    pixel = np.diff(np.asarray(sig.coords[sig.dims[-1]], float)[:2])[0]
-    return np.array([pixel / max(peak, 1e-12)])
+    return np.array([float(power[(r > 0) & (r < cutoff)].sum() / max(power.sum(), 1e-12))])
 
 
 def roughness(sig: Signal) -> np.ndarray:
@@ -82,7 +79,7 @@ PHYSICS: dict[str, Descriptor] = {
     "raman": spectral_centroid,
     "eels": spectral_centroid,
     "wds": dopant_fraction,
-    "stem_haadf": lattice_spacing,
+    "stem_haadf": superstructure_power,
     "afm_topo": roughness,
 }
 

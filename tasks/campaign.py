@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +47,8 @@ class Instruments:
     @classmethod
     @contextlib.contextmanager
     def connect(cls, spec: CampaignSpec) -> Iterator[Instruments]:
-        """Take every instrument's lease and load the sample; release all on exit."""
+        """Take every instrument's lease and load the sample (all instruments at once: a
+        STEM transfer takes half an hour); release every lease on exit."""
         self = cls(spec)
         with contextlib.ExitStack() as stack:
             for cfg in spec.instruments:
@@ -56,9 +58,10 @@ class Instruments:
                 desc.modality(cfg.modality)  # fails early on a wrong modality name
                 client.acquire_lease(ttl_s=300)
                 stack.callback(client.release_lease)
-                client.load_sample(spec.sample)
                 self.clients[cfg.name] = client
                 self.descriptions[cfg.name] = desc
+            with ThreadPoolExecutor(len(self.clients)) as pool:
+                list(pool.map(lambda c: c.load_sample(spec.sample), self.clients.values()))
             yield self
 
     def open_store(self, spec: CampaignSpec, flow_run_id: str) -> CampaignStore:

@@ -1,14 +1,11 @@
-"""The ``decide`` task: ask the policy, record why, before anything moves.
+"""Deciding: ask the policy, record why, before anything moves.
 
 The decision is stored *before* its measurement is requested, so a crash between the two leaves a
-decision without a measurement, which :func:`coorch.tasks.resume.unfinished_decisions` finds and
-re-issues with the same request id (nothing lost, nothing measured twice).
+decision without a measurement, which :func:`coorch.tasks.resume.resume` finds and re-issues with
+the same request id (nothing lost, nothing measured twice). Called inside the ``measure`` task.
 """
 
 from __future__ import annotations
-
-from prefect import task
-from prefect.cache_policies import NO_CACHE
 
 from coorch.models.policies import BasePolicy, Suggestion
 from coorch.records import Decision
@@ -27,11 +24,10 @@ def to_decision(s: Suggestion, modality: str, *, campaign: str, flow_run_id: str
                     flow_run_id=flow_run_id, campaign=campaign)
 
 
-@task(name="decide", cache_policy=NO_CACHE, task_run_name="decide-{instrument}")
-def decide(policy: BasePolicy, instrument: str | None, modalities: dict[str, str],
-           store: CampaignStore, *, campaign: str, flow_run_id: str | None) -> Decision:
-    """The policy's next (instrument, position), recorded in the store."""
-    s = policy.ask(instrument)
-    d = to_decision(s, modalities[s.instrument], campaign=campaign, flow_run_id=flow_run_id)
+def decide(policy: BasePolicy, instrument: str, modality: str, store: CampaignStore, *,
+           campaign: str, flow_run_id: str | None) -> Decision:
+    """The policy's next position for ``instrument``, recorded in the store."""
+    d = to_decision(policy.ask(instrument), modality, campaign=campaign,
+                    flow_run_id=flow_run_id)
     store.append_decision(d)
     return d

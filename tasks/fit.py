@@ -13,11 +13,14 @@ from coorch.models.policies import BasePolicy, GPPolicy
 
 
 def _warm_up() -> None:
-    """Import the model stack once and keep the fit to one core: the other decides."""
-    import gpytorch  # noqa: F401
+    """Pay the worker's first-fit costs (imports, torch's first-call setup) before the campaign
+    needs a fit, and keep fits to one core: the other one decides."""
+    import numpy as np
     import torch
 
     torch.set_num_threads(1)
+    x = np.linspace(0, 1, 6)[:, None]
+    fit_hyperparameters(x, np.arange(6) % 2, np.sin(3 * x[:, 0]), 2, max_iter=5)
 
 
 class BackgroundRefit:

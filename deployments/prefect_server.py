@@ -1,0 +1,71 @@
+"""A real local Prefect server for one run (the demo, the crash tests), in its own process.
+
+Prefect's ephemeral mode would start a server inside our process, and its background services
+print CancelledError tracebacks when that process exits. A subprocess with its own log file
+keeps the user's terminal clean, survives a crash of the campaign process (which is what the
+kill -9 tests need), and is exactly what a facility runs, minus PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def local_prefect_server(home: Path, *, startup_timeout_s: float = 120.0) -> Iterator[str]:
+    """Start ``prefect server start`` on loopback with state in ``home``; yield its API URL and
+    point this process's Prefect client at it (``PREFECT_API_URL``); stop it on exit."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home.resolve()),
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
+           "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    env.pop("PREFECT_API_URL", None)
+    prefect = Path(sys.executable).with_name("prefect")
+    log = (home / "server.log").open("ab")
+    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1",
+                             "--port", str(port), "--no-ui", "--analytics-off"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    old = os.environ.get("PREFECT_API_URL")
+    try:
+        deadline = time.monotonic() + startup_timeout_s
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
+            time.sleep(0.25)
+        os.environ["PREFECT_API_URL"] = url
+        yield url
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+        log.close()
