@@ -26,6 +26,26 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="where the store, 
     run_demo(run_dir, budget=budget, seed=seed)
 
 
+@app.command()
+def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                         help="campaign spec, YAML or JSON (a CampaignSpec)")
+        ) -> None:
+    """Run, or resume from its store, the campaign in SPEC_FILE against running agents.
+
+    Uses the Prefect server named by PREFECT_API_URL (Prefect's local ephemeral server when
+    unset). Safe to re-run after a crash: the store says what is done.
+    """
+    import yaml
+
+    from coorch.deployments.config import CampaignSpec
+
+    spec = CampaignSpec(**yaml.safe_load(spec_file.read_text()))
+    from coorch.flows.coorchestrate import coorchestrate
+
+    result = coorchestrate(spec)
+    typer.echo(f"{spec.name}: {result.n_measurements} measurements in {result.store}")
+
+
 def _mount() -> None:
     """Sub-commands owned by the layers and the benchmarks."""
     from coorch.benchmarks.decision import bench_decision_command
