@@ -56,8 +56,8 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
     """Run (or resume) the campaign ``spec`` until its measurement budget is spent."""
     log = get_run_logger()
     flow_run_id = str(get_run_context().flow_run.id)
-    with Instruments.connect(spec) as instruments, dask_client(spec.dask) as dask:
-        store = instruments.open_store(spec, flow_run_id)
+    with (Instruments.connect(spec) as instruments, dask_client(spec.dask) as dask,
+          instruments.open_store(spec, flow_run_id) as store):
         policy = build_policy(spec, instruments.descriptions)
         refit = BackgroundRefit(dask, policy, every=spec.refit_every)
         done, queue = resume(store, policy)

@@ -270,7 +270,17 @@ class FsspecBackend:
                 yield
             finally:
                 self._lock_depth = 0
-                self.delete(LOCK_KEY)
+                self._release()
+
+    def _release(self) -> None:
+        """Delete the lock object only if it is still ours (our lease may have been broken)."""
+        held = self.read(LOCK_KEY)
+        try:
+            ours = held is not None and json.loads(held).get("owner") == self._owner
+        except ValueError:
+            ours = False
+        if ours:
+            self.delete(LOCK_KEY)
 
     def _acquire(self) -> None:
         path = self._p(LOCK_KEY)

@@ -9,8 +9,9 @@ are brought up to date in batches (``CampaignStore.flush``), under the campaign 
 
 Entry format (readable without coorch): ``b"COORCHJ1"``, an 8-byte little-endian header length,
 a UTF-8 JSON header (the record's fields; for a measurement without ``signal.values`` but with
-``shape`` and ``content_hash``), then for a measurement the values as float64 little-endian,
-C order. Keys: ``.coorch-journal/<kind>/<quoted id>``.
+``shape``, ``content_hash`` and ``binary_coords``: [[name, length], ...]), then for a
+measurement the values as float64 little-endian, C order, followed by each numeric coordinate
+named in ``binary_coords`` (float64 LE). Keys: ``.coorch-journal/<kind>/<quoted id>``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from coorch.records import Decision, Measurement, Signal
 from .backend import Backend
 
 PREFIX = ".coorch-journal"
+REJECTED = ".coorch-rejected"
 MAGIC = b"COORCHJ1"
 STALE_TMP_S = 300.0
 
@@ -38,24 +40,48 @@ def _key(kind: str, record_id: str) -> str:
 
 
 def encode_measurement(m: Measurement, values: np.ndarray) -> bytes:
+    """Header JSON + values bytes + numeric coordinate bytes (JSON floats are slow)."""
     data = np.ascontiguousarray(values, dtype="<f8").tobytes()
-    header = m.model_dump(exclude={"signal": {"values"}})
+    header = m.model_dump(exclude={"signal": {"values", "coords"}})
     header["signal"]["shape"] = list(values.shape)
     header["content_hash"] = hashlib.sha256(data).hexdigest()
     header["journal_time_ns"] = time.time_ns()
+    text_coords: dict[str, list] = {}
+    binary: list[tuple[str, int]] = []
+    parts = [data]
+    for name, coord in m.signal.coords.items():
+        arr = np.asarray(coord)
+        if arr.dtype.kind in "fiu":
+            binary.append((name, int(arr.size)))
+            parts.append(np.ascontiguousarray(arr, dtype="<f8").tobytes())
+        else:
+            text_coords[name] = arr.tolist()
+    header["signal"]["coords"] = text_coords
+    header["binary_coords"] = binary
     raw = json.dumps(header).encode()
-    return MAGIC + struct.pack("<Q", len(raw)) + raw + data
+    return b"".join([MAGIC, struct.pack("<Q", len(raw)), raw, *parts])
 
 
 def decode_measurement(blob: bytes) -> tuple[int, Measurement]:
     header, data = _split(blob)
     sig = header["signal"]
     t = int(header.pop("journal_time_ns", 0))
-    if hashlib.sha256(data).hexdigest() != header.pop("content_hash"):
+    shape = sig.pop("shape")
+    nbytes = 8 * int(np.prod(shape))
+    values_bytes = data[:nbytes]
+    if hashlib.sha256(values_bytes).hexdigest() != header.pop("content_hash"):
         raise ValueError("journal entry data does not match its hash")
-    values = np.frombuffer(data, dtype="<f8").reshape(sig.pop("shape"))
-    header["signal"] = Signal(values=values, **sig)
-    return t, Measurement(**header)
+    values = np.frombuffer(values_bytes, dtype="<f8").reshape(shape)
+    offset = nbytes
+    coords = dict(sig.pop("coords"))
+    for name, size in header.pop("binary_coords", []):
+        coords[name] = np.frombuffer(data[offset:offset + 8 * size], dtype="<f8")
+        offset += 8 * size
+    ordered = {k: coords[k] for k in sorted(coords, key=lambda k: k not in sig["dims"])}
+    # model_construct: the entry was written from a validated record; validating 512-float
+    # coordinate lists again would cost more than the rest of the consolidation
+    header["signal"] = Signal.model_construct(values=values, coords=ordered, **sig)
+    return t, Measurement.model_construct(**header)
 
 
 def encode_decision(d: Decision) -> bytes:
@@ -113,12 +139,13 @@ class Journal:
         except OSError:
             pass
 
-    def read(self, keys: list[str]) -> tuple[list[Measurement], list[Decision], list[str]]:
-        """Decode entries in the order they were acknowledged; an unreadable entry is reported
-        by key (never silently dropped)."""
+    def read(self, keys: list[str]) -> tuple[list[tuple[str, Measurement]],
+                                             list[tuple[str, Decision]], list[str]]:
+        """Decode entries, as (key, record), in the order they were acknowledged; keys of
+        undecodable entries are returned separately (to be rejected, never silently lost)."""
         blobs = self.backend.read_many(keys)
-        ms: list[tuple[int, Measurement]] = []
-        ds: list[tuple[int, Decision]] = []
+        ms: list[tuple[int, str, Measurement]] = []
+        ds: list[tuple[int, str, Decision]] = []
         bad: list[str] = []
         for k in keys:
             blob = blobs.get(k)
@@ -126,17 +153,32 @@ class Journal:
                 continue
             try:
                 if k.startswith(f"{PREFIX}/measurements/"):
-                    ms.append(decode_measurement(blob))
+                    t, m = decode_measurement(blob)
+                    ms.append((t, k, m))
                 else:
-                    ds.append(decode_decision(blob))
-            except (ValueError, KeyError, TypeError):
+                    t, d = decode_decision(blob)
+                    ds.append((t, k, d))
+            except (ValueError, KeyError, TypeError, struct.error):
                 bad.append(k)
         ms.sort(key=lambda tm: tm[0])
         ds.sort(key=lambda td: td[0])
-        return [m for _, m in ms], [d for _, d in ds], bad
+        return [(k, m) for _, k, m in ms], [(k, d) for _, k, d in ds], bad
 
     def remove(self, keys: list[str]) -> None:
         self.backend.delete_many(keys)
+
+    def reject(self, keys: list[str]) -> None:
+        """Move entries that can never be consolidated (a signal that does not fit its
+        modality, a corrupt entry) to ``.coorch-rejected/`` so they stop blocking the journal;
+        ``verify`` reports them."""
+        blobs = self.backend.read_many(keys)
+        self.backend.write_many({REJECTED + k[len(PREFIX):]: b for k, b in blobs.items()
+                                 if b is not None})
+        self.remove(keys)
+
+    def rejected(self) -> list[str]:
+        return [k for k in self.backend.list_keys(REJECTED)
+                if not k.rsplit("/", 1)[-1].startswith(".")]
 
 
 def record_id(key: str) -> str:

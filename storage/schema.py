@@ -47,6 +47,7 @@ MEASUREMENT_COORDS: list[tuple[str, str, dict[str, Any]]] = [
 #: The decisions table: (name, dtype, attrs). List fields are JSON arrays in a string.
 DECISION_COLUMNS: list[tuple[str, str, dict[str, Any]]] = [
     ("decision_id", "string", {"long_name": "decision id"}),
+    ("measurement_id", "string", {"long_name": "request id of the measurement it asked for"}),
     ("instrument", "string", {"long_name": "instrument asked to measure"}),
     ("modality", "string", {"long_name": "modality asked for"}),
     ("library_x", "float64", {"units": "mm", "long_name": "chosen library x"}),
@@ -134,7 +135,8 @@ def decision_columns() -> list[Column]:
 def decision_row(d: Decision) -> dict[str, Any]:
     acq = d.acquisition_value
     return {
-        "decision_id": d.decision_id, "instrument": d.instrument, "modality": d.modality,
+        "decision_id": d.decision_id, "measurement_id": d.measurement_id,
+        "instrument": d.instrument, "modality": d.modality,
         "library_x": float(d.library_x), "library_y": float(d.library_y),
         "policy": d.policy, "model_version": d.model_version,
         "trained_on": json.dumps(list(d.trained_on)), "pending": json.dumps(list(d.pending)),

@@ -8,6 +8,7 @@ provenance questions (``lineage.py``, ``verify.py``). Everything it writes is pl
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import math
@@ -15,6 +16,7 @@ import os
 import subprocess
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,19 @@ from .zarr_table import (
 STORE_FORMAT = 1
 RESERVED_GROUPS = {schema.DECISIONS_GROUP}
 log = logging.getLogger(__name__)
+_OPEN_STORES: weakref.WeakSet[CampaignStore] = weakref.WeakSet()
+
+
+@atexit.register
+def _flush_open_stores() -> None:
+    """At interpreter exit, consolidate what live stores journaled, so that plain xarray
+    readers find it (a crash skips this; the next ``open`` does it instead)."""
+    for store in list(_OPEN_STORES):
+        try:
+            if store._pending:
+                store.close()
+        except Exception:  # noqa: BLE001 - never fail interpreter shutdown
+            log.warning("could not consolidate %s at exit", store.url, exc_info=True)
 
 
 def _check_modality(name: str) -> None:
@@ -53,8 +68,9 @@ def _check_modality(name: str) -> None:
 class CampaignStore:
     """A campaign's measurements and decisions at one URL (local path or ``s3://...``).
 
-    Thread-safe and multi-process-safe: every append takes the campaign lock, so instruments
-    in threads or processes may share one store. Use :meth:`open`.
+    Thread-safe and multi-process-safe: single appends write one exclusive journal object each,
+    and every consolidation into the arrays takes the campaign lock, so instruments in threads
+    or processes may share one store. Use :meth:`open`; :meth:`close` (or ``with``) at the end.
     """
 
     def __init__(self, backend: Backend, storage_options: Mapping[str, Any] | None = None,
@@ -64,6 +80,8 @@ class CampaignStore:
         self.flush_every = max(1, flush_every)
         self.flush_interval_s = flush_interval_s
         self._pending = 0
+        self._pending_lock = threading.Lock()
+        self._urgent = False
         self._timer: threading.Timer | None = None
         self.url = backend.url
         self.storage_options = dict(storage_options or {})
@@ -89,6 +107,7 @@ class CampaignStore:
         backend = open_backend(url, storage_options, durable=durable)
         store = cls(backend, storage_options, flush_every=flush_every,
                     flush_interval_s=flush_interval_s)
+        _OPEN_STORES.add(store)
         if not backend.exists():
             if not create:
                 raise FileNotFoundError(f"no campaign store at {backend.url}")
@@ -193,28 +212,46 @@ class CampaignStore:
 
         On return the measurement is durable (one journal object, written whole) and every
         reader through this class sees it; plain xarray readers see it after the next
-        consolidation (at most ``flush_every`` appends or ``flush_interval_s`` later, or at
-        :meth:`flush`/:meth:`close`).
+        consolidation, which runs in a background thread after ``flush_every`` appends or
+        ``flush_interval_s`` (inline when ``flush_every == 1``), or at :meth:`flush`/
+        :meth:`close`. An append never waits for a consolidation running in another thread.
         """
         _check_modality(m.modality)
-        row, values = schema.measurement_row(m)
-        with self._mutex:
-            if self._committed(m.modality, m.measurement_id):
+        _, values = schema.measurement_row(m)
+        if self._mutex.acquire(blocking=False):
+            try:
+                if self._committed(m.modality, m.measurement_id):
+                    return False
+                if m.modality in self.hierarchy.nodes:  # refuse now what could never be stored
+                    self._check_compatible(m.modality, m, values)
+                else:
+                    schema.measurement_columns(m)
+            finally:
+                self._mutex.release()
+        else:  # a consolidation holds the store: check what is known, let it de-duplicate
+            w = self._writers.get(m.modality)
+            if w is not None and m.measurement_id in w.ids:
                 return False
-            if not self.journal.put_measurement(m, values):
-                return False
-            self._pending += 1
+            schema.measurement_columns(m)
+        if not self.journal.put_measurement(m, values):
+            return False
         self._after_journal()
         return True
 
     def append_decision(self, d: Decision) -> bool:
         """Store one decision; False if its id is already stored (same path as measurements)."""
-        with self._mutex:
-            if self._committed(schema.DECISIONS_GROUP, d.decision_id):
+        if self._mutex.acquire(blocking=False):
+            try:
+                if self._committed(schema.DECISIONS_GROUP, d.decision_id):
+                    return False
+            finally:
+                self._mutex.release()
+        else:
+            w = self._writers.get(schema.DECISIONS_GROUP)
+            if w is not None and d.decision_id in w.ids:
                 return False
-            if not self.journal.put_decision(d):
-                return False
-            self._pending += 1
+        if not self.journal.put_decision(d):
+            return False
         self._after_journal()
         return True
 
@@ -252,7 +289,7 @@ class CampaignStore:
 
     def close(self) -> None:
         """Stop the background flusher and consolidate what is pending."""
-        with self._mutex:
+        with self._pending_lock:
             if self._timer is not None:
                 self._timer.cancel()
                 self._timer = None
@@ -274,18 +311,29 @@ class CampaignStore:
         return record_id in w.ids
 
     def _after_journal(self) -> None:
-        if self._pending >= self.flush_every:
+        """Count the new journal entry; schedule (or, if ``flush_every == 1``, run) a flush."""
+        if self.flush_every == 1:
             self.flush()
             return
-        with self._mutex:
-            if self._timer is None and self.flush_interval_s > 0:
-                self._timer = threading.Timer(self.flush_interval_s, self._timed_flush)
-                self._timer.daemon = True
-                self._timer.start()
+        with self._pending_lock:
+            self._pending += 1
+            if self._pending >= self.flush_every and not self._urgent:
+                self._urgent = True
+                self._schedule(0.0)
+            elif self._timer is None and self.flush_interval_s > 0:
+                self._schedule(self.flush_interval_s)
 
-    def _timed_flush(self) -> None:
-        with self._mutex:
+    def _schedule(self, delay: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(delay, self._background_flush)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _background_flush(self) -> None:
+        with self._pending_lock:
             self._timer = None
+            self._urgent = False
         try:
             self.flush()
         except Exception:  # noqa: BLE001 - a background flush must never kill the process
@@ -297,18 +345,18 @@ class CampaignStore:
         """Journal entries + the given records -> one commit; then drop the journal entries.
 
         Caller holds the lock. Journal entries go first (they are acknowledged already), so a
-        given record whose id is in the journal reports False.
+        given record whose id is in the journal reports False. A journal entry that can never
+        be consolidated is moved aside (``Journal.reject``) instead of blocking the others.
         """
         keys = self.journal.keys()
-        jms, jds, bad = self.journal.read(keys)
-        for k in bad:
-            log.error("unreadable journal entry %s left in place", k)
-        keys = [k for k in keys if k not in set(bad)]
+        jm, jd, bad = self.journal.read(keys)
+        jms = [m for _, m in jm]
+        jds = [d for _, d in jd]
         jrows = [schema.measurement_row(m) for m in jms]
-        n_journal_m, n_journal_d = len(jms), len(jds)
         try:
             self.hierarchy.load()
-            pre, chunks, metas, done, mflags = self._stage_measurements(jms + ms, jrows + rows)
+            pre, chunks, metas, done, mflags, rejected = self._stage_measurements(
+                jms + ms, jrows + rows, n_journal=len(jms))
             p2, c2, m2, d2, dflags = self._stage_decisions(jds + ds)
             pre.update(p2)
             chunks.update(c2)
@@ -323,38 +371,57 @@ class CampaignStore:
             raise
         for w, n, ids, start in done:
             w.committed(n, ids, start)
-        self.journal.remove(keys)
-        self._pending = 0
-        return mflags[n_journal_m:], dflags[n_journal_d:]
+        reject = bad + [jm[i][0] for i in rejected]
+        if reject:
+            log.error("moved %d journal entries that cannot be stored to .coorch-rejected/: %s",
+                      len(reject), reject[:5])
+            self.journal.reject(reject)
+        self.journal.remove([k for k in keys if k not in set(reject)])
+        with self._pending_lock:
+            self._pending = 0
+        return mflags[len(jms):], dflags[len(jds):]
 
     def _stage_measurements(self, ms: list[Measurement],
-                            rows: list[tuple[dict[str, Any], np.ndarray]]) -> tuple:
+                            rows: list[tuple[dict[str, Any], np.ndarray]],
+                            n_journal: int = 0) -> tuple:
+        """Encode the new rows of every modality; records ``i < n_journal`` come from the
+        journal, and one that does not fit its modality is returned in ``rejected`` rather
+        than raised (the caller of the original append has long been answered)."""
         pre: dict[str, bytes] = {}
         chunks: dict[str, bytes] = {}
         metas: dict[str, bytes] = {}
         done: list[tuple] = []
+        rejected: list[int] = []
         flags = [False] * len(ms)
         by_group: dict[str, list[int]] = {}
         for i, m in enumerate(ms):
             by_group.setdefault(m.modality, []).append(i)
         for group, idx in by_group.items():
-            if group not in self.hierarchy.nodes:
-                cols, gattrs = schema.measurement_columns(ms[idx[0]])
-                pre.update(self._create_group(group, "modality", schema.MEASUREMENT_DIM,
-                                              cols, gattrs, schema.signal_coords(ms[idx[0]])))
-            w = self._writer(group)
-            n = self.hierarchy.rows(group)
-            w.refresh(n)
+            w = None
             new: list[int] = []
             seen: set[str] = set()
+            n = self.hierarchy.rows(group)
             for i in idx:
-                mid = ms[i].measurement_id
-                if mid in w.ids or mid in seen:
+                try:
+                    if group not in self.hierarchy.nodes:
+                        cols, gattrs = schema.measurement_columns(ms[i])
+                        pre.update(self._create_group(group, "modality", schema.MEASUREMENT_DIM,
+                                                      cols, gattrs, schema.signal_coords(ms[i])))
+                    if w is None:
+                        w = self._writer(group)
+                        w.refresh(n)
+                    mid = ms[i].measurement_id
+                    if mid in w.ids or mid in seen:
+                        continue
+                    self._check_compatible(group, ms[i], rows[i][1])
+                except ValueError:
+                    if i >= n_journal:
+                        raise
+                    rejected.append(i)
                     continue
-                self._check_compatible(group, ms[i], rows[i][1])
                 seen.add(mid)
                 new.append(i)
-            if not new:
+            if not new or w is None:
                 continue
             signal = self.hierarchy.nodes[group]["attributes"]["signal"]
             cols = {name: _column_values([rows[i][0][name] for i in new], w.columns[name])
@@ -365,7 +432,7 @@ class CampaignStore:
             done.append((w, n + len(new), [ms[i].measurement_id for i in new], n))
             for i in new:
                 flags[i] = True
-        return pre, chunks, metas, done, flags
+        return pre, chunks, metas, done, flags, rejected
 
     def _stage_decisions(self, ds: list[Decision]) -> tuple:
         group = schema.DECISIONS_GROUP
@@ -482,21 +549,23 @@ class CampaignStore:
     def _xr_storage_options(self) -> dict[str, Any] | None:
         return None if isinstance(self.backend, LocalBackend) else (self.storage_options or None)
 
-    def read_table(self, group: str) -> dict[str, np.ndarray]:
+    def read_table(self, group: str, columns: Iterable[str] | None = None
+                   ) -> dict[str, np.ndarray]:
         """All committed rows of the row-dimension columns of one group, as numpy arrays."""
         with self._mutex:
             self.hierarchy.load()
             n = self.hierarchy.rows(group)
             w = self._writer(group)
             w.refresh(n)
-            return {name: w.read_column(name, 0, n) for name in w.columns}
+            names = list(columns) if columns is not None else list(w.columns)
+            return {name: w.read_column(name, 0, n) for name in names}
 
     def measurements_table(self) -> pd.DataFrame:
         """One row per measurement (all modalities): ids, positions, times, refs, hash."""
         frames = []
         cols = [name for name, _, _ in schema.MEASUREMENT_COORDS]
         for g in self.modalities():
-            t = self.read_table(g)
+            t = self.read_table(g, cols)  # coordinates only: never the signal data
             df = pd.DataFrame({c: t[c] for c in cols})
             df.insert(1, "modality", g)
             frames.append(df)
@@ -523,8 +592,8 @@ class CampaignStore:
         df = pd.DataFrame({c: t[c] for c in names})
         for c in ("trained_on", "pending", "human_input"):
             df[c] = [json.loads(v) if v else None for v in df[c]]
-        for c in ("decision_id", "instrument", "modality", "policy", "model_version",
-                  "flow_run_id", "campaign"):
+        for c in ("decision_id", "measurement_id", "instrument", "modality", "policy",
+                  "model_version", "flow_run_id", "campaign"):
             df[c] = df[c].astype(str)
         df["created"] = pd.to_datetime(df["created"].astype(float), unit="s", utc=True)
         return df

@@ -11,7 +11,6 @@ import json
 from collections import Counter
 from typing import TYPE_CHECKING
 
-
 from . import schema
 
 if TYPE_CHECKING:
@@ -83,6 +82,9 @@ def verify(store: CampaignStore, *, open_with_xarray: bool = True) -> list[str]:
                 if ref not in all_ids:
                     problems.append(f"dangling ref: decision {did} trained_on unknown "
                                     f"measurement {ref}")
+    for key in store.journal.rejected():
+        problems.append(f"rejected: journal entry {key} could not be stored (it does not fit "
+                        "its modality or is corrupt); acknowledged but not in the arrays")
     for mid, did in decision_refs:
         if did not in decisions:
             problems.append(f"dangling ref: measurement {mid} names unknown decision {did}")

@@ -270,9 +270,11 @@ class TableWriter:
     def repair(self, hierarchy: Hierarchy) -> list[str]:
         """Per-array metadata that disagrees with the committed shape (after a crash)."""
         n = hierarchy.rows(self.group)
+        keys = {name: f"{self.group}/{name}/zarr.json" for name in self.columns}
+        raws = self.backend.read_many(list(keys.values()))  # concurrent on S3
         bad = []
-        for name in self.columns:
-            raw = self.backend.read(f"{self.group}/{name}/zarr.json")
+        for name, key in keys.items():
+            raw = raws.get(key)
             if raw is None or json.loads(raw).get("shape", [None])[0] != n:
                 bad.append(name)
         return bad

@@ -68,10 +68,10 @@ def resume(store: CampaignStore, policy: BasePolicy) -> tuple[list[Measurement],
     """Tell ``policy`` what the store holds; return (measurements, decisions to re-issue)."""
     done = stored_measurements(store)
     observe(policy, done)
-    have = {m.measurement_id for m in done} | {m.decision_id for m in done}
+    have = {m.measurement_id for m in done}
     queue = []
     for d in stored_decisions(store):
-        if d.measurement_id not in have and d.decision_id not in have:
+        if d.measurement_id not in have:
             policy.plan(d.instrument, np.array([d.library_x, d.library_y]), reason=d.policy,
                         measurement_id=d.measurement_id)
             queue.append(d)

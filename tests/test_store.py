@@ -6,6 +6,7 @@ import json
 import threading
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -189,10 +190,10 @@ def test_verify_detects_partial_write_and_open_repairs_it(url):
     store.append_many([syn.measurement(i) for i in range(3)])
     # simulate a crash between per-array metadata and the root commit: one array's own
     # zarr.json claims a row that was never committed
-    path = f"{url}/pfm_loop/library_x/zarr.json"
-    meta = json.load(open(path))
+    path = Path(url) / "pfm_loop" / "library_x" / "zarr.json"
+    meta = json.loads(path.read_text())
     meta["shape"] = [4]
-    json.dump(meta, open(path, "w"))
+    path.write_text(json.dumps(meta))
     assert any("partial write" in p for p in store.verify())
     CampaignStore.open(url)  # opening repairs it
     assert store.verify() == []
@@ -264,3 +265,55 @@ def test_append_latency_is_a_few_ms(url):
     store.close()
     median = float(np.median(times))
     assert median < 0.010, f"median append {median * 1e3:.1f} ms"
+
+
+def test_verify_detects_duplicate_ids(url):
+    store = CampaignStore.open(url)
+    store.append_many([syn.measurement(i) for i in range(3)])
+    ids = zarr.open_array(url, path="pfm_loop/measurement_id", mode="r+")
+    ids[2] = "m-pfm_loop-0"  # a duplicate written behind the store's back
+    problems = CampaignStore.open(url).verify()
+    assert any(p.startswith("duplicate") and "m-pfm_loop-0" in p for p in problems)
+
+
+def test_storage_layer_imports_no_upper_layer():
+    """DESIGN.md layer rule: storage never imports Prefect, torch or the other layers."""
+    import subprocess
+    import sys
+
+    code = ("import sys, coorch.storage, coorch.storage.cli, coorch.storage.bench\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'torch', 'gpytorch')"
+            " or m.startswith(('coorch.models', 'coorch.flows', 'coorch.tasks',"
+            " 'coorch.instrument_agents'))]\n"
+            "print(bad); sys.exit(1 if bad else 0)")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_a_journaled_record_that_cannot_be_stored_is_set_aside_and_reported(url):
+    store = CampaignStore.open(url, flush_every=1000, flush_interval_s=0)
+    assert store.append_measurement(syn.measurement(0))
+    # the modality has no group yet, so this one cannot be checked until consolidation
+    odd = syn.measurement(1).model_copy(update={"signal": syn.raman_signal(np.zeros(512))})
+    assert store.append_measurement(odd)
+    store.flush()  # must not block the good record
+    assert store.measurement_ids() == {"m-pfm_loop-0"}
+    problems = store.verify()
+    assert len(problems) == 1 and problems[0].startswith("rejected")
+    # once the group exists, the same mistake is refused at append time
+    with pytest.raises(ValueError):
+        store.append_measurement(syn.measurement(2).model_copy(update={"signal": odd.signal}))
+
+
+def test_process_exit_consolidates_for_plain_readers(url):
+    """A writer that never calls close(): plain xarray still finds everything afterwards."""
+    import subprocess
+    import sys
+
+    code = ("from coorch.storage import CampaignStore\n"
+            "from coorch.storage import synthetic as syn\n"
+            f"s = CampaignStore.open({url!r}, flush_every=1000, flush_interval_s=60)\n"
+            "for i in range(5):\n"
+            "    s.append_measurement(syn.measurement(i))\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert xr.open_zarr(url, group="pfm_loop").sizes["measurement"] == 5

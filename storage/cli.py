@@ -1,0 +1,183 @@
+"""``coorch store ...``: look into, check and export a campaign store from a shell.
+
+The lead registers ``store_app`` as ``coorch store`` and ``bench_ingest_command`` as
+``coorch bench ingest``. Every command takes a local path or an fsspec URL; S3 endpoint and
+credentials come from the environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...) or
+``--option key=value`` (values are never printed).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+from rich.tree import Tree
+
+from .bench import bench_ingest_command
+from .store import CampaignStore
+
+store_app = typer.Typer(help="Inspect, verify and export campaign stores.", no_args_is_help=True)
+
+
+class _Console:
+    """A rich console made at print time: wide when the output is not a terminal (pipes,
+    logs, tests), so tables are not cut at 80 columns."""
+
+    def __getattr__(self, name: str) -> Any:
+        import sys
+
+        return getattr(Console(width=None if sys.stdout.isatty() else 160), name)
+
+
+console = _Console()
+
+OptionsArg = Annotated[list[str] | None, typer.Option(
+    "--option", "-o", help="storage option key=value (e.g. endpoint_url=http://...)")]
+
+
+def _options(opts: list[str] | None) -> dict[str, Any] | None:
+    if not opts:
+        return None
+    out: dict[str, Any] = {}
+    for item in opts:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected key=value, got {item!r}")
+        out[key] = value
+    return out
+
+
+def _open(url: str, opts: list[str] | None) -> CampaignStore:
+    try:
+        return CampaignStore.open(url, create=False, storage_options=_options(opts))
+    except FileNotFoundError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@store_app.command("ls")
+def ls(url: str, option: OptionsArg = None) -> None:
+    """Modalities (rows, signal, dims), decisions and campaign metadata of a store."""
+    store = _open(url, option)
+    md = store.metadata()
+    table = Table(title=f"campaign {store.url}")
+    for col in ("group", "rows", "signal", "dims", "instruments"):
+        table.add_column(col)
+    mt = store.measurements_table()
+    for g in store.modalities():
+        ds = store.read_modality(g)
+        sig = ds.attrs.get("signal", "")
+        sub = mt[mt["modality"] == g]
+        table.add_row(g, str(ds.sizes["measurement"]), sig,
+                      " x ".join(f"{d}={ds.sizes[d]}" for d in ds[sig].dims),
+                      ", ".join(sorted(set(sub["instrument"]))))
+    table.add_row("decisions", str(len(store.decisions())), "", "", "")
+    console.print(table)
+    cv = md.get("code_version", {})
+    console.print(f"code: coorch {cv.get('version')} commit {cv.get('git_commit') or '-'}; "
+                  f"metadata keys: {', '.join(sorted(md))}")
+
+
+@store_app.command("show")
+def show(url: str, modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+         rows: int = 10, option: OptionsArg = None) -> None:
+    """Campaign metadata, or one modality as xarray sees it plus its latest measurements."""
+    store = _open(url, option)
+    if modality is None:
+        console.print_json(json.dumps(store.metadata(), default=str))
+        console.print(f"modalities: {', '.join(store.modalities()) or '-'}")
+        return
+    if modality not in store.modalities():
+        console.print(f"[red]no modality {modality!r}; have {store.modalities()}[/red]")
+        raise typer.Exit(2)
+    console.print(store.read_modality(modality))
+    mt = store.measurements_table()
+    sub = mt[mt["modality"] == modality].tail(rows)
+    table = Table(title=f"last {len(sub)} measurements of {modality}")
+    cols = ["measurement_id", "instrument", "library_x", "library_y", "end_time",
+            "decision_id", "content_hash"]
+    for c in cols:
+        table.add_column(c)
+    for _, r in sub.iterrows():
+        table.add_row(*(str(r[c])[:19] if c != "content_hash" else str(r[c])[:12]
+                        for c in cols))
+    console.print(table)
+
+
+@store_app.command("lineage")
+def lineage_cmd(url: str, measurement_id: str, as_json: Annotated[
+        bool, typer.Option("--json")] = False, option: OptionsArg = None) -> None:
+    """Where a measurement came from (decision, its training data) and what it influenced."""
+    store = _open(url, option)
+    try:
+        lin = store.lineage(measurement_id)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(2) from exc
+    if as_json:
+        console.print_json(json.dumps(lin, default=str))
+        return
+    m = lin["measurement"]
+    tree = Tree(f"[bold]{measurement_id}[/bold] {m['modality']} by {m['instrument']} at "
+                f"({m['library_x']:.3g}, {m['library_y']:.3g}) mm")
+    back = tree.add("[cyan]back[/cyan]")
+    d = lin["back"]["decision"]
+    if d is None:
+        back.add("not requested by a stored decision")
+    elif d.get("missing"):
+        back.add(f"[red]decision {d['decision_id']} is missing from the store[/red]")
+    else:
+        node = back.add(f"decision {d['decision_id']}: policy {d['policy']} model "
+                        f"{d['model_version'] or '-'} acquisition {d['acquisition_value']:.4g} "
+                        f"over {d['n_candidates']} candidates")
+        node.add(f"trained on {len(lin['back']['trained_on'])} measurements: "
+                 + ", ".join(lin["back"]["trained_on"][:8])
+                 + (" ..." if len(lin["back"]["trained_on"]) > 8 else ""))
+    fwd = tree.add("[magenta]forward[/magenta]")
+    fwd.add(f"{len(lin['forward']['decisions'])} decisions trained on it: "
+            + ", ".join(lin["forward"]["decisions"][:8]))
+    fwd.add(f"{len(lin['forward']['measurements'])} measurements they caused: "
+            + ", ".join(lin["forward"]["measurements"][:8]))
+    console.print(tree)
+
+
+@store_app.command("verify")
+def verify_cmd(url: str, option: OptionsArg = None) -> None:
+    """Hashes, dangling references, duplicates, partial writes. Exit 1 on any problem."""
+    store = _open(url, option)
+    problems = store.verify()
+    if not problems:
+        n = len(store.measurement_ids())
+        console.print(f"[green]OK[/green] {store.url}: {n} measurements, "
+                      f"{len(store.decisions())} decisions")
+        return
+    for p in problems:
+        console.print(f"[red]PROBLEM[/red] {p}")
+    console.print(f"{len(problems)} problem(s)")
+    raise typer.Exit(1)
+
+
+@store_app.command("export")
+def export_cmd(url: str, to: Annotated[str, typer.Option(
+        "--to", help="netcdf | parquet")] = "netcdf",
+        out: Annotated[Path | None, typer.Option("--out")] = None,
+        option: OptionsArg = None) -> None:
+    """Export to one NetCDF-4 file (a group per modality + decisions) or a Parquet folder."""
+    from .export import export_netcdf, export_parquet
+
+    store = _open(url, option)
+    base = Path(store.url.rstrip("/").rsplit("/", 1)[-1]).stem
+    if to == "netcdf":
+        path = export_netcdf(store, out or Path(f"{base}.nc"))
+    elif to == "parquet":
+        path = export_parquet(store, out or Path(f"{base}-parquet"))
+    else:
+        raise typer.BadParameter("--to must be netcdf or parquet")
+    console.print(f"wrote {path}")
+
+
+__all__ = ["store_app", "bench_ingest_command"]
