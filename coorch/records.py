@@ -123,4 +123,5 @@ class Decision(BaseModel):
     human_input: str | None = None
     created: float = Field(default_factory=time.time)
     flow_run_id: str | None = None
+    task_run_id: str | None = None
     campaign: str | None = None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import logging
 from collections.abc import Iterator
 
 from distributed import Client, LocalCluster
@@ -19,6 +20,7 @@ from coorch.deployments.config import DaskConfig
 def dask_client(config: DaskConfig | None = None) -> Iterator[Client]:
     """A connected client for ``config``; clusters it started are closed on exit."""
     config = config or DaskConfig()
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # per-connection chatter
     if config.address:
         with Client(config.address) as client:
             yield client

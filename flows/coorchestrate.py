@@ -21,7 +21,7 @@ from coorch.deployments.config import CampaignSpec
 from coorch.deployments.dask_cluster import dask_client
 from coorch.records import Measurement
 from coorch.tasks.campaign import CampaignResult, Instruments, build_policy, seed_decisions
-from coorch.tasks.fit import BackgroundRefit
+from coorch.tasks.fit import BackgroundRefit, needs_fits
 from coorch.tasks.ingest import observe
 from coorch.tasks.measure import measure
 from coorch.tasks.resume import resume
@@ -56,9 +56,11 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
     """Run (or resume) the campaign ``spec`` until its measurement budget is spent."""
     log = get_run_logger()
     flow_run_id = str(get_run_context().flow_run.id)
-    with (Instruments.connect(spec) as instruments, dask_client(spec.dask) as dask,
-          instruments.open_store(spec, flow_run_id) as store):
+    with (Instruments.connect(spec) as instruments,
+          instruments.open_store(spec, flow_run_id) as store,
+          contextlib.ExitStack() as stack):
         policy = build_policy(spec, instruments.descriptions)
+        dask = stack.enter_context(dask_client(spec.dask)) if needs_fits(policy) else None
         refit = BackgroundRefit(dask, policy, every=spec.refit_every)
         done, queue = resume(store, policy)
         log.info("campaign %s: %d measurements in the store, %d decisions to finish",

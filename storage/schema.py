@@ -64,6 +64,7 @@ DECISION_COLUMNS: list[tuple[str, str, dict[str, Any]]] = [
                                "encoding": "JSON value"}),
     ("created", "float64", {**TIME_ATTRS, "long_name": "decision time"}),
     ("flow_run_id", "string", {"long_name": "Prefect flow run id ('' if none)"}),
+    ("task_run_id", "string", {"long_name": "Prefect task run id that decided ('' if none)"}),
     ("campaign", "string", {"long_name": "campaign name ('' if none)"}),
 ]
 
@@ -144,5 +145,6 @@ def decision_row(d: Decision) -> dict[str, Any]:
         "n_candidates": int(d.n_candidates),
         "human_input": json.dumps(d.human_input),
         "created": float(d.created), "flow_run_id": d.flow_run_id or "",
+        "task_run_id": d.task_run_id or "",
         "campaign": d.campaign or "",
     }

@@ -593,7 +593,7 @@ class CampaignStore:
         for c in ("trained_on", "pending", "human_input"):
             df[c] = [json.loads(v) if v else None for v in df[c]]
         for c in ("decision_id", "measurement_id", "instrument", "modality", "policy",
-                  "model_version", "flow_run_id", "campaign"):
+                  "model_version", "flow_run_id", "task_run_id", "campaign"):
             df[c] = df[c].astype(str)
         df["created"] = pd.to_datetime(df["created"].astype(float), unit="s", utc=True)
         return df

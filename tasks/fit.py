@@ -23,10 +23,16 @@ def _warm_up() -> None:
     fit_hyperparameters(x, np.arange(6) % 2, np.sin(3 * x[:, 0]), 2, max_iter=5)
 
 
+def needs_fits(policy: BasePolicy) -> bool:
+    """Only GP policies learn hyperparameters; random and grid need no Dask cluster."""
+    return isinstance(policy, GPPolicy)
+
+
 class BackgroundRefit:
     """At most one refit in flight per policy; a newer request waits for the running one."""
 
-    def __init__(self, client: Client, policy: BasePolicy, *, every: int, min_obs: int = 4):
+    def __init__(self, client: Client | None, policy: BasePolicy, *, every: int,
+                 min_obs: int = 4):
         self.client, self.policy, self.every, self.min_obs = client, policy, every, min_obs
         self.future: Future | None = None
         self.last_n = 0
@@ -36,7 +42,7 @@ class BackgroundRefit:
 
     @property
     def enabled(self) -> bool:
-        return isinstance(self.policy, GPPolicy)
+        return self.client is not None and needs_fits(self.policy)
 
     def poll(self) -> None:
         """Swap in a finished fit, start a new one when enough new data have arrived."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import task_run
 
 from coorch.instrument_agents.client import InstrumentClient
 from coorch.models.policies import BasePolicy
@@ -40,5 +41,5 @@ def measure(client: InstrumentClient, store: CampaignStore, instrument: str, *,
     """Carry out ``decision``, or first ask ``policy`` for ``instrument``'s next one."""
     if decision is None:
         decision = decide(policy, instrument, modality, store, campaign=campaign,
-                          flow_run_id=flow_run_id)
+                          flow_run_id=flow_run_id, task_run_id=str(task_run.id))
     return decision, acquire(client, decision, store)

@@ -44,7 +44,10 @@ def test_flow_writes_every_measurement_with_provenance(prefect_server, twins, tm
     decisions = store.decisions()
     assert set(table["decision_id"]) <= set(decisions["decision_id"])
     assert set(table["flow_run_id"]) == {result.flow_run_id}
-    assert (decisions["policy"] == "coorchestrate").sum() == 10 - 4  # the rest are seeds
+    chosen = decisions[decisions["policy"] == "coorchestrate"]
+    assert len(chosen) == 10 - 4  # the rest are seeds
+    assert chosen["task_run_id"].str.len().min() > 0  # each names the Prefect task run
+    assert set(decisions["measurement_id"]) == set(table["measurement_id"])
     ds = xr.open_zarr(str(store_url), group="pfm_loop")
     assert ds.sizes["measurement"] == len(table[table["instrument"] == twins[0].name])
     assert store.verify() == []

@@ -1,21 +1,54 @@
 """``coorch bench overhead``: orchestration cost per measurement (flow + agent round trip +
 store append), with the instrument itself taking no time.
 
-One twin at ``time_scale=0`` and the ``random`` policy (whose decision costs microseconds), so
-what is left between two stored measurements is coorch: the Prefect task run, two HTTP calls
-(move, measure) and the store append. The same HTTP calls and appends are also timed bare, in
-the same run, to split the figure.
+One twin at ``time_scale=0``, served by ``coorch agent serve`` in its own process as an
+instrument PC would, and the ``random`` policy (whose decision costs microseconds), so what is
+left between two stored measurements is coorch: the Prefect task run, two HTTP calls (move,
+measure) and the store append. The same HTTP calls and appends are also timed bare, in the same
+run, to split the figure.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
 import typer
+
+
+@contextlib.contextmanager
+def agent_process(instrument: str, token_file: Path) -> Iterator[str]:
+    """``coorch agent serve`` on a free loopback port; yields its URL, stops it on exit."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    coorch = Path(sys.executable).with_name("coorch")
+    proc = subprocess.Popen([str(coorch), "agent", "serve", "--instrument", instrument,
+                             "--port", str(port), "--token-file", str(token_file),
+                             "--time-scale", "0"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError(f"agent for {instrument} did not start")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 def run(n: int = 200, warmup: int = 20) -> dict:
@@ -26,17 +59,16 @@ def run(n: int = 200, warmup: int = 20) -> dict:
     from coorch.deployments.config import CampaignSpec, InstrumentConfig
     from coorch.deployments.prefect_server import local_prefect_server
     from coorch.instrument_agents.client import InstrumentClient
-    from coorch.instrument_agents.launch import start_twin
     from coorch.records import new_id
     from coorch.storage import CampaignStore
 
     token = tmp / "token"
     token.write_text("bench")
-    with local_prefect_server(tmp / "prefect"), start_twin("raman", token="bench") as agent:
+    with local_prefect_server(tmp / "prefect"), agent_process("raman", token) as url:
         from coorch.flows.coorchestrate import coorchestrate, reporting
 
-        cfg = InstrumentConfig(name=agent.driver.describe().id, kind="raman", modality="raman",
-                               url=agent.url, token_file=token)
+        cfg = InstrumentConfig(name="raman-twin", kind="raman", modality="raman", url=url,
+                               token_file=token)
         stamps: list[float] = []
         spec = CampaignSpec(name="overhead", instruments=[cfg], policy="random",
                             budget=n + warmup, seeds_per_instrument=1,
@@ -47,7 +79,7 @@ def run(n: int = 200, warmup: int = 20) -> dict:
 
         bare_http, bare_store = [], []
         store = CampaignStore.open(str(tmp / "bare.zarr"))
-        with InstrumentClient(agent.url, "bench", client_id="bench") as client:
+        with InstrumentClient(url, "bench", client_id="bench") as client:
             client.acquire_lease(60)
             client.load_sample("s")
             for i in range(n):
