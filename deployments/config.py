@@ -7,6 +7,7 @@ tokens are referenced by file, never inlined (flow parameters are stored by Pref
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -21,7 +22,15 @@ class InstrumentConfig(BaseModel):
     modality: str = Field(description="which of the instrument's modalities this campaign uses")
     url: str = Field(description="base URL of the instrument agent, e.g. http://127.0.0.1:8101")
     token_file: Path = Field(description="file holding the bearer token for control")
-    descriptor: str = Field("physics", description="physics | vae: how signals become tasks")
+    descriptor: Literal["physics", "vae"] = Field(
+        "physics", description="how signals become GP tasks: a physics fit (one task) or the "
+        "latents of a VAE trained on this instrument's signals in the background (latent_dim "
+        "tasks)")
+    latent_dim: int = Field(2, ge=1, le=4, description="VAE latent size (descriptor='vae')")
+
+    @property
+    def n_tasks(self) -> int:
+        return self.latent_dim if self.descriptor == "vae" else 1
 
     def token(self) -> str:
         try:

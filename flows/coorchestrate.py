@@ -2,9 +2,10 @@
 
 Story: connect to each instrument agent (take its lease, load the sample), open the store, seed a
 few points per instrument, then keep every instrument busy: whenever one finishes, its
-measurement is stored, turned into a descriptor and told to the policy, a background refit is
-started or swapped in, and the instrument gets its next point, chosen with the points still
-being measured elsewhere counted as pending. No science here: it composes ``coorch.tasks``.
+measurement is stored, turned into a descriptor (physics fit, or VAE latents) and told to the
+policy, background VAE trainings and GP refits on Dask are started or swapped in, and the
+instrument gets its next point, chosen with the points still being measured elsewhere counted
+as pending. No science here: it composes ``coorch.tasks``.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from coorch.deployments.config import CampaignSpec
 from coorch.deployments.dask_cluster import dask_client
 from coorch.records import Measurement
 from coorch.tasks.campaign import CampaignResult, Instruments, build_policy, seed_decisions
-from coorch.tasks.fit import BackgroundRefit, needs_fits
-from coorch.tasks.ingest import observe
+from coorch.tasks.fit import BackgroundRefit, BackgroundVAE, needs_fits
+from coorch.tasks.ingest import Describer, observe
 from coorch.tasks.measure import measure
 from coorch.tasks.resume import resume
 
@@ -62,7 +63,9 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
         policy = build_policy(spec, instruments.descriptions)
         dask = stack.enter_context(dask_client(spec.dask)) if needs_fits(policy) else None
         refit = BackgroundRefit(dask, policy, every=spec.refit_every)
-        done, queue = resume(store, policy)
+        describer = Describer(spec)
+        vae = BackgroundVAE(dask, describer, policy, refit, seed=spec.seed)
+        done, queue = resume(store, policy, describer)
         log.info("campaign %s: %d measurements in the store, %d decisions to finish",
                  spec.name, len(done), len(queue))
         if not done and not queue:
@@ -93,18 +96,21 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
             fut = next(iter(as_completed(list(in_flight.values()))))  # the first to finish
             decision, m = fut.result()
             del in_flight[m.instrument]
-            obs = observe(policy, [m])[0]
+            obs = observe(policy, describer, [m])[0]
             n_done += 1
+            vae.poll()
             refit.poll()
             next_for(m.instrument)
             _report(m, {"n": n_done, "budget": spec.budget, "descriptor": obs.values,
                         "why": _why(decision), "fits": refit.fits})
+        vae.finish()
         refit.finish()
         report = policy.report()
         log.info("campaign %s finished: %d measurements, model %s", spec.name, n_done,
                  report["model_version"])
         hyper = getattr(getattr(policy, "post", None), "hyper", None)
         return CampaignResult(store=spec.store, flow_run_id=flow_run_id, n_measurements=n_done,
-                              n_fits=refit.fits, policy=report,
+                              n_fits=refit.fits, n_vae_trainings=vae.trainings,
+                              policy=report,
                               hyperparameters=None if hyper is None else {
                                   k: np.asarray(v).tolist() for k, v in vars(hyper).items()})

@@ -88,6 +88,7 @@ class BasePolicy:
         self.obs_t: list[int] = []
         self.obs_y: list[float] = []
         self.obs_ids: list[str] = []
+        self.obs_rows: dict[str, list[int]] = {}  # measurement id -> its rows in obs_*
         self.pending: dict[str, tuple[str, int]] = {}  # measurement id -> (instrument, cand)
         self.position: dict[str, np.ndarray] = {}  # last position per instrument (unit box)
         self._lock = threading.RLock()
@@ -113,11 +114,14 @@ class BasePolicy:
                 u = self._to_unit(o.x)[0]
                 if self.pending.pop(o.measurement_id, None) is None:
                     self._condition(u, inst)  # not suggested by us (seed, resume, human)
+                rows = []
                 for task, value in zip(inst.tasks, np.atleast_1d(o.values), strict=True):
+                    rows.append(len(self.obs_y))
                     self.obs_x.append(u)
                     self.obs_t.append(task)
-                    self.obs_y.append(float(value))
+                    self.obs_y.append(float(value))  # NaN: position known, value not yet
                 self.obs_ids.append(o.measurement_id)
+                self.obs_rows[o.measurement_id] = rows
                 self.position[o.instrument] = u
 
     def ask(self, instrument: str | None = None) -> Suggestion:
@@ -158,6 +162,14 @@ class BasePolicy:
                 acquisition_value=float("nan"), policy=reason, model_version=self.model_version,
                 trained_on=tuple(self.obs_ids), pending=pending,
                 n_candidates=len(self.candidates))
+
+    def relabel(self, values: dict[str, np.ndarray]) -> None:
+        """Replace the values of measurements already told (a retrained VAE re-encodes every
+        signal of its modality). Positions, hence the decision state, do not change."""
+        with self._lock:
+            for mid, vals in values.items():
+                for row, v in zip(self.obs_rows[mid], np.atleast_1d(vals), strict=True):
+                    self.obs_y[row] = float(v)
 
     def forget(self, measurement_id: str) -> None:
         """A suggested measurement will never come (instrument failed): stop waiting for it."""
@@ -308,11 +320,14 @@ class GPPolicy(BasePolicy):
             self._executor.shutdown(wait=True)
 
     def training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(x unit box (n, d), task (n,), y (n,)) for a background hyperparameter fit."""
+        """(x unit box (n, d), task (n,), y (n,)) of the observations with values, for a
+        background hyperparameter fit."""
         with self._lock:
             d = self.unit.shape[1]
             x = np.asarray(self.obs_x).reshape(-1, d)
-            return x, np.asarray(self.obs_t, int), np.asarray(self.obs_y, float)
+            t, y = np.asarray(self.obs_t, int), np.asarray(self.obs_y, float)
+            known = np.isfinite(y)
+            return x[known], t[known], y[known]
 
     # -- deciding -----------------------------------------------------------------------
     def ask(self, instrument: str | None = None) -> Suggestion:

@@ -32,6 +32,7 @@ class CampaignResult(BaseModel):
     flow_run_id: str
     n_measurements: int
     n_fits: int
+    n_vae_trainings: int = 0
     policy: dict
     hyperparameters: dict | None = None
 
@@ -101,11 +102,14 @@ def candidate_grid(spec: CampaignSpec) -> np.ndarray:
 
 def build_policy(spec: CampaignSpec, descriptions: dict[str, InstrumentDescription]
                  ) -> BasePolicy:
-    """The spec's policy over the candidate grid; one GP task per instrument, costs as served."""
-    models = []
-    for task, cfg in enumerate(spec.instruments):
+    """The spec's policy over the candidate grid; GP tasks per instrument as its descriptor
+    gives (one physics value, or ``latent_dim`` VAE latents); costs as the agents serve them."""
+    models, first = [], 0
+    for cfg in spec.instruments:
         desc = descriptions[cfg.name]
-        models.append(InstrumentModel(cfg.name, (task,), desc.modality(cfg.modality).cost_s,
+        tasks = tuple(range(first, first + cfg.n_tasks))
+        first += cfg.n_tasks
+        models.append(InstrumentModel(cfg.name, tasks, desc.modality(cfg.modality).cost_s,
                                       desc.move_cost_s_per_mm))
     return make_policy(spec.policy, candidate_grid(spec), library_extent(spec), models,
                        seed=spec.seed)

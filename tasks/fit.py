@@ -6,16 +6,18 @@ when the fit is done, the policy builds the new posterior off the decision path 
 
 from __future__ import annotations
 
+import numpy as np
 from distributed import Client, Future
 
 from coorch.models.mtgp import fit_hyperparameters
 from coorch.models.policies import BasePolicy, GPPolicy
+from coorch.models.vae import fit_vae
+from coorch.tasks.ingest import Describer
 
 
 def _warm_up() -> None:
     """Pay the worker's first-fit costs (imports, torch's first-call setup) before the campaign
     needs a fit, and keep fits to one core: the other one decides."""
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
@@ -53,9 +55,13 @@ class BackgroundRefit:
             self.future = None
             self.fits += 1
             self.policy.swap_hyperparameters_async(hyper)
-        n = len(self.policy.obs_y)
+        n = len(self.policy.training_data()[2])
         if self.future is None and n >= self.min_obs and n - self.last_n >= self.every:
             self.submit()
+
+    def invalidate(self) -> None:
+        """The training targets changed (a VAE relabelled them): refit at the next poll."""
+        self.last_n = -self.every
 
     def submit(self) -> Future:
         x, t, y = self.policy.training_data()
@@ -69,9 +75,59 @@ class BackgroundRefit:
         """Wait for a last fit on all the data and swap it in synchronously (for reporting)."""
         if not self.enabled:
             return
-        if len(self.policy.obs_y) != self.last_n or self.future is None:
+        if len(self.policy.training_data()[2]) != self.last_n or self.future is None:
             self.submit()
         hyper = self.future.result()
         self.future = None
         self.fits += 1
         self.policy.set_hyperparameters(hyper)
+
+
+class BackgroundVAE:
+    """VAE training on Dask for the instruments whose descriptor is ``vae``.
+
+    A VAE is (re)trained once an instrument has ``min_signals`` signals and again whenever its
+    count has grown by ``growth``; when one is ready, every stored signal of that instrument is
+    re-encoded, the policy relabelled and a hyperparameter refit requested. Decisions go on
+    meanwhile (positions, not values, drive the variance).
+    """
+
+    def __init__(self, client: Client | None, describer: Describer, policy: BasePolicy,
+                 refit: BackgroundRefit, *, min_signals: int = 6, growth: float = 1.5,
+                 epochs: int = 150, seed: int = 0) -> None:
+        self.client, self.describer, self.policy, self.refit = client, describer, policy, refit
+        self.min_signals, self.growth, self.epochs, self.seed = min_signals, growth, epochs, seed
+        self.futures: dict[str, tuple[Future, int]] = {}
+        self.trained_on: dict[str, int] = dict.fromkeys(describer.signals, 0)
+        self.trainings = 0
+
+    def finish(self) -> None:
+        """End of campaign: the last VAE covers every signal, so the final model does too."""
+        if self.client is None:
+            return
+        for name in self.describer.signals:
+            self.trained_on[name] = min(self.trained_on[name], 1)  # force a last training
+        self.poll()
+        for fut, _ in list(self.futures.values()):
+            fut.result()
+        self.poll(start=False)
+
+    def poll(self, start: bool = True) -> None:
+        if self.client is None:
+            return
+        for name, signals in self.describer.signals.items():
+            job = self.futures.get(name)
+            if job is not None and job[0].done():
+                del self.futures[name]
+                self.policy.relabel(self.describer.install_vae(name, job[0].result()))
+                self.trained_on[name] = job[1]
+                self.trainings += 1
+                self.refit.invalidate()
+            n = len(signals)
+            if (start and name not in self.futures and n >= self.min_signals
+                    and n >= self.growth * self.trained_on[name]):
+                data = np.stack(list(signals.values()))
+                cfg = self.describer.configs[name]
+                fut = self.client.submit(fit_vae, data, cfg.latent_dim, self.epochs,
+                                         self.seed, pure=False)
+                self.futures[name] = (fut, n)

@@ -15,7 +15,7 @@ import numpy as np
 from coorch.models.policies import BasePolicy
 from coorch.records import Decision, Measurement, Signal
 from coorch.storage import CampaignStore
-from coorch.tasks.ingest import observe
+from coorch.tasks.ingest import Describer, observe
 
 
 def stored_measurements(store: CampaignStore) -> list[Measurement]:
@@ -64,10 +64,11 @@ def stored_decisions(store: CampaignStore) -> list[Decision]:
     return out
 
 
-def resume(store: CampaignStore, policy: BasePolicy) -> tuple[list[Measurement], list[Decision]]:
+def resume(store: CampaignStore, policy: BasePolicy, describer: Describer
+           ) -> tuple[list[Measurement], list[Decision]]:
     """Tell ``policy`` what the store holds; return (measurements, decisions to re-issue)."""
     done = stored_measurements(store)
-    observe(policy, done)
+    observe(policy, describer, done)
     have = {m.measurement_id for m in done}
     queue = []
     for d in stored_decisions(store):

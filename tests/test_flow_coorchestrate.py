@@ -62,3 +62,19 @@ def test_flow_resumes_from_its_store_without_duplicates(prefect_server, twins, t
     table = CampaignStore.open(str(store_url), create=False).measurements_table()
     assert len(table) == 9 and table["measurement_id"].is_unique
     assert result.n_measurements == 9
+
+
+def test_vae_descriptor_is_trained_on_dask_and_becomes_the_gp_tasks(prefect_server, twins,
+                                                                    tmp_path):
+    from coorch.flows.coorchestrate import coorchestrate
+
+    raman = twins[1].model_copy(update={"descriptor": "vae", "latent_dim": 2})
+    s = spec([twins[0], raman], tmp_path / "v.zarr", budget=14)
+    result = coorchestrate(s)
+    assert result.n_vae_trainings >= 1
+    assert result.n_fits >= 1
+    # three tasks: the PFM physics descriptor and two Raman latents, all fitted
+    assert len(result.hyperparameters["noise"]) == 3
+    table = CampaignStore.open(str(tmp_path / "v.zarr"), create=False).measurements_table()
+    n_raman = int((table["instrument"] == raman.name).sum())
+    assert result.hyperparameters["n_train"] == 14 + n_raman  # each Raman gives 2 latents
