@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid")
+POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei")
 
 
 class InstrumentConfig(BaseModel):

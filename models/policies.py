@@ -391,7 +391,12 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
     if name == "max_uncertainty":
         return GPPolicy(candidates, bounds, instruments, acquisition="max_variance",
                         cost_aware=False, seed=seed, name="max_uncertainty", **kw)
+    if name in ("ucb", "ei"):  # single-task optimisation baselines (botorch)
+        from coorch.models.bo_policies import EIPolicy, UCBPolicy
+
+        cls = UCBPolicy if name == "ucb" else EIPolicy
+        return cls(candidates, bounds, instruments, seed=seed, **kw)
     raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
 
 
-POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid")
+POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei")

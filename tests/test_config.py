@@ -21,3 +21,10 @@ def test_unknown_policy_and_duplicate_instruments_are_refused():
         CampaignSpec(instruments=[inst], policy="clairvoyant")
     with pytest.raises(ValidationError, match="unique"):
         CampaignSpec(instruments=[inst, inst])
+
+
+def test_config_knows_exactly_the_policies_make_policy_builds():
+    from coorch.deployments import config
+    from coorch.models import policies
+
+    assert config.POLICIES == policies.POLICIES
