@@ -49,11 +49,13 @@ def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False,
 def _mount() -> None:
     """Sub-commands owned by the layers and the benchmarks."""
     from coorch.benchmarks.decision import bench_decision_command
+    from coorch.benchmarks.efficiency import bench_efficiency_command
     from coorch.benchmarks.overhead import bench_overhead_command
     from coorch.instrument_agents.cli import agent_app
 
     app.add_typer(agent_app, name="agent", help="Instrument agents (serve a twin or replay).")
     bench_app.command("decision")(bench_decision_command)
+    bench_app.command("efficiency")(bench_efficiency_command)
     bench_app.command("overhead")(bench_overhead_command)
     try:
         from coorch.storage.cli import bench_ingest_command, store_app

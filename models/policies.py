@@ -217,9 +217,14 @@ class GridPolicy(BasePolicy):
 
     def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
         i = self.next_index[inst.name]
-        self.next_index[inst.name] = i + 1
         # the instrument with the least done so far wins when several are free
         return int(self.order[i % len(self.order)]), -float(i)
+
+    def ask(self, instrument: str | None = None) -> Suggestion:
+        with self._lock:
+            s = super().ask(instrument)
+            self.next_index[s.instrument] += 1  # only the instrument that was asked advances
+            return s
 
 
 def farthest_point_order(x: np.ndarray, start: int = 0) -> np.ndarray:
