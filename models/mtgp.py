@@ -50,6 +50,22 @@ class MTGPHyperparameters:
         s = np.sqrt(np.diag(self.task_covariance))
         return self.task_covariance / np.outer(s, s)
 
+    def with_max_correlation(self, limit: float) -> MTGPHyperparameters:
+        """The same task variances with every |inter-task correlation| clipped to ``limit``.
+
+        With a handful of points per task the MAP estimate of ``B`` runs to correlations of
+        +-1, and a knowledge gain that believes one modality determines another stops measuring
+        it (docs/benchmarks.md, "Efficiency"). Clipping can break positive definiteness for
+        three or more tasks, so the off-diagonal is then shrunk until it holds.
+        """
+        s = np.sqrt(np.diag(self.task_covariance))
+        r = self.correlation()
+        off = ~np.eye(len(s), dtype=bool)
+        r[off] = np.clip(r[off], -limit, limit)
+        while np.linalg.eigvalsh(r).min() < 1e-9:
+            r[off] *= 0.9
+        return dataclasses.replace(self, task_covariance=r * np.outer(s, s))
+
     def independent(self) -> MTGPHyperparameters:
         """The same model with the tasks decoupled (the single-modality baseline)."""
         return dataclasses.replace(self, task_covariance=np.diag(np.diag(self.task_covariance)))

@@ -248,6 +248,11 @@ class GPPolicy(BasePolicy):
     instrument-second: co-orchestration) or ``"max_variance"`` (largest standardised
     predictive variance among the instrument's tasks, equal cost: the published agent).
     ``coupled=False`` decouples the tasks: each instrument learns alone (single-modality GP).
+    ``max_correlation`` caps |inter-task correlation| in the decision model (few points per
+    task drive its MAP estimate to +-1). ``weight_power`` weights each task's gain by
+    ``y_scale ** power`` on top of ``task_weights``: 0 counts tasks equally in standardised units
+    (error judged per task, normalised), 2 counts variance in the targets' own units (error
+    judged as one RMSE in shared units, as in the published replay).
     Hyperparameters come from outside (a background fit): :meth:`set_hyperparameters` swaps
     them in synchronously, :meth:`swap_hyperparameters_async` builds the new posterior in a
     background thread and swaps it at the next ``ask``, replaying rows decided meanwhile.
@@ -258,8 +263,10 @@ class GPPolicy(BasePolicy):
                  coupled: bool = True, cost_aware: bool = True,
                  hyperparameters: MTGPHyperparameters | None = None,
                  task_weights: np.ndarray | None = None, n_reference: int = 512,
-                 top_k: int = 32, seed: int = 0, name: str | None = None) -> None:
+                 top_k: int = 32, seed: int = 0, name: str | None = None,
+                 max_correlation: float | None = None, weight_power: float = 0.0) -> None:
         super().__init__(candidates, bounds, instruments, seed=seed)
+        self.max_correlation, self.weight_power = max_correlation, weight_power
         if acquisition not in ("knowledge_gain", "max_variance"):
             raise ValueError(f"unknown acquisition {acquisition!r}")
         self.acquisition, self.coupled, self.cost_aware = acquisition, coupled, cost_aware
@@ -278,6 +285,8 @@ class GPPolicy(BasePolicy):
     # -- model state --------------------------------------------------------------------
     def _build(self, h: MTGPHyperparameters, rows) -> IncrementalPosterior:
         h = h if self.coupled else h.independent()
+        if self.coupled and self.max_correlation is not None:
+            h = h.with_max_correlation(self.max_correlation)
         post = IncrementalPosterior(self.unit, h, reference=self.reference,
                                     capacity=max(64, 2 * len(rows)))
         for u, tasks in rows:
@@ -289,7 +298,8 @@ class GPPolicy(BasePolicy):
         self.model_version = post.hyper.version
         prior = np.diag(post.hyper.task_covariance)
         w = np.ones(self.num_tasks) if self.task_weights is None else self.task_weights
-        self.weights = np.asarray(w, float) / prior
+        w = np.asarray(w, float) * post.hyper.y_scale ** self.weight_power
+        self.weights = w / prior
 
     def _condition(self, u: np.ndarray, inst: InstrumentModel) -> None:
         self.rows.append((u, inst.tasks))
@@ -390,6 +400,7 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
     if name == "grid":
         return GridPolicy(candidates, bounds, instruments, seed=seed)
     if name == "coorchestrate":
+        kw.setdefault("max_correlation", COORCHESTRATE_MAX_CORRELATION)
         return GPPolicy(candidates, bounds, instruments, seed=seed, **kw)
     if name == "single_task":
         return GPPolicy(candidates, bounds, instruments, coupled=False, seed=seed, **kw)
@@ -403,5 +414,9 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
         return cls(candidates, bounds, instruments, seed=seed, **kw)
     raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
 
+
+#: Cap on |task correlation| in co-orchestration's decision model, from the efficiency
+#: benchmark (docs/benchmarks.md): 0.7 met the published run on real data and was used on twins.
+COORCHESTRATE_MAX_CORRELATION = 0.7
 
 POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei")

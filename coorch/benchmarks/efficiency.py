@@ -83,10 +83,13 @@ class Settings:
     weight_power: float = 0.0
 
     def policy_options(self, policy: str) -> dict:
-        """Keyword arguments for :func:`make_policy`."""
-        if policy == "coorchestrate" and self.task_weights is not None:
-            return {"task_weights": np.asarray(self.task_weights, float)}
-        return {}
+        """Keyword arguments for :func:`make_policy` (only ``coorchestrate`` takes any)."""
+        if policy != "coorchestrate":
+            return {}
+        opts = {"max_correlation": self.max_correlation, "weight_power": self.weight_power}
+        if self.task_weights is not None:
+            opts["task_weights"] = np.asarray(self.task_weights, float)
+        return opts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,22 +142,6 @@ def fit(x: np.ndarray, t: np.ndarray, y: np.ndarray, num_tasks: int, settings: S
                                    max_iter=settings.max_iter, seed=seed)
 
 
-def cap_correlation(h: MTGPHyperparameters, limit: float | None) -> MTGPHyperparameters:
-    """The same task variances with every |correlation| clipped to ``limit`` (stays PSD for two
-    tasks; for more, clipping a valid correlation matrix can break PSD, so it is shrunk
-    towards the identity instead until it is)."""
-    if limit is None:
-        return h
-    s = np.sqrt(np.diag(h.task_covariance))
-    r = h.correlation()
-    off = ~np.eye(len(s), dtype=bool)
-    clipped = r.copy()
-    clipped[off] = np.clip(r[off], -limit, limit)
-    while np.linalg.eigvalsh(clipped).min() < 1e-9:
-        clipped[off] *= 0.9
-    return dataclasses.replace(h, task_covariance=clipped * np.outer(s, s))
-
-
 def map_rmse(problem: Problem, h: MTGPHyperparameters, x: np.ndarray, t: np.ndarray,
              y: np.ndarray) -> np.ndarray:
     """RMSE per task (T,) of the posterior mean against the truth at the scored positions."""
@@ -191,11 +178,7 @@ def _refit(policy: BasePolicy, problem: Problem, settings: Settings, seed: int, 
     if score or (gp is not None and gp.coupled):
         h = fit(x, t, y, num_tasks, settings, seed=seed)
     if gp is not None and gp.coupled:
-        limit = settings.max_correlation if gp.name == "coorchestrate" else None
-        if gp.name == "coorchestrate" and settings.weight_power:
-            base = np.ones(num_tasks) if settings.task_weights is None else settings.task_weights
-            gp.task_weights = np.asarray(base, float) * h.y_scale ** settings.weight_power
-        gp.set_hyperparameters(cap_correlation(h, limit))
+        gp.set_hyperparameters(h)  # its own options (cap, weights) apply inside
     elif gp is not None:
         gp.set_hyperparameters(fit(x, t, y, num_tasks, settings, seed=seed, coupled=False))
     return h
