@@ -1,5 +1,5 @@
 """``coorch bench efficiency`` on the real replay file and on the twins, tiny budgets: the shape
-of what it prints, not its figures (docs/benchmarks-efficiency.md has those)."""
+of what it prints, not its figures (docs/benchmarks.md, "Efficiency", has those)."""
 
 from __future__ import annotations
 

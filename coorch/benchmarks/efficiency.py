@@ -64,9 +64,9 @@ class Settings:
     ``max_correlation`` caps |inter-task correlation| in the *decision* model of the coupled
     knowledge-gain policy: with a handful of points per task the MAP estimate of the task
     covariance runs to +-1, the knowledge gain then believes one modality fully determines the
-    other and measures it too little (measured on raman_beps.nc without the cap: up to 27 of 30
-    steps on BEPS, Raman RMSE up to 1.87 against the published 1.03; docs/benchmarks-efficiency.md
-    has the sweep). ``None``: no cap.
+    other and measures it too little (on raman_beps.nc without the cap and the weights below:
+    Raman RMSE 1.147 against the published 1.027; docs/benchmarks.md, "Efficiency").
+    ``None``: no cap.
 
     ``task_weights`` (per task) and ``weight_power`` weight the knowledge gain of each task by
     ``task_weights * y_scale ** weight_power`` (``y_scale``: the task's spread in its own units,
