@@ -91,6 +91,7 @@ class BasePolicy:
         self.obs_rows: dict[str, list[int]] = {}  # measurement id -> its rows in obs_*
         self.pending: dict[str, tuple[str, int]] = {}  # measurement id -> (instrument, cand)
         self.position: dict[str, np.ndarray] = {}  # last position per instrument (unit box)
+        self.visited: dict[str, set[int]] = {i.name: set() for i in instruments}
         self._lock = threading.RLock()
 
     def _to_unit(self, x: np.ndarray) -> np.ndarray:
@@ -114,6 +115,7 @@ class BasePolicy:
                 u = self._to_unit(o.x)[0]
                 if self.pending.pop(o.measurement_id, None) is None:
                     self._condition(u, inst)  # not suggested by us (seed, resume, human)
+                    self.visited[inst.name].add(self._nearest(u))
                 rows = []
                 for task, value in zip(inst.tasks, np.atleast_1d(o.values), strict=True):
                     rows.append(len(self.obs_y))
@@ -137,6 +139,7 @@ class BasePolicy:
             mid = new_id("m")
             pending = tuple(self.pending)
             self.pending[mid] = (inst.name, cand)
+            self.visited[inst.name].add(cand)
             self._condition(self.unit[cand], inst)
             self.position[inst.name] = self.unit[cand]
             return Suggestion(
@@ -152,10 +155,11 @@ class BasePolicy:
         account for it."""
         with self._lock:
             inst = self._instrument(instrument)
-            cand = int(np.argmin(((self.unit - self._to_unit(x)) ** 2).sum(1)))
+            cand = self._nearest(self._to_unit(x)[0])
             mid = measurement_id or new_id("m")
             pending = tuple(self.pending)
             self.pending[mid] = (inst.name, cand)
+            self.visited[inst.name].add(cand)
             self._condition(self.unit[cand], inst)
             return Suggestion(
                 instrument=inst.name, x=self.candidates[cand].copy(), measurement_id=mid,
@@ -188,6 +192,10 @@ class BasePolicy:
 
     def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
         raise NotImplementedError
+
+    def _nearest(self, u: np.ndarray) -> int:
+        """Index of the candidate nearest to unit-box position ``u``."""
+        return int(np.argmin(((self.unit - u) ** 2).sum(1)))
 
     def _taken(self, inst: InstrumentModel) -> np.ndarray:
         """Candidate indices already suggested to or measured by ``inst``."""
@@ -252,7 +260,10 @@ class GPPolicy(BasePolicy):
     task drive its MAP estimate to +-1). ``weight_power`` weights each task's gain by
     ``y_scale ** power`` on top of ``task_weights``: 0 counts tasks equally in standardised units
     (error judged per task, normalised), 2 counts variance in the targets' own units (error
-    judged as one RMSE in shared units, as in the published replay).
+    judged as one RMSE in shared units, as in the published replay). ``revisit=False`` never
+    sends an instrument where it has already measured: with a noisy, cheap modality the gain per
+    second of averaging one spot can win over and over (seen with STEM in the demo), and on a
+    real sample a second dose of beam or tip at one spot is rarely what an operator wants.
     Hyperparameters come from outside (a background fit): :meth:`set_hyperparameters` swaps
     them in synchronously, :meth:`swap_hyperparameters_async` builds the new posterior in a
     background thread and swaps it at the next ``ask``, replaying rows decided meanwhile.
@@ -264,9 +275,11 @@ class GPPolicy(BasePolicy):
                  hyperparameters: MTGPHyperparameters | None = None,
                  task_weights: np.ndarray | None = None, n_reference: int = 512,
                  top_k: int = 32, seed: int = 0, name: str | None = None,
-                 max_correlation: float | None = None, weight_power: float = 0.0) -> None:
+                 max_correlation: float | None = None, weight_power: float = 0.0,
+                 revisit: bool = True) -> None:
         super().__init__(candidates, bounds, instruments, seed=seed)
         self.max_correlation, self.weight_power = max_correlation, weight_power
+        self.revisit = revisit
         if acquisition not in ("knowledge_gain", "max_variance"):
             raise ValueError(f"unknown acquisition {acquisition!r}")
         self.acquisition, self.coupled, self.cost_aware = acquisition, coupled, cost_aware
@@ -363,6 +376,8 @@ class GPPolicy(BasePolicy):
     def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
         tasks = list(inst.tasks)
         taken = self._taken(inst)
+        if not self.revisit:
+            taken = np.union1d(taken, np.fromiter(self.visited[inst.name], int)).astype(int)
         if self.acquisition == "max_variance":
             var = self.post.variance()[:, tasks] / np.diag(self.post.hyper.task_covariance)[tasks]
             score = var.max(1)
@@ -401,6 +416,7 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
         return GridPolicy(candidates, bounds, instruments, seed=seed)
     if name == "coorchestrate":
         kw.setdefault("max_correlation", COORCHESTRATE_MAX_CORRELATION)
+        kw.setdefault("revisit", False)
         return GPPolicy(candidates, bounds, instruments, seed=seed, **kw)
     if name == "single_task":
         return GPPolicy(candidates, bounds, instruments, coupled=False, seed=seed, **kw)

@@ -18,9 +18,12 @@ from coorch.tasks.ingest import Describer
 def _warm_up() -> None:
     """Pay the worker's first-fit costs (imports, torch's first-call setup) before the campaign
     needs a fit, and keep fits to one core: the other one decides."""
+    import warnings
+
     import torch
 
     torch.set_num_threads(1)
+    warnings.filterwarnings("ignore", message="Sparse invariant checks")  # linear_operator
     x = np.linspace(0, 1, 6)[:, None]
     fit_hyperparameters(x, np.arange(6) % 2, np.sin(3 * x[:, 0]), 2, max_iter=5)
 
@@ -34,8 +37,9 @@ class BackgroundRefit:
     """At most one refit in flight per policy; a newer request waits for the running one."""
 
     def __init__(self, client: Client | None, policy: BasePolicy, *, every: int,
-                 min_obs: int = 4):
-        self.client, self.policy, self.every, self.min_obs = client, policy, every, min_obs
+                 min_per_task: int = 2):
+        self.client, self.policy, self.every = client, policy, every
+        self.min_per_task = min_per_task
         self.future: Future | None = None
         self.last_n = 0
         self.fits = 0
@@ -55,8 +59,12 @@ class BackgroundRefit:
             self.future = None
             self.fits += 1
             self.policy.swap_hyperparameters_async(hyper)
-        n = len(self.policy.training_data()[2])
-        if self.future is None and n >= self.min_obs and n - self.last_n >= self.every:
+        _, tasks, y = self.policy.training_data()
+        per_task = np.bincount(tasks, minlength=self.policy.num_tasks).min()
+        # A task with one or two values standardises to nothing: its fitted signal variance
+        # collapses and every gain with it. Wait until each task has a few.
+        if (self.future is None and per_task >= self.min_per_task
+                and len(y) - self.last_n >= self.every):
             self.submit()
 
     def invalidate(self) -> None:
