@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from shared_data import REPLAY_FILE
 
 from coorch.benchmarks.efficiency import (
     DEFAULT_POLICIES,
@@ -19,7 +20,7 @@ from coorch.benchmarks.efficiency import (
     run_twins,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared/data/smbfo_coorchestration/raman_beps.nc"
+DATA = REPLAY_FILE
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} not present")
 
 

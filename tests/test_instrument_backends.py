@@ -2,28 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import xarray as xr
+from shared_data import REPLAY_FILE
 
 from coorch.instrument_agents.client import InstrumentClient
 from coorch.instrument_agents.launch import serve_driver
 from coorch.instrument_agents.replay import ReplayDriver, replay_positions
 from coorch.instrument_agents.twins import make_twin
 
-REPLAY_FILE = Path("/work/shared/data/smbfo_coorchestration/raman_beps.nc")
-_DATA = Path(os.environ.get("COORCH_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
-if (_DATA / "smbfo_coorchestration/raman_beps.nc").exists():
-    REPLAY_FILE = _DATA / "smbfo_coorchestration/raman_beps.nc"
 needs_data = pytest.mark.skipif(not REPLAY_FILE.exists(), reason="replay data not present")
 TOKEN = "backend-token"
 

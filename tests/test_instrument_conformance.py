@@ -14,11 +14,11 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from shared_data import REPLAY_FILE
 
 from coorch.instrument_agents.client import (
     AuthError,
@@ -37,10 +37,6 @@ from coorch.records import InstrumentDescription
 # One shared plain-http client: building an httpx.Client loads the CA bundle (~0.1 s).
 HTTP = httpx.Client(verify=False, timeout=10)
 TOKEN, RO = "conf-token", "conf-ro-token"
-REPLAY_FILE = Path("/work/shared/data/smbfo_coorchestration/raman_beps.nc")
-_DATA = Path(os.environ.get("COORCH_DATA", Path(__file__).resolve().parents[2] / "shared/data"))
-if (_DATA / "smbfo_coorchestration/raman_beps.nc").exists():
-    REPLAY_FILE = _DATA / "smbfo_coorchestration/raman_beps.nc"
 
 # name -> factory of a Driver. Add a real driver here (or use COORCH_AGENT_URL, below).
 BACKENDS: dict[str, Callable[[], Driver]] = {
