@@ -7,21 +7,18 @@ the per-measurement path.
 from __future__ import annotations
 
 import contextlib
-import subprocess
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 from pydantic import BaseModel
 
-import coorch
 from coorch.deployments.config import CampaignSpec
 from coorch.instrument_agents.client import InstrumentClient
 from coorch.instrument_agents.libraries import get_library
 from coorch.models.policies import BasePolicy, InstrumentModel, make_policy
 from coorch.records import Decision, InstrumentDescription
-from coorch.storage import CampaignStore
+from coorch.storage import CampaignStore, code_version
 from coorch.tasks.decide import to_decision
 
 
@@ -69,20 +66,10 @@ class Instruments:
         store = CampaignStore.open(spec.store, create=True)
         store.set_metadata(
             campaign=spec.name, spec=spec.model_dump(mode="json"),
-            code_version=coorch.__version__, git_commit=git_commit(),
+            code_version=code_version(),  # of this run: a resumed campaign may run newer code
             library=spec.library, sample=spec.sample, flow_run_id=flow_run_id,
             instruments={k: v.model_dump(mode="json") for k, v in self.descriptions.items()})
         return store
-
-
-def git_commit() -> str | None:
-    """The commit of the code that ran, when it runs from a git checkout."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(coorch.__file__).parent, timeout=5)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None
 
 
 def library_extent(spec: CampaignSpec) -> np.ndarray:

@@ -51,6 +51,9 @@ def test_flow_writes_every_measurement_with_provenance(prefect_server, twins, tm
     ds = xr.open_zarr(str(store_url), group="pfm_loop")
     assert ds.sizes["measurement"] == len(table[table["instrument"] == twins[0].name])
     assert store.verify() == []
+    meta = store.metadata()
+    assert meta["code_version"]["package"] == "coorch"  # what `coorch store ls` shows
+    assert set(meta["instruments"]) == {c.name for c in twins}
 
 
 def test_flow_resumes_from_its_store_without_duplicates(prefect_server, twins, tmp_path):
