@@ -14,7 +14,7 @@ import numpy as np
 
 from coorch.models.descriptors import describe
 from coorch.models.incremental import exact_posterior
-from coorch.models.mtgp import MTGPHyperparameters, fit_hyperparameters
+from coorch.models.mtgp import MTGPHyperparameters, fit_hyperparameters, standardise
 from coorch.records import Measurement, Signal
 
 
@@ -77,8 +77,6 @@ def nrmse_curve(measurements: list[Measurement], truth: GroundTruth, extent: np.
 
 def _restandardised(h: MTGPHyperparameters, t: np.ndarray, y: np.ndarray) -> MTGPHyperparameters:
     """Hyperparameters fitted on all data keep their shape but centre on the data seen so far."""
-    from coorch.models.mtgp import standardise
-
     off, _ = standardise(y, t, h.num_tasks)
     seen = np.isin(np.arange(h.num_tasks), t)
     return dataclasses.replace(h, y_offset=np.where(seen, off, h.y_offset),
