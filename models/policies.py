@@ -109,7 +109,7 @@ class BasePolicy:
     def tell(self, observations: Sequence[Observation]) -> None:
         with self._lock:
             for o in observations:
-                if o.measurement_id in self.obs_ids:
+                if o.measurement_id in self.obs_rows:
                     continue  # told twice (resume, retry): once is enough
                 inst = self._instrument(o.instrument)
                 u = self._to_unit(o.x)[0]
@@ -174,11 +174,6 @@ class BasePolicy:
             for mid, vals in values.items():
                 for row, v in zip(self.obs_rows[mid], np.atleast_1d(vals), strict=True):
                     self.obs_y[row] = float(v)
-
-    def forget(self, measurement_id: str) -> None:
-        """A suggested measurement will never come (instrument failed): stop waiting for it."""
-        with self._lock:
-            self.pending.pop(measurement_id, None)
 
     def report(self) -> dict:
         return {"policy": self.name, "n_observations": len(self.obs_ids),
