@@ -1,4 +1,4 @@
-"""The decision path's posterior: ICM multi-task GP covariance at fixed candidates, updated
+"""The decision path's posterior: multi-task GP covariance at fixed candidates, updated
 incrementally (DESIGN.md, "Performance: the decision path is incremental").
 
 Why by hand: gpytorch recomputes the predictive covariance at all candidates on every call
@@ -43,7 +43,8 @@ class IncrementalPosterior:
         self.V = np.zeros((capacity, m, t), dtype=dtype)
         # V at the reference positions, kept contiguous for the knowledge-gain GEMM
         self.V_ref = np.zeros((capacity, len(self.reference), t), dtype=dtype)
-        self.C = np.broadcast_to(hyper.task_covariance, (m, t, t)).astype(float)
+        prior = sum(b for _, b in hyper.components())  # covariance at zero distance
+        self.C = np.broadcast_to(prior, (m, t, t)).astype(float)
 
     @property
     def num_tasks(self) -> int:
@@ -69,16 +70,18 @@ class IncrementalPosterior:
         if self.n == len(self.t):
             self._grow()
         n, h = self.n, self.hyper
-        b = h.task_covariance
         if n:
-            k_s = b[task, self.t[:n]] * matern52(x, self.x[:n], h.lengthscale)[0]
+            k_s = h.covariance(x[None], [task], self.x[:n], self.t[:n])[0]
             l_vec = solve_triangular(self.L[:n, :n], k_s, lower=True, check_finite=False)
         else:
             l_vec = np.zeros(0)
-        d2 = b[task, task] + h.noise[task] + JITTER - l_vec @ l_vec
+        d2 = h.prior_variance[task] + h.noise[task] + JITTER - l_vec @ l_vec
         d = np.sqrt(max(d2, JITTER))
-        k_c = matern52(x, self.candidates, h.lengthscale)[0]  # (M,)
-        v = np.multiply.outer(k_c, b[task]).astype(self.dtype)  # (M, T) prior covariances
+        v = np.zeros((len(self.candidates), h.num_tasks), dtype=self.dtype)  # prior cov.
+        for ls, b in h.components():
+            if b[task].any():
+                v += np.multiply.outer(matern52(x, self.candidates, ls)[0], b[task]
+                                       ).astype(self.dtype)
         if n:
             v -= np.tensordot(l_vec.astype(self.dtype), self.V[:n], axes=1)
         v /= d
@@ -95,8 +98,11 @@ class IncrementalPosterior:
         """Posterior covariance between (candidates[idx], tasks) and every task at the
         reference positions: shape (K, |tasks|, R, T). One GEMM, n x K|tasks| x R*T."""
         h, ref = self.hyper, self.reference
-        k = matern52(self.candidates[idx], self.candidates[ref], h.lengthscale)  # (K, R)
-        prior = k[:, None, :, None] * h.task_covariance[tasks][None, :, None, :]
+        prior = np.zeros((len(idx), len(tasks), len(ref), h.num_tasks))
+        for ls, b in h.components():
+            if b[tasks].any():
+                k = matern52(self.candidates[idx], self.candidates[ref], ls)  # (K, R)
+                prior += k[:, None, :, None] * b[tasks][None, :, None, :]
         if self.n == 0:
             return prior
         n = self.n
@@ -115,22 +121,20 @@ def exact_posterior(hyper: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray
     h = hyper
     x, tasks, y = np.atleast_2d(x), np.asarray(tasks, int), np.asarray(y, float)
     q, t_all = len(query), np.arange(h.num_tasks)
-    prior_var = np.diag(h.task_covariance)[None, :].repeat(q, 0)
+    prior_var = h.prior_variance[None, :].repeat(q, 0)
     if len(y) == 0:
         mean = np.broadcast_to(h.task_mean, (q, h.num_tasks))
         return mean * h.y_scale + h.y_offset, prior_var * h.y_scale**2
     ys = (y - h.y_offset[tasks]) / h.y_scale[tasks] - h.task_mean[tasks]
-    b = h.task_covariance
-    k_ss = b[np.ix_(tasks, tasks)] * matern52(x, x, h.lengthscale)
+    k_ss = h.covariance(x, tasks, x, tasks)
     k_ss[np.diag_indices_from(k_ss)] += h.noise[tasks] + JITTER
     factor = cho_factor(k_ss, lower=True, check_finite=False)
     alpha = cho_solve(factor, ys, check_finite=False)
-    k_qs = matern52(query, x, h.lengthscale)  # (Q, n)
     mean = np.empty((q, h.num_tasks))
     var = np.empty((q, h.num_tasks))
     for t in t_all:
-        kt = k_qs * b[t, tasks][None, :]
+        kt = h.covariance(query, np.full(q, t), x, tasks)  # (Q, n)
         mean[:, t] = h.task_mean[t] + kt @ alpha
         w = solve_triangular(factor[0], kt.T, lower=True, check_finite=False)
-        var[:, t] = np.maximum(b[t, t] - (w * w).sum(0), 0.0)
+        var[:, t] = np.maximum(h.prior_variance[t] - (w * w).sum(0), 0.0)
     return mean * h.y_scale + h.y_offset, var * h.y_scale**2

@@ -1,15 +1,30 @@
 """Multi-task GP hyperparameters: fitted with gpytorch, used by the incremental posterior.
 
-The model is the intrinsic coregionalisation model (ICM) of DESIGN.md: one Matern-5/2 kernel
-over library position, multiplied by a task covariance ``B`` (gpytorch ``IndexKernel``) that
-links the modalities, with a noise level and a constant mean per task, in the Hadamard form
-(each observation is one (position, task) pair, so modalities need not share positions).
+The model is the coregionalisation model of DESIGN.md in the Hadamard form (each observation is
+one (position, task) pair, so modalities need not share positions), with a noise level and a
+constant mean per task. Its covariance has two parts:
+
+    k((x, i), (x', j)) = B_ij k_0(x, x')  +  [i = j] s_i k_i(x, x')
+
+* a **shared** part, the intrinsic coregionalisation model (ICM): one Matern-5/2 kernel ``k_0``
+  over library position times a task covariance ``B`` (gpytorch ``IndexKernel``): what links the
+  modalities, the way one instrument informs the others;
+* an **own** part per task: a Matern-5/2 ``k_i`` with the task's own lengthscales and variance
+  ``s_i``, which the other tasks do not see.
+
+Why the own part: the ICM alone forces every modality to the same spatial smoothness, and
+modalities differ. On the ``alscbn`` twins the WDS composition map is smooth while the PFM loop
+opening is a sharp ferroelectric band: one shared lengthscale fitted to both made the smooth map
+look like noise (fitted noise 0.6-0.8 in standardised units), a WDS point then looked nearly
+worthless to the knowledge gain, and co-orchestration starved that instrument
+(docs/benchmarks.md, "Efficiency"). With an own part each task keeps its smoothness while the
+shared part still carries what the modalities have in common (it is a linear model of
+coregionalisation with T + 1 components). ``own=False`` gives the plain ICM.
 
 Fitting is the slow part (a second or more at n = 500), so it runs in the background on Dask
 (:func:`fit_hyperparameters` is a pure function of arrays, cheap to ship) and its result, a small
 :class:`MTGPHyperparameters`, is swapped into the decision path when ready.
 """
-
 from __future__ import annotations
 
 import dataclasses
@@ -32,23 +47,61 @@ class MTGPHyperparameters:
     y_offset: np.ndarray  # (T,) standardisation: y_std = (y - offset) / scale
     y_scale: np.ndarray  # (T,)
     n_train: int = 0
+    task_lengthscale: np.ndarray | None = None  # (T, d) of each task's own part
+    task_variance: np.ndarray | None = None  # (T,) s, each task's own part; None: plain ICM
 
     @property
     def num_tasks(self) -> int:
         return len(self.noise)
 
     @property
+    def prior_variance(self) -> np.ndarray:
+        """Prior variance of each task's latent function (T,), standardised units."""
+        own = 0.0 if self.task_variance is None else self.task_variance
+        return np.diag(self.task_covariance) + own
+
+    def components(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The covariance as ``[(lengthscale (d,), B_q (T, T)), ...]``, summed over ``q``:
+        the shared part first, then each task's own part (``s_i`` at ``[i, i]``, zero
+        elsewhere). Every covariance in the posterior code is built from this one list."""
+        out = [(self.lengthscale, self.task_covariance)]
+        if self.task_variance is not None:
+            for i, (ls, s) in enumerate(zip(self.task_lengthscale, self.task_variance,
+                                            strict=True)):
+                b = np.zeros_like(self.task_covariance)
+                b[i, i] = s
+                out.append((ls, b))
+        return out
+
+    def covariance(self, xa: np.ndarray, ta: np.ndarray, xb: np.ndarray,
+                   tb: np.ndarray) -> np.ndarray:
+        """Prior covariance between rows (``xa`` (n, d), task ``ta`` (n,)) and (``xb``, ``tb``)."""
+        ta, tb = np.asarray(ta, int), np.asarray(tb, int)
+        out = np.zeros((len(ta), len(tb)))
+        for ls, b in self.components():
+            bq = b[np.ix_(ta, tb)]
+            if bq.any():
+                out += bq * matern52(xa, xb, ls)
+        return out
+
+    @property
     def version(self) -> str:
         """A short content hash: the ``model_version`` a decision records."""
         h = hashlib.sha256()
-        for a in (self.lengthscale, self.task_covariance, self.noise, self.task_mean):
+        for a in (self.lengthscale, self.task_covariance, self.noise, self.task_mean,
+                  self.task_lengthscale, self.task_variance):
+            if a is None:
+                continue
             h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
         return f"mtgp-n{self.n_train}-{h.hexdigest()[:10]}"
 
     def correlation(self) -> np.ndarray:
-        """Inter-task correlation implied by ``B`` (what one modality tells about another)."""
-        s = np.sqrt(np.diag(self.task_covariance))
-        return self.task_covariance / np.outer(s, s)
+        """Inter-task correlation of values at one position (what one modality tells about
+        another): ``B_ij / sqrt(v_i v_j)`` with ``v`` the total prior variances."""
+        s = np.sqrt(self.prior_variance)
+        r = self.task_covariance / np.outer(s, s)
+        np.fill_diagonal(r, 1.0)
+        return r
 
     def with_max_correlation(self, limit: float) -> MTGPHyperparameters:
         """The same task variances with every |inter-task correlation| clipped to ``limit``.
@@ -58,13 +111,19 @@ class MTGPHyperparameters:
         it (docs/benchmarks.md, "Efficiency"). Clipping can break positive definiteness for
         three or more tasks, so the off-diagonal is then shrunk until it holds.
         """
-        s = np.sqrt(np.diag(self.task_covariance))
+        v = self.prior_variance
         r = self.correlation()
-        off = ~np.eye(len(s), dtype=bool)
+        off = ~np.eye(len(v), dtype=bool)
         r[off] = np.clip(r[off], -limit, limit)
-        while np.linalg.eigvalsh(r).min() < 1e-9:
-            r[off] *= 0.9
-        return dataclasses.replace(self, task_covariance=r * np.outer(s, s))
+        b = r * np.sqrt(np.outer(v, v))
+        np.fill_diagonal(b, np.diag(self.task_covariance))
+        for _ in range(200):
+            if np.linalg.eigvalsh(b).min() >= -1e-12 * np.abs(b).max():
+                break
+            b[off] *= 0.9
+        else:
+            b[off] = 0.0
+        return dataclasses.replace(self, task_covariance=b)
 
     def independent(self) -> MTGPHyperparameters:
         """The same model with the tasks decoupled (the single-modality baseline)."""
@@ -94,8 +153,10 @@ class _HadamardMTGP:
     """Factory for the gpytorch model (kept inside a function scope to import lazily)."""
 
     @staticmethod
-    def build(x: torch.Tensor, y: torch.Tensor, num_tasks: int, rank: int, coupled: bool):
+    def build(x: torch.Tensor, y: torch.Tensor, num_tasks: int, rank: int, coupled: bool,
+              own: bool = True):
         import gpytorch
+        from gpytorch.constraints import Positive
         from gpytorch.priors import GammaPrior
         from linear_operator import to_linear_operator
 
@@ -113,6 +174,18 @@ class _HadamardMTGP:
                 if not coupled:
                     self.task_covar_module.covar_factor.data.zero_()
                     self.task_covar_module.covar_factor.requires_grad_(False)
+                self.own_module = None
+                if own:  # each task's own Matern part (module docstring)
+                    self.own_module = gpytorch.kernels.MaternKernel(
+                        nu=2.5, ard_num_dims=d, batch_shape=torch.Size([num_tasks]),
+                        lengthscale_prior=GammaPrior(3.0, 6.0))
+                    self.register_parameter(
+                        "raw_own_variance", torch.nn.Parameter(torch.zeros(num_tasks)))
+                    self.register_constraint("raw_own_variance", Positive())
+
+            @property
+            def own_variance(self) -> torch.Tensor:
+                return self.raw_own_variance_constraint.transform(self.raw_own_variance)
 
             def forward(self, xi: torch.Tensor):
                 xs, idx = xi[..., :-1], xi[..., -1:].long()
@@ -121,9 +194,14 @@ class _HadamardMTGP:
                 # decompositions, approximate and (measured here) ~20x slower at n = 500.
                 # Kept a linear operator: a plain tensor makes the prior MVN factorise the
                 # noiseless covariance, singular as soon as a point is measured twice.
-                covar = to_linear_operator(self.covar_module(xs).to_dense()
-                                           * self.task_covar_module(idx).to_dense())
-                return gpytorch.distributions.MultivariateNormal(mean, covar)
+                covar = (self.covar_module(xs).to_dense()
+                         * self.task_covar_module(idx).to_dense())
+                if self.own_module is not None:
+                    onehot = torch.nn.functional.one_hot(idx.squeeze(-1), num_tasks).to(xs)
+                    k_own = self.own_module(xs).to_dense()  # (T, n, n)
+                    covar = covar + torch.einsum("at,bt,t,tab->ab", onehot, onehot,
+                                                 self.own_variance, k_own)
+                return gpytorch.distributions.MultivariateNormal(mean, to_linear_operator(covar))
 
         return Model()
 
@@ -141,9 +219,10 @@ def standardise(y: np.ndarray, tasks: np.ndarray, num_tasks: int) -> tuple[np.nd
 
 
 def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tasks: int, *,
-                        rank: int | None = None, coupled: bool = True,
+                        rank: int | None = None, coupled: bool = True, own: bool = True,
                         max_iter: int = 200, seed: int = 0) -> MTGPHyperparameters:
-    """Maximum a-posteriori hyperparameters (torch L-BFGS) of the Hadamard MTGP.
+    """Maximum a-posteriori hyperparameters (torch L-BFGS) of the Hadamard MTGP, with each
+    task's own part (``own``, module docstring) or as the plain ICM.
 
     ``x`` (n, d) positions in the unit box, ``tasks`` (n,) task index, ``y`` (n,) raw targets.
     Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
@@ -157,9 +236,14 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     xi = torch.as_tensor(np.column_stack([x, tasks]), dtype=torch.float64)
     yt = torch.as_tensor(ys, dtype=torch.float64)
     rank = rank or min(num_tasks, 2)
-    model = _HadamardMTGP.build(xi, yt, num_tasks, rank, coupled).double()
-    # start from a plausible model (standardised data): a modest lengthscale, some noise
+    model = _HadamardMTGP.build(xi, yt, num_tasks, rank, coupled, own).double()
+    # start from a plausible model (standardised data): a modest lengthscale, some noise,
+    # half of each task's variance its own
     model.covar_module.lengthscale = 0.3
+    if own:
+        model.own_module.lengthscale = 0.3
+        model.initialize(raw_own_variance=model.raw_own_variance_constraint.inverse_transform(
+            torch.full((num_tasks,), 0.5, dtype=torch.float64)))
     model.likelihood.noise = torch.full((num_tasks,), 0.05, dtype=torch.float64)
     model.train()
     mll = ExactMarginalLogLikelihood(model.likelihood, model)
@@ -200,4 +284,7 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
             task_covariance=b,
             noise=model.likelihood.noise.detach().numpy().ravel().copy(),
             task_mean=model.task_mean.detach().numpy().copy(),
-            y_offset=off, y_scale=scale, n_train=len(y))
+            y_offset=off, y_scale=scale, n_train=len(y),
+            task_lengthscale=None if not own else
+            model.own_module.lengthscale.detach().numpy().reshape(num_tasks, -1).copy(),
+            task_variance=None if not own else model.own_variance.detach().numpy().copy())

@@ -304,7 +304,7 @@ class GPPolicy(BasePolicy):
     def _install(self, post: IncrementalPosterior) -> None:
         self.post = post
         self.model_version = post.hyper.version
-        prior = np.diag(post.hyper.task_covariance)
+        prior = post.hyper.prior_variance
         w = np.ones(self.num_tasks) if self.task_weights is None else self.task_weights
         w = np.asarray(w, float) * post.hyper.y_scale ** self.weight_power
         self.weights = w / prior
@@ -374,7 +374,7 @@ class GPPolicy(BasePolicy):
         if not self.revisit:
             taken = np.union1d(taken, np.fromiter(self.visited[inst.name], int)).astype(int)
         if self.acquisition == "max_variance":
-            var = self.post.variance()[:, tasks] / np.diag(self.post.hyper.task_covariance)[tasks]
+            var = self.post.variance()[:, tasks] / self.post.hyper.prior_variance[tasks]
             score = var.max(1)
             score[taken] = -np.inf
             c = int(np.argmax(score))
@@ -398,6 +398,9 @@ class GPPolicy(BasePolicy):
         h = self.post.hyper
         out.update(lengthscale=h.lengthscale.tolist(), task_correlation=h.correlation().tolist(),
                    noise=h.noise.tolist())
+        if h.task_variance is not None:
+            own = h.task_variance / h.prior_variance
+            out.update(task_lengthscale=h.task_lengthscale.tolist(), own_share=own.tolist())
         return out
 
 
@@ -423,6 +426,10 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
 
         cls = UCBPolicy if name == "ucb" else EIPolicy
         return cls(candidates, bounds, instruments, seed=seed, **kw)
+    if name == "pareto":  # multi-objective: the Pareto front of the tasks (botorch qLogNEHVI)
+        from coorch.models.pareto_policy import ParetoPolicy
+
+        return ParetoPolicy(candidates, bounds, instruments, seed=seed, **kw)
     raise ValueError(f"unknown policy {name!r}; choose from {POLICIES}")
 
 
@@ -430,4 +437,5 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
 #: benchmark (docs/benchmarks.md): 0.7 met the published run on real data and was used on twins.
 COORCHESTRATE_MAX_CORRELATION = 0.7
 
-POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei")
+POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei",
+            "pareto")

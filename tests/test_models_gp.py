@@ -42,6 +42,9 @@ def test_exact_posterior_matches_gpytorch(fitted):
     xi = torch.as_tensor(np.column_stack([x, t]), dtype=torch.float64)
     model = _HadamardMTGP.build(xi, torch.as_tensor(ys), 2, 2, True).double()
     model.covar_module.lengthscale = torch.as_tensor(h.lengthscale)
+    model.own_module.lengthscale = torch.as_tensor(h.task_lengthscale)[:, None, :]
+    model.initialize(raw_own_variance=model.raw_own_variance_constraint.inverse_transform(
+        torch.as_tensor(h.task_variance)))
     f = torch.as_tensor(np.linalg.cholesky(h.task_covariance + 1e-12 * np.eye(2)))
     model.task_covar_module.covar_factor.data = f
     model.task_covar_module.var = torch.full((2,), 1e-12, dtype=torch.float64)
