@@ -11,7 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei")
+POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei",
+            "pareto")
 
 
 class InstrumentConfig(BaseModel):
@@ -27,6 +28,24 @@ class InstrumentConfig(BaseModel):
         "latents of a VAE trained on this instrument's signals in the background (latent_dim "
         "tasks)")
     latent_dim: int = Field(2, ge=1, le=4, description="VAE latent size (descriptor='vae')")
+    # The kinds of coorch.models.structured.MeanKind, spelled out: config must not import torch.
+    physics_mean: Literal["peak", "step", "constant"] | None = Field(
+        None, description="structured GP for this task: a physics mean along the composition "
+        "axis (library x), its parameters (centre, width, amplitude, offset) fitted with a GP "
+        "in the background. 'peak': a response maximal (or minimal) at a phase boundary; "
+        "'step': a property that changes across it (e.g. the PFM loop opening, which vanishes "
+        "past the boundary); 'constant': a plain GP, as a baseline. The fitted centre is the "
+        "campaign's estimate of the boundary. None: no structured GP (decisions always use the "
+        "multi-task GP)")
+
+    @model_validator(mode="after")
+    def _physics_mean_needs_one_physics_task(self) -> InstrumentConfig:
+        if self.physics_mean is not None and self.descriptor != "physics":
+            raise ValueError(
+                f"{self.name}: physics_mean={self.physics_mean!r} needs descriptor='physics' "
+                f"(one task with a physical meaning), not {self.descriptor!r}: a VAE's "
+                "latents have no known shape across a phase boundary")
+        return self
 
     @property
     def n_tasks(self) -> int:

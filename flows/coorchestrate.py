@@ -25,6 +25,7 @@ from coorch.tasks.campaign import CampaignResult, Instruments, build_policy, see
 from coorch.tasks.fit import BackgroundRefit, BackgroundVAE, needs_fits
 from coorch.tasks.ingest import Describer, observe
 from coorch.tasks.measure import measure
+from coorch.tasks.physics import BackgroundPhysicsFit
 from coorch.tasks.resume import resume
 
 Reporter = Callable[[Measurement, dict], None]
@@ -63,6 +64,9 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
         policy = build_policy(spec, instruments.descriptions)
         dask = stack.enter_context(dask_client(spec.dask)) if needs_fits(policy) else None
         refit = BackgroundRefit(dask, policy, every=spec.refit_every)
+        physics = BackgroundPhysicsFit(
+            dask, policy, {i.name: i.physics_mean for i in spec.instruments if i.physics_mean},
+            every=spec.refit_every, seed=spec.seed, log=log)
         describer = Describer(spec)
         vae = BackgroundVAE(dask, describer, policy, refit, seed=spec.seed)
         done, queue = resume(store, policy, describer)
@@ -100,17 +104,21 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
             n_done += 1
             vae.poll()
             refit.poll()
+            physics.poll()
             next_for(m.instrument)
             _report(m, {"n": n_done, "budget": spec.budget, "descriptor": obs.values,
                         "why": _why(decision), "fits": refit.fits})
         vae.finish()
         refit.finish()
+        physics.finish()
+        for line in physics.summary():
+            log.info(line)
         report = policy.report()
         log.info("campaign %s finished: %d measurements, model %s", spec.name, n_done,
                  report["model_version"])
         hyper = getattr(getattr(policy, "post", None), "hyper", None)
         return CampaignResult(store=spec.store, flow_run_id=flow_run_id, n_measurements=n_done,
                               n_fits=refit.fits, n_vae_trainings=vae.trainings,
-                              policy=report,
+                              policy=report, physics=physics.physics(),
                               hyperparameters=None if hyper is None else {
                                   k: np.asarray(v).tolist() for k, v in vars(hyper).items()})

@@ -32,6 +32,9 @@ class CampaignResult(BaseModel):
     n_vae_trainings: int = 0
     policy: dict
     hyperparameters: dict | None = None
+    #: Structured-GP physics parameters per instrument with ``physics_mean`` set
+    #: (``center``/``width`` in library mm, ``amplitude``/``offset`` in descriptor units).
+    physics: dict[str, dict[str, float]] = {}
 
 
 class Instruments:

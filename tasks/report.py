@@ -8,7 +8,9 @@ units the GP models. Runs after a campaign, never on the decision path.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,6 +18,9 @@ from coorch.models.descriptors import describe
 from coorch.models.incremental import exact_posterior
 from coorch.models.mtgp import MTGPHyperparameters, fit_hyperparameters, standardise
 from coorch.records import Measurement, Signal
+
+if TYPE_CHECKING:
+    from coorch.models.structured import StructuredGP
 
 
 @dataclasses.dataclass
@@ -84,9 +89,15 @@ def _restandardised(h: MTGPHyperparameters, t: np.ndarray, y: np.ndarray) -> MTG
 
 
 def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str, tuple],
-                truth: GroundTruth, extent: np.ndarray, hyper: MTGPHyperparameters) -> Path:
+                truth: GroundTruth, extent: np.ndarray, hyper: MTGPHyperparameters,
+                physics: Mapping[str, StructuredGP] | None = None) -> Path:
     """One figure: where each instrument measured, GP mean and uncertainty per task against the
-    truth, and error vs measurements for every run."""
+    truth, and error vs measurements for every run.
+
+    ``physics``: structured GPs by instrument (fitted on library mm, as
+    :class:`coorch.tasks.physics.BackgroundPhysicsFit` fits them); those tasks are drawn with
+    the structured GP's mean and uncertainty, and its fitted centre, instead of the MTGP's: a
+    map that follows the physics in the gaps is the better map of that task."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -107,12 +118,20 @@ def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str
     line = truth.grid[:, 1] == truth.grid[len(truth.grid) // 2, 1]
     q = truth.grid[line]
     mean, var = exact_posterior(hyper, x, t, y, (q - extent[:, 0]) / (extent[:, 1] - extent[:, 0]))
+    physics = physics or {}
     for k, name in enumerate(truth.tasks):
         ax = axes[0, k + 1]
+        label = "GP"
+        if name in physics:
+            label = f"structured GP ({physics[name].kind})"
+            mean[:, k], var[:, k] = physics[name].predict(q)
+            centre = physics[name].physics_params().get("center")
+            if centre is not None:
+                ax.axvline(centre, color="C3", lw=1, label=f"fitted centre {centre:.2f} mm")
         sd = np.sqrt(var[:, k])
         ax.fill_between(q[:, 0], mean[:, k] - 2 * sd, mean[:, k] + 2 * sd, alpha=0.25,
-                        label="GP ±2σ")
-        ax.plot(q[:, 0], mean[:, k], label="GP mean")
+                        label=f"{label} ±2σ")
+        ax.plot(q[:, 0], mean[:, k], label=f"{label} mean")
         ax.plot(q[:, 0], truth.values[line, k], "k--", label="ground truth")
         ax.plot(x[t == k, 0] * (extent[0, 1] - extent[0, 0]) + extent[0, 0], y[t == k], "o",
                 ms=3, label="measured")
