@@ -192,6 +192,16 @@ class BasePolicy:
         """Index of the candidate nearest to unit-box position ``u``."""
         return int(np.argmin(((self.unit - u) ** 2).sum(1)))
 
+    def _cost(self, inst: InstrumentModel) -> np.ndarray:
+        """Instrument-seconds per candidate: the modality's cost plus the stage move from
+        where the instrument is (or will be, once its pending point is measured)."""
+        here = self.position.get(inst.name)
+        if here is None or inst.move_cost_s_per_mm == 0:
+            return np.full(len(self.candidates), inst.cost_s)
+        span = self.bounds[:, 1] - self.bounds[:, 0]
+        dist = np.sqrt((((self.unit - here) * span) ** 2).sum(1))
+        return inst.cost_s + inst.move_cost_s_per_mm * dist
+
     def _taken(self, inst: InstrumentModel) -> np.ndarray:
         """Candidate indices already suggested to or measured by ``inst``."""
         pend = [c for name, c in self.pending.values() if name == inst.name]
@@ -209,24 +219,29 @@ class RandomPolicy(BasePolicy):
 
 
 class GridPolicy(BasePolicy):
-    """A space-filling survey: farthest-point order over the candidates, per instrument."""
+    """A space-filling survey: farthest-point order over the candidates, per instrument,
+    skipping what that instrument has already measured or been sent to (seeds, resume)."""
 
     name = "grid"
 
     def __init__(self, *args, **kw) -> None:
         super().__init__(*args, **kw)
         self.order = farthest_point_order(self.unit)
-        self.next_index = dict.fromkeys(self.instruments, 0)
+        self.asked = dict.fromkeys(self.instruments, 0)
 
     def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
-        i = self.next_index[inst.name]
-        # the instrument with the least done so far wins when several are free
-        return int(self.order[i % len(self.order)]), -float(i)
+        seen = self.visited[inst.name]
+        fresh = [int(c) for c in self.order if int(c) not in seen]
+        n = self.asked[inst.name]
+        # once every candidate is done the survey starts over; when several instruments are
+        # free, the one with the least done so far wins
+        cand = fresh[0] if fresh else int(self.order[n % len(self.order)])
+        return cand, -float(len(seen))
 
     def ask(self, instrument: str | None = None) -> Suggestion:
         with self._lock:
             s = super().ask(instrument)
-            self.next_index[s.instrument] += 1  # only the instrument that was asked advances
+            self.asked[s.instrument] += 1
             return s
 
 
@@ -259,6 +274,10 @@ class GPPolicy(BasePolicy):
     sends an instrument where it has already measured: with a noisy, cheap modality the gain per
     second of averaging one spot can win over and over (seen with STEM in the demo), and on a
     real sample a second dose of beam or tip at one spot is rarely what an operator wants.
+    ``min_fit_values``: a task's fitted hyperparameters enter decisions only once it has this
+    many values; until then it is decided on the prior guess (uncoupled, lengthscale 0.2, unit
+    variance: :meth:`MTGPHyperparameters.with_prior_for`), which keeps an expensive modality
+    from being declared known on a handful of points (docs/benchmarks.md, "alscbn").
     Hyperparameters come from outside (a background fit): :meth:`set_hyperparameters` swaps
     them in synchronously, :meth:`swap_hyperparameters_async` builds the new posterior in a
     background thread and swaps it at the next ``ask``, replaying rows decided meanwhile.
@@ -271,10 +290,10 @@ class GPPolicy(BasePolicy):
                  task_weights: np.ndarray | None = None, n_reference: int = 512,
                  top_k: int = 32, seed: int = 0, name: str | None = None,
                  max_correlation: float | None = None, weight_power: float = 0.0,
-                 revisit: bool = True) -> None:
+                 revisit: bool = True, min_fit_values: int = 0) -> None:
         super().__init__(candidates, bounds, instruments, seed=seed)
         self.max_correlation, self.weight_power = max_correlation, weight_power
-        self.revisit = revisit
+        self.revisit, self.min_fit_values = revisit, min_fit_values
         if acquisition not in ("knowledge_gain", "max_variance"):
             raise ValueError(f"unknown acquisition {acquisition!r}")
         self.acquisition, self.coupled, self.cost_aware = acquisition, coupled, cost_aware
@@ -313,10 +332,17 @@ class GPPolicy(BasePolicy):
         self.rows.append((u, inst.tasks))
         self.post.add(u, list(inst.tasks))
 
+    def _trusted(self, h: MTGPHyperparameters) -> MTGPHyperparameters:
+        """``h`` with the tasks that have fewer than ``min_fit_values`` values on the prior."""
+        y = np.asarray(self.obs_y, float)
+        counts = np.bincount(np.asarray(self.obs_t, int)[np.isfinite(y)],
+                             minlength=self.num_tasks)
+        return h.with_prior_for(np.flatnonzero(counts < self.min_fit_values))
+
     def set_hyperparameters(self, h: MTGPHyperparameters) -> None:
         """Swap in new hyperparameters now (rebuilds the posterior: O(n^2 M T))."""
         with self._lock:
-            self._install(self._build(h, self.rows))
+            self._install(self._build(self._trusted(h), self.rows))
 
     def swap_hyperparameters_async(self, h: MTGPHyperparameters) -> Future:
         """Build the posterior for ``h`` off the decision path; ``ask`` swaps it in when done."""
@@ -324,7 +350,7 @@ class GPPolicy(BasePolicy):
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="posterior")
             snapshot = list(self.rows)
-            fut = self._executor.submit(self._build, h, snapshot)
+            fut = self._executor.submit(self._build, self._trusted(h), snapshot)
             self._swap = (fut, len(snapshot))
             return fut
 
@@ -359,14 +385,7 @@ class GPPolicy(BasePolicy):
             return super().ask(instrument)
 
     def _cost(self, inst: InstrumentModel) -> np.ndarray:
-        if not self.cost_aware:
-            return np.ones(len(self.candidates))
-        here = self.position.get(inst.name)
-        if here is None or inst.move_cost_s_per_mm == 0:
-            return np.full(len(self.candidates), inst.cost_s)
-        span = self.bounds[:, 1] - self.bounds[:, 0]
-        dist = np.sqrt((((self.unit - here) * span) ** 2).sum(1))
-        return inst.cost_s + inst.move_cost_s_per_mm * dist
+        return super()._cost(inst) if self.cost_aware else np.ones(len(self.candidates))
 
     def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
         tasks = list(inst.tasks)
@@ -415,6 +434,7 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
     if name == "coorchestrate":
         kw.setdefault("max_correlation", COORCHESTRATE_MAX_CORRELATION)
         kw.setdefault("revisit", False)
+        kw.setdefault("min_fit_values", COORCHESTRATE_MIN_FIT_VALUES)
         return GPPolicy(candidates, bounds, instruments, seed=seed, **kw)
     if name == "single_task":
         return GPPolicy(candidates, bounds, instruments, coupled=False, seed=seed, **kw)
@@ -436,6 +456,10 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
 #: Cap on |task correlation| in co-orchestration's decision model, from the efficiency
 #: benchmark (docs/benchmarks.md): 0.7 met the published run on real data and was used on twins.
 COORCHESTRATE_MAX_CORRELATION = 0.7
+#: Values a task needs before co-orchestration trusts its fitted hyperparameters, from the
+#: efficiency benchmark on the alscbn twins (docs/benchmarks.md): about three per input
+#: dimension, the rule of thumb for a GP's lengthscales.
+COORCHESTRATE_MIN_FIT_VALUES = 6
 
 POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei",
             "pareto")

@@ -135,3 +135,55 @@ def test_async_swap_replays_points_decided_meanwhile(fitted):
         ref.add(u, list(tasks))
     np.testing.assert_allclose(pol.post.C[:, 0, 0], ref.C[:, 0, 0], rtol=1e-4, atol=1e-6)
     pol.close()
+
+
+def test_each_task_keeps_its_own_smoothness():
+    """A smooth task and a rough one: the own parts learn a long and a short lengthscale
+    (the plain ICM would force one lengthscale on both)."""
+    rng = np.random.default_rng(2)
+    x = rng.random((60, 1))
+    t = np.arange(60) % 2
+    smooth, rough = 2 * x[:, 0], np.sin(25 * x[:, 0])
+    y = np.where(t == 0, smooth, rough) + 0.01 * rng.standard_normal(60)
+    h = fit_hyperparameters(x, t, y, 2, coupled=False)
+    assert h.task_lengthscale[0, 0] > 2 * h.task_lengthscale[1, 0]
+    assert h.noise.max() < 0.05  # neither task is explained as noise
+
+
+def test_prior_for_few_value_tasks_decouples_and_restores_their_variance(fitted):
+    *_, h = fitted
+    p = h.with_prior_for([1])
+    assert p.task_covariance[0, 1] == p.task_covariance[1, 0] == 0.0
+    assert p.prior_variance[1] == pytest.approx(1.0)
+    assert p.prior_variance[0] == pytest.approx(h.prior_variance[0])
+    assert h.with_prior_for([]) is h
+
+
+def test_a_task_with_few_values_is_decided_on_the_prior(fitted):
+    """Until task b has ``min_fit_values`` values, the policy's model keeps it uncoupled at
+    prior variance, whatever the fit said; then the fit is used as it is."""
+    *_, h = fitted
+    cand = np.linspace(0, 1, 21)[:, None]
+    pol = GPPolicy(cand, np.array([[0.0, 1.0]]), instruments(), min_fit_values=3)
+    for i, xi in enumerate((0.1, 0.5, 0.9)):
+        pol.tell([Observation("a", np.array([xi]), np.array([float(i)]), f"a{i}")])
+    pol.tell([Observation("b", np.array([0.5]), np.array([1.0]), "b0")])
+    pol.set_hyperparameters(h)
+    assert pol.post.hyper.task_covariance[0, 1] == 0.0
+    assert pol.post.hyper.prior_variance[1] == pytest.approx(1.0)
+    for i, xi in enumerate((0.2, 0.8)):
+        pol.tell([Observation("b", np.array([xi]), np.array([0.0]), f"b{i + 1}")])
+    pol.set_hyperparameters(h)
+    np.testing.assert_allclose(pol.post.hyper.task_covariance, h.task_covariance)
+
+
+def test_grid_survey_skips_seeds_and_takes_instruments_in_turn():
+    cand = np.linspace(0, 1, 11)[:, None]
+    pol = make_policy("grid", cand, np.array([[0.0, 1.0]]), instruments())
+    pol.tell([Observation("a", np.array([0.0]), np.array([1.0]), "seed-a"),
+              Observation("b", np.array([1.0]), np.array([1.0]), "seed-b")])
+    asked = [pol.ask(None) for _ in range(6)]
+    assert [s.instrument for s in asked] == ["a", "b"] * 3
+    assert all(s.x[0] != 0.0 for s in asked if s.instrument == "a")
+    assert all(s.x[0] != 1.0 for s in asked if s.instrument == "b")
+    assert len({s.x[0] for s in asked if s.instrument == "a"}) == 3

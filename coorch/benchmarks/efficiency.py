@@ -40,10 +40,8 @@ from coorch.models.mtgp import MTGPHyperparameters, fit_hyperparameters
 from coorch.models.policies import (
     BasePolicy,
     GPPolicy,
-    GridPolicy,
     InstrumentModel,
     Observation,
-    Suggestion,
     farthest_point_order,
     make_policy,
 )
@@ -184,17 +182,6 @@ def _refit(policy: BasePolicy, problem: Problem, settings: Settings, seed: int, 
     return h
 
 
-def next_suggestion(policy: BasePolicy, trace: Trace) -> Suggestion:
-    """``policy.ask(None)``, except for the grid survey: ``GridPolicy.ask(None)`` advances every
-    instrument's survey index and gives ties to the first instrument, so it would only ever
-    measure that one (see the report to the lead); a survey takes the instruments in turn,
-    fewest measurements first, which is what its docstring intends."""
-    if isinstance(policy, GridPolicy):
-        counts = {name: trace.instruments.count(name) for name in policy.instruments}
-        return policy.ask(min(counts, key=counts.get))
-    return policy.ask(None)
-
-
 def simulate(problem: Problem, policy_name: str, seed: int, steps: int, measure: Measure,
              settings: Settings, score_every: int = 1) -> Trace:
     """Seeds, then ``steps`` one-at-a-time decisions ``policy.ask(None)``, refitting after each
@@ -213,7 +200,7 @@ def simulate(problem: Problem, policy_name: str, seed: int, steps: int, measure:
             trace.rmse.append(map_rmse(problem, h, *_data(policy, problem)).tolist())
         if last:
             break
-        s = next_suggestion(policy, trace)
+        s = policy.ask(None)
         _observe(policy, trace, s.instrument, s.x, measure, s.measurement_id)
     if isinstance(policy, GPPolicy):
         policy.close()
