@@ -51,11 +51,13 @@ def _mount() -> None:
     from coorch.benchmarks.decision import bench_decision_command
     from coorch.benchmarks.efficiency import bench_efficiency_command
     from coorch.benchmarks.overhead import bench_overhead_command
+    from coorch.im2spec_cli import im2spec_command
     from coorch.instrument_agents.cli import agent_app
     from coorch.storage.cli import bench_ingest_command, store_app
 
     app.add_typer(agent_app, name="agent", help="Instrument agents (serve a twin or replay).")
     app.add_typer(store_app, name="store", help="Inspect, verify and export stores.")
+    app.command("im2spec")(im2spec_command)
     bench_app.command("decision")(bench_decision_command)
     bench_app.command("efficiency")(bench_efficiency_command)
     bench_app.command("overhead")(bench_overhead_command)

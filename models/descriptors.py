@@ -4,7 +4,8 @@ The multi-task GP needs low-dimensional targets. A VAE learns them (``coorch.mod
 physics fits give them without training, so they work from the first measurement and mean
 something to a materials scientist: the PFM loop's opening (switchable polarisation times
 coercive field), the Raman spectrum's centre of mass (mode shifts across the phase boundary),
-the dopant's atomic fraction, the STEM image's superstructure power.
+the dopant's atomic fraction, the STEM image's superstructure power, an EELS edge's
+near-edge peak over its step.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from scipy.ndimage import gaussian_filter1d, median_filter, minimum_filter1d
 from coorch.records import Signal
 
 Descriptor = Callable[[Signal], np.ndarray]
+Window = tuple[float, float]
 
 
 def loop_opening(sig: Signal) -> np.ndarray:
@@ -71,6 +73,31 @@ def roughness(sig: Signal) -> np.ndarray:
 def latent_component(sig: Signal, component: int = 1) -> np.ndarray:
     """A pre-computed latent vector (replayed data): pick the published run's component."""
     return np.array([sig.array().reshape(-1)[component]])
+
+
+def edge_peak_ratio(sig: Signal, pre: Window = (490.0, 528.0), peak: Window = (530.0, 537.0),
+                    post: Window = (545.0, 570.0), axis: str | None = None) -> np.ndarray:
+    """Fine-structure peak over edge step of a core-loss edge, background removed (1 value).
+
+    Why: the spectral centroid of a whole EELS window is dominated by the power-law background
+    and barely moves with the physics; the strength of a near-edge peak relative to its edge
+    step is what changes (the O K pre-peak follows the O 2p - Fe 3d hybridisation, stronger in
+    polar BiFeO3). A power law ``A E^-r`` is fitted in ``pre`` (log-log least squares, as in
+    standard EELS background removal), extrapolated and subtracted; the result is the mean net
+    intensity in ``peak`` over the mean net intensity in ``post``. Windows are in the units of
+    the signal's axis (``axis``, default its first dim).
+    """
+    y = np.asarray(sig.array(), float).ravel()
+    e = np.asarray(sig.coords[axis or sig.dims[0]], float)
+    windows = [(e >= lo) & (e <= hi) for lo, hi in (pre, peak, post)]
+    if any(w.sum() < 2 for w in windows):
+        raise ValueError(f"each window needs two samples of {axis or sig.dims[0]} "
+                         f"in [{e.min()}, {e.max()}]")
+    m = windows[0] & (e > 0)
+    slope, intercept = np.polyfit(np.log(e[m]), np.log(np.clip(y[m], 1e-12, None)), 1)
+    net = y - np.exp(intercept + slope * np.log(np.clip(e, 1e-12, None)))
+    step = net[windows[2]].mean()
+    return np.array([float(net[windows[1]].mean() / (step if abs(step) > 1e-12 else 1e-12))])
 
 
 PHYSICS: dict[str, Descriptor] = {

@@ -19,7 +19,8 @@ property is standardised with the training set's mean and standard deviation.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import gpytorch
@@ -134,6 +135,23 @@ class DKLModel:
             post = self.gp(x)
             mean, var = post.mean, post.variance.clamp_min(0.0)
         return mean.numpy() * self.y_std + self.y_mean, var.numpy() * self.y_std**2
+
+    def condition(self, images: np.ndarray, y: np.ndarray) -> DKLModel:
+        """The same network and kernel, conditioned on new training data without training.
+
+        Why: an active-learning loop tells one new spectrum at a time; retraining network and
+        kernel (``fit_dkl``) for each costs seconds, conditioning the exact GP on the grown
+        training set costs milliseconds. The property keeps this model's standardisation.
+        Returns a new model; this one is left as it was.
+        """
+        x = self._inputs(images)
+        ya = np.asarray(y, dtype=np.float64).ravel()
+        if len(ya) != len(x) or not np.all(np.isfinite(ya)):
+            raise ValueError("need finite y (n,) for images (n, h, w)")
+        gp = copy.deepcopy(self.gp)
+        gp.set_train_data(x, torch.as_tensor((ya - self.y_mean) / self.y_std), strict=False)
+        gp.eval()
+        return replace(self, gp=gp, likelihood=gp.likelihood)
 
     def noise(self) -> float:
         """Observation-noise variance of the property, in the caller's units."""
