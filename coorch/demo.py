@@ -103,11 +103,12 @@ def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale
         extent = library_extent(spec)
         truth = ground_truth(twins, modalities, extent)
         curves = {p: nrmse_curve(ms, truth, extent) for p, ms in stores.items()}
-        from coorch.models.mtgp import fit_hyperparameters
+        from coorch.models.mtgp import aspect, fit_hyperparameters
         from coorch.tasks.report import training_arrays
 
         hyper = fit_hyperparameters(*training_arrays(stores["coorchestrate"], truth.tasks,
-                                                     extent), len(truth.tasks))
+                                                     extent), len(truth.tasks),
+                                    aspect=aspect(extent))
         png = plot_report(run_dir / "report.png", stores, curves, truth, extent, hyper)
         summary = {p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
                    for p, c in curves.items()}

@@ -125,10 +125,11 @@ class MTGPHyperparameters:
             b[off] = 0.0
         return dataclasses.replace(self, task_covariance=b)
 
-    def with_prior_for(self, tasks: list[int] | np.ndarray, *, lengthscale: float = 0.2,
+    def with_prior_for(self, tasks: list[int] | np.ndarray, *,
                        noise: float = 0.05) -> MTGPHyperparameters:
-        """The same model with ``tasks`` put back to the prior guess: uncoupled, all their
-        variance in their own part with ``lengthscale``, unit variance, ``noise``.
+        """The same model with ``tasks`` put back to the prior guess: uncoupled, unit
+        variance, all of it in their own part, with the shared part's lengthscales (fitted on
+        every task's data, so the one thing about them worth keeping), and ``noise``.
 
         For tasks with too few values to trust a fit: a MAP estimate from a handful of
         clustered points can declare a map known that is not (on the alscbn twins, four WDS
@@ -138,14 +139,14 @@ class MTGPHyperparameters:
         tasks = np.asarray(tasks, int)
         if not len(tasks):
             return self
-        t, d = self.num_tasks, len(self.lengthscale)
+        t = self.num_tasks
         b = self.task_covariance.copy()
         b[tasks, :] = 0.0
         b[:, tasks] = 0.0
         own_ls = (np.tile(self.lengthscale, (t, 1)) if self.task_lengthscale is None
                   else self.task_lengthscale.copy())
         own_var = np.zeros(t) if self.task_variance is None else self.task_variance.copy()
-        own_ls[tasks], own_var[tasks] = np.full(d, lengthscale), 1.0
+        own_ls[tasks], own_var[tasks] = self.lengthscale, 1.0
         nz = self.noise.copy()
         nz[tasks] = noise
         return dataclasses.replace(self, task_covariance=b, task_lengthscale=own_ls,
@@ -156,7 +157,7 @@ class MTGPHyperparameters:
         return dataclasses.replace(self, task_covariance=np.diag(np.diag(self.task_covariance)))
 
 
-def default_hyperparameters(num_tasks: int, dim: int, *, lengthscale: float = 0.2,
+def default_hyperparameters(num_tasks: int, dim: int, *, lengthscale: float | np.ndarray = 0.2,
                             noise: float = 0.05, correlation: float = 0.0) -> MTGPHyperparameters:
     """A prior guess used before there are enough data to fit (no coupling assumed)."""
     b = np.full((num_tasks, num_tasks), correlation) + (1 - correlation) * np.eye(num_tasks)
@@ -244,13 +245,25 @@ def standardise(y: np.ndarray, tasks: np.ndarray, num_tasks: int) -> tuple[np.nd
     return off, scale
 
 
+def aspect(bounds: np.ndarray) -> np.ndarray:
+    """Side lengths of a box ``bounds`` (d, 2) relative to its longest side, (d,)."""
+    span = np.asarray(bounds, float)[:, 1] - np.asarray(bounds, float)[:, 0]
+    return span / span.max()
+
+
 def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tasks: int, *,
                         rank: int | None = None, coupled: bool = True, own: bool = True,
+                        aspect: np.ndarray | None = None,
                         max_iter: int = 200, seed: int = 0) -> MTGPHyperparameters:
     """Maximum a-posteriori hyperparameters (torch L-BFGS) of the Hadamard MTGP, with each
     task's own part (``own``, module docstring) or as the plain ICM.
 
     ``x`` (n, d) positions in the unit box, ``tasks`` (n,) task index, ``y`` (n,) raw targets.
+    ``aspect`` (d,): the box's side lengths relative to its longest (:func:`aspect` of the
+    library bounds). The lengthscale prior is then stated in isotropic units, the same distance
+    in mm along every axis; without it a 10 x 2 mm library's prior would expect variation over
+    a fifth of the distance across its short side, and a policy would spend measurements
+    exploring it. The result is in the unit box either way.
     Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
     """
     from gpytorch.mlls import ExactMarginalLogLikelihood
@@ -259,7 +272,8 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     x, tasks, y = np.asarray(x, float), np.asarray(tasks, int), np.asarray(y, float)
     off, scale = standardise(y, tasks, num_tasks)
     ys = (y - off[tasks]) / scale[tasks]
-    xi = torch.as_tensor(np.column_stack([x, tasks]), dtype=torch.float64)
+    stretch = np.ones(x.shape[1]) if aspect is None else np.asarray(aspect, float)
+    xi = torch.as_tensor(np.column_stack([x * stretch, tasks]), dtype=torch.float64)
     yt = torch.as_tensor(ys, dtype=torch.float64)
     rank = rank or min(num_tasks, 2)
     model = _HadamardMTGP.build(xi, yt, num_tasks, rank, coupled, own).double()
@@ -306,11 +320,11 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     with torch.no_grad():
         b = model.task_covar_module.covar_matrix.to_dense().numpy().copy()
         return MTGPHyperparameters(
-            lengthscale=model.covar_module.lengthscale.detach().numpy().ravel().copy(),
+            lengthscale=model.covar_module.lengthscale.detach().numpy().ravel() / stretch,
             task_covariance=b,
             noise=model.likelihood.noise.detach().numpy().ravel().copy(),
             task_mean=model.task_mean.detach().numpy().copy(),
             y_offset=off, y_scale=scale, n_train=len(y),
             task_lengthscale=None if not own else
-            model.own_module.lengthscale.detach().numpy().reshape(num_tasks, -1).copy(),
+            model.own_module.lengthscale.detach().numpy().reshape(num_tasks, -1) / stretch,
             task_variance=None if not own else model.own_variance.detach().numpy().copy())

@@ -303,7 +303,11 @@ class GPPolicy(BasePolicy):
         m = len(self.candidates)
         self.reference = (np.arange(m) if m <= n_reference
                           else np.sort(self.rng.choice(m, n_reference, replace=False)))
-        h = hyperparameters or default_hyperparameters(self.num_tasks, self.unit.shape[1])
+        # before any fit: one lengthscale in library mm (a fifth of the longest side), so an
+        # elongated library is not explored across its short side as if it were as long
+        span = self.bounds[:, 1] - self.bounds[:, 0]
+        h = hyperparameters or default_hyperparameters(
+            self.num_tasks, self.unit.shape[1], lengthscale=0.2 * span.max() / span)
         self.rows: list[tuple[np.ndarray, tuple[int, ...]]] = []  # every conditioned point
         self._swap: tuple[Future, int] | None = None
         self._executor: ThreadPoolExecutor | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from distributed import Client, Future
 
-from coorch.models.mtgp import fit_hyperparameters
+from coorch.models.mtgp import aspect, fit_hyperparameters
 from coorch.models.policies import BasePolicy, GPPolicy
 from coorch.models.vae import fit_vae
 from coorch.tasks.ingest import Describer
@@ -76,7 +76,7 @@ class BackgroundRefit:
         self.last_n = len(y)
         self.future = self.client.submit(
             fit_hyperparameters, x, t, y, self.policy.num_tasks, coupled=self.policy.coupled,
-            pure=False)
+            aspect=aspect(self.policy.bounds), pure=False)
         return self.future
 
     def finish(self) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 
 from coorch.models.descriptors import describe
 from coorch.models.incremental import exact_posterior
-from coorch.models.mtgp import MTGPHyperparameters, fit_hyperparameters, standardise
+from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters, standardise
 from coorch.records import Measurement, Signal
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ def nrmse_curve(measurements: list[Measurement], truth: GroundTruth, extent: np.
     """Normalised RMSE per task (n_steps, T) after each measurement, with one model fitted on
     the whole campaign (so the curve shows the value of the *data*, not of refits)."""
     x, t, y = training_arrays(measurements, truth.tasks, extent)
-    hyper = hyper or fit_hyperparameters(x, t, y, len(truth.tasks))
+    hyper = hyper or fit_hyperparameters(x, t, y, len(truth.tasks), aspect=aspect(extent))
     q = (truth.grid - extent[:, 0]) / (extent[:, 1] - extent[:, 0])
     scale = truth.values.std(0)
     steps = np.arange(start, len(y) + 1)

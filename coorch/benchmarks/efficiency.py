@@ -36,7 +36,7 @@ import numpy as np
 import typer
 
 from coorch.models.incremental import exact_posterior
-from coorch.models.mtgp import MTGPHyperparameters, fit_hyperparameters
+from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters
 from coorch.models.policies import (
     BasePolicy,
     GPPolicy,
@@ -130,14 +130,15 @@ Measure = Callable[[str, np.ndarray], tuple[float, float]]  # (instrument, x) ->
 
 
 # ---------------------------------------------------------------------------- fitting, scoring
-def fit(x: np.ndarray, t: np.ndarray, y: np.ndarray, num_tasks: int, settings: Settings,
+def fit(problem: Problem, x: np.ndarray, t: np.ndarray, y: np.ndarray, settings: Settings,
         *, seed: int, coupled: bool = True) -> MTGPHyperparameters:
     """MAP hyperparameters with one torch thread (two threads fight over two busy cores)."""
     from coorch.models._threads import torch_scope
 
     with torch_scope(seed, threads=1):
-        return fit_hyperparameters(x, t, y, num_tasks, coupled=coupled,
-                                   max_iter=settings.max_iter, seed=seed)
+        return fit_hyperparameters(x, t, y, len(problem.tasks), coupled=coupled,
+                                   aspect=aspect(problem.bounds), max_iter=settings.max_iter,
+                                   seed=seed)
 
 
 def map_rmse(problem: Problem, h: MTGPHyperparameters, x: np.ndarray, t: np.ndarray,
@@ -170,15 +171,14 @@ def _refit(policy: BasePolicy, problem: Problem, settings: Settings, seed: int, 
     ``score``, and the decision model of a GP policy if ``decide``. One coupled fit serves both
     where they coincide; the single-task policy gets its own decoupled fit."""
     x, t, y = _data(policy, problem)
-    num_tasks = len(problem.tasks)
     gp = policy if isinstance(policy, GPPolicy) and decide else None
     h = None
     if score or (gp is not None and gp.coupled):
-        h = fit(x, t, y, num_tasks, settings, seed=seed)
+        h = fit(problem, x, t, y, settings, seed=seed)
     if gp is not None and gp.coupled:
         gp.set_hyperparameters(h)  # its own options (cap, weights) apply inside
     elif gp is not None:
-        gp.set_hyperparameters(fit(x, t, y, num_tasks, settings, seed=seed, coupled=False))
+        gp.set_hyperparameters(fit(problem, x, t, y, settings, seed=seed, coupled=False))
     return h
 
 
