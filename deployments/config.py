@@ -77,6 +77,10 @@ class CampaignSpec(BaseModel):
     sample: str = "smbfo-001"
     instruments: list[InstrumentConfig]
     policy: str = "coorchestrate"
+    policy_options: dict = Field(
+        default_factory=dict, description="keyword options of the policy, e.g. for 'pareto' "
+        "{'directions': [1, -1]} (maximise the first task, minimise the second); for "
+        "'coorchestrate' {'min_fit_values': 6, 'max_correlation': 0.7}")
     budget: int = Field(30, ge=1, description="total measurements, seeds included")
     seeds_per_instrument: int = Field(3, ge=0)
     extent: tuple[tuple[float, float], tuple[float, float]] | None = Field(

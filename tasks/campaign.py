@@ -101,8 +101,12 @@ def build_policy(spec: CampaignSpec, descriptions: dict[str, InstrumentDescripti
         first += cfg.n_tasks
         models.append(InstrumentModel(cfg.name, tasks, desc.modality(cfg.modality).cost_s,
                                       desc.move_cost_s_per_mm))
-    return make_policy(spec.policy, candidate_grid(spec), library_extent(spec), models,
-                       seed=spec.seed)
+    try:
+        return make_policy(spec.policy, candidate_grid(spec), library_extent(spec), models,
+                           seed=spec.seed, **spec.policy_options)
+    except TypeError as exc:  # an option the policy does not take
+        raise ValueError(f"policy {spec.policy!r} does not accept policy_options "
+                         f"{spec.policy_options}: {exc}") from None
 
 
 def seed_positions(spec: CampaignSpec, k: int) -> np.ndarray:

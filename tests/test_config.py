@@ -28,3 +28,20 @@ def test_config_knows_exactly_the_policies_make_policy_builds():
     from coorch.models import policies
 
     assert config.POLICIES == policies.POLICIES
+
+
+def test_policy_options_reach_the_policy_and_bad_ones_are_named():
+    from coorch.instrument_agents.twins import make_twin
+    from coorch.tasks.campaign import build_policy
+
+    twin = make_twin("raman", "smbfo")
+    inst = {"name": "raman-twin", "kind": "raman", "modality": "raman",
+            "url": "http://127.0.0.1:1", "token_file": "tok"}
+    descriptions = {"raman-twin": twin.describe()}
+    spec = CampaignSpec(instruments=[inst], policy="coorchestrate",
+                        policy_options={"min_fit_values": 3, "max_correlation": 0.5})
+    policy = build_policy(spec, descriptions)
+    assert policy.min_fit_values == 3 and policy.max_correlation == 0.5
+    bad = spec.model_copy(update={"policy_options": {"directoins": [1]}})
+    with pytest.raises(ValueError, match="directoins"):
+        build_policy(bad, descriptions)
