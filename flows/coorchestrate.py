@@ -62,7 +62,10 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
           instruments.open_store(spec, flow_run_id) as store,
           contextlib.ExitStack() as stack):
         policy = build_policy(spec, instruments.descriptions)
-        dask = stack.enter_context(dask_client(spec.dask)) if needs_fits(policy) else None
+        # Dask fits the GP's hyperparameters and trains VAEs: any policy may read VAE latents
+        vae_tasks = any(i.descriptor == "vae" for i in spec.instruments)
+        dask = (stack.enter_context(dask_client(spec.dask))
+                if needs_fits(policy) or vae_tasks else None)
         refit = BackgroundRefit(dask, policy, every=spec.refit_every)
         physics = BackgroundPhysicsFit(
             dask, policy, {i.name: i.physics_mean for i in spec.instruments if i.physics_mean},

@@ -81,3 +81,15 @@ def test_vae_descriptor_is_trained_on_dask_and_becomes_the_gp_tasks(prefect_serv
     table = CampaignStore.open(str(tmp_path / "v.zarr"), create=False).measurements_table()
     n_raman = int((table["instrument"] == raman.name).sum())
     assert result.hyperparameters["n_train"] == 14 + n_raman  # each Raman gives 2 latents
+
+
+def test_vae_is_trained_for_a_policy_that_fits_no_gp(prefect_server, twins, tmp_path):
+    """A random (or Pareto, UCB, EI) campaign reading VAE latents still gets a VAE on Dask,
+    else its Raman values would stay unknown for the whole campaign."""
+    from coorch.flows.coorchestrate import coorchestrate
+
+    raman = twins[1].model_copy(update={"descriptor": "vae", "latent_dim": 2})
+    result = coorchestrate(spec([twins[0], raman], tmp_path / "r.zarr", budget=14,
+                                policy="random"))
+    assert result.n_vae_trainings >= 1
+    assert result.n_fits == 0
