@@ -1,4 +1,4 @@
-"""Session fixtures shared by the flow tests: one Prefect test server per session."""
+"""Fixtures shared by the flow tests: one Prefect test server per session, twin agents."""
 
 from __future__ import annotations
 
@@ -23,3 +23,22 @@ def prefect_server():
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory):
+    """A PFM and a Raman twin served over loopback HTTP, as campaign instrument configs."""
+    from coorch.deployments.config import InstrumentConfig
+    from coorch.instrument_agents.launch import start_twin
+
+    token = "flow-test-token"
+    token_file = tmp_path_factory.mktemp("tokens") / "agent.token"
+    token_file.write_text(token)
+    agents = [start_twin("afm", token=token, seed=1), start_twin("raman", token=token, seed=2)]
+    cfgs = [InstrumentConfig(name=a.driver.describe().id, kind=kind, modality=mod, url=a.url,
+                             token_file=token_file)
+            for a, (kind, mod) in zip(agents, [("afm", "pfm_loop"), ("raman", "raman")],
+                                      strict=True)]
+    yield cfgs
+    for a in agents:
+        a.stop()

@@ -2,28 +2,10 @@
 
 from __future__ import annotations
 
-import pytest
 import xarray as xr
 
-from coorch.deployments.config import CampaignSpec, InstrumentConfig
-from coorch.instrument_agents.launch import start_twin
+from coorch.deployments.config import CampaignSpec
 from coorch.storage import CampaignStore
-
-TOKEN = "flow-test-token"
-
-
-@pytest.fixture(scope="module")
-def twins(tmp_path_factory):
-    token_file = tmp_path_factory.mktemp("tokens") / "agent.token"
-    token_file.write_text(TOKEN)
-    agents = [start_twin("afm", token=TOKEN, seed=1), start_twin("raman", token=TOKEN, seed=2)]
-    cfgs = [InstrumentConfig(name=a.driver.describe().id, kind=kind, modality=mod, url=a.url,
-                             token_file=token_file)
-            for a, (kind, mod) in zip(agents, [("afm", "pfm_loop"), ("raman", "raman")],
-                                      strict=True)]
-    yield cfgs
-    for a in agents:
-        a.stop()
 
 
 def spec(cfgs, store, budget, policy="coorchestrate"):

@@ -133,27 +133,6 @@ def test_decoupled_instruments_complete_each_others_points() -> None:
     assert rep["pareto_observed"] is not None
 
 
-TOKEN = "pareto-flow-token"
-
-
-@pytest.fixture(scope="module")
-def twins(tmp_path_factory):
-    """A PFM and a Raman twin over loopback HTTP (the coorchestrate flow's own test setup)."""
-    from coorch.deployments.config import InstrumentConfig
-    from coorch.instrument_agents.launch import start_twin
-
-    token_file = tmp_path_factory.mktemp("tokens") / "agent.token"
-    token_file.write_text(TOKEN)
-    agents = [start_twin("afm", token=TOKEN, seed=1), start_twin("raman", token=TOKEN, seed=2)]
-    cfgs = [InstrumentConfig(name=a.driver.describe().id, kind=kind, modality=mod, url=a.url,
-                             token_file=token_file)
-            for a, (kind, mod) in zip(agents, [("afm", "pfm_loop"), ("raman", "raman")],
-                                      strict=True)]
-    yield cfgs
-    for a in agents:
-        a.stop()
-
-
 def test_coorchestrate_flow_runs_the_pareto_policy(prefect_server, twins, tmp_path) -> None:
     from coorch.deployments.config import CampaignSpec
     from coorch.flows.coorchestrate import coorchestrate
