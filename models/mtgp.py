@@ -267,6 +267,7 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
     """
     from gpytorch.mlls import ExactMarginalLogLikelihood
+    from linear_operator.utils.errors import NotPSDError
 
     torch.manual_seed(seed)
     x, tasks, y = np.asarray(x, float), np.asarray(tasks, int), np.asarray(y, float)
@@ -300,9 +301,11 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
         loss.backward()
         return loss
 
+    # torch's own failure, or linear_operator's after its jitter retries
+    singular = (torch.linalg.LinAlgError, NotPSDError)
     try:
         opt.step(closure)
-    except torch.linalg.LinAlgError:
+    except singular:
         if best["state"] is None:
             raise
         # the line search stepped somewhere numerically singular (huge lengthscale, tiny
@@ -312,7 +315,7 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
         for _ in range(max_iter):
             try:
                 closure()
-            except torch.linalg.LinAlgError:
+            except singular:
                 break
             adam.step()
     model.load_state_dict(best["state"])

@@ -6,13 +6,17 @@ when the fit is done, the policy builds the new posterior off the decision path 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from distributed import Client, Future
 
-from coorch.models.mtgp import aspect, fit_hyperparameters
+from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters
 from coorch.models.policies import BasePolicy, GPPolicy
 from coorch.models.vae import fit_vae
 from coorch.tasks.ingest import Describer
+
+log = logging.getLogger(__name__)
 
 
 def _warm_up() -> None:
@@ -36,6 +40,8 @@ def needs_fits(policy: BasePolicy) -> bool:
 class BackgroundRefit:
     """At most one refit in flight per policy; a newer request waits for the running one."""
 
+    fit_fn = staticmethod(fit_hyperparameters)  # what runs on Dask (a test may inject faults)
+
     def __init__(self, client: Client | None, policy: BasePolicy, *, every: int,
                  min_per_task: int = 2):
         self.client, self.policy, self.every = client, policy, every
@@ -43,6 +49,7 @@ class BackgroundRefit:
         self.future: Future | None = None
         self.last_n = 0
         self.fits = 0
+        self.failed = 0
         if self.enabled:  # pay the worker's torch/gpytorch import now, not at the first refit
             client.run(_warm_up)
 
@@ -55,10 +62,10 @@ class BackgroundRefit:
         if not self.enabled:
             return
         if self.future is not None and self.future.done():
-            hyper = self.future.result()
-            self.future = None
-            self.fits += 1
-            self.policy.swap_hyperparameters_async(hyper)
+            hyper = self._collect()
+            if hyper is not None:
+                self.fits += 1
+                self.policy.swap_hyperparameters_async(hyper)
         _, tasks, y = self.policy.training_data()
         per_task = np.bincount(tasks, minlength=self.policy.num_tasks).min()
         # A task with one or two values standardises to nothing: its fitted signal variance
@@ -71,11 +78,25 @@ class BackgroundRefit:
         """The training targets changed (a VAE relabelled them): refit at the next poll."""
         self.last_n = -self.every
 
+    def _collect(self) -> MTGPHyperparameters | None:
+        """The finished fit's result, or None if it failed: a failed fit (a numerically
+        singular corner of hyperparameter space) is logged and the campaign goes on with the
+        model it has; the next refit, on more data, tries again. A week of instrument time
+        must not end on one fit."""
+        fut, self.future = self.future, None
+        try:
+            return fut.result()
+        except Exception as exc:  # noqa: BLE001 - any failure of the fit, reported below
+            log.warning("hyperparameter refit on %d values failed, keeping model %s: %r",
+                        self.last_n, self.policy.model_version, exc)
+            self.failed += 1
+            return None
+
     def submit(self) -> Future:
         x, t, y = self.policy.training_data()
         self.last_n = len(y)
         self.future = self.client.submit(
-            fit_hyperparameters, x, t, y, self.policy.num_tasks, coupled=self.policy.coupled,
+            self.fit_fn, x, t, y, self.policy.num_tasks, coupled=self.policy.coupled,
             aspect=aspect(self.policy.bounds), pure=False)
         return self.future
 
@@ -85,10 +106,10 @@ class BackgroundRefit:
             return
         if len(self.policy.training_data()[2]) != self.last_n or self.future is None:
             self.submit()
-        hyper = self.future.result()
-        self.future = None
-        self.fits += 1
-        self.policy.set_hyperparameters(hyper)
+        hyper = self._collect()
+        if hyper is not None:
+            self.fits += 1
+            self.policy.set_hyperparameters(hyper)
 
 
 class BackgroundVAE:
