@@ -51,6 +51,7 @@ def _mount() -> None:
     from coorch.benchmarks.decision import bench_decision_command
     from coorch.benchmarks.efficiency import bench_efficiency_command
     from coorch.benchmarks.overhead import bench_overhead_command
+    from coorch.benchmarks.pareto import bench_pareto_command
     from coorch.im2spec_cli import im2spec_command
     from coorch.instrument_agents.cli import agent_app
     from coorch.storage.cli import bench_ingest_command, store_app
@@ -61,6 +62,7 @@ def _mount() -> None:
     bench_app.command("decision")(bench_decision_command)
     bench_app.command("efficiency")(bench_efficiency_command)
     bench_app.command("overhead")(bench_overhead_command)
+    bench_app.command("pareto")(bench_pareto_command)
     bench_app.command("ingest")(bench_ingest_command)
 
 

@@ -231,11 +231,11 @@ class GridPolicy(BasePolicy):
 
     def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
         seen = self.visited[inst.name]
-        fresh = [int(c) for c in self.order if int(c) not in seen]
-        n = self.asked[inst.name]
+        fresh = next((int(c) for c in self.order if int(c) not in seen), None)
         # once every candidate is done the survey starts over; when several instruments are
         # free, the one with the least done so far wins
-        cand = fresh[0] if fresh else int(self.order[n % len(self.order)])
+        cand = fresh if fresh is not None else int(self.order[self.asked[inst.name]
+                                                              % len(self.order)])
         return cand, -float(len(seen))
 
     def ask(self, instrument: str | None = None) -> Suggestion:
