@@ -108,7 +108,7 @@ def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale
 
         hyper = fit_hyperparameters(*training_arrays(stores["coorchestrate"], truth.tasks,
                                                      extent), len(truth.tasks),
-                                    aspect=aspect(extent))
+                                    aspect=aspect(extent), log_tasks=truth.log_tasks)
         png = plot_report(run_dir / "report.png", stores, curves, truth, extent, hyper)
         summary = {p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
                    for p, c in curves.items()}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
 
-from coorch.models.mtgp import MTGPHyperparameters, matern52
+from coorch.models.mtgp import MTGPHyperparameters
 
 JITTER = 1e-8
 
@@ -43,8 +43,7 @@ class IncrementalPosterior:
         self.V = np.zeros((capacity, m, t), dtype=dtype)
         # V at the reference positions, kept contiguous for the knowledge-gain GEMM
         self.V_ref = np.zeros((capacity, len(self.reference), t), dtype=dtype)
-        prior = sum(b for _, b in hyper.components())  # covariance at zero distance
-        self.C = np.broadcast_to(prior, (m, t, t)).astype(float)
+        self.C = hyper.prior_diagonal(self.candidates).astype(float)  # (M, T, T)
 
     @property
     def num_tasks(self) -> int:
@@ -75,13 +74,13 @@ class IncrementalPosterior:
             l_vec = solve_triangular(self.L[:n, :n], k_s, lower=True, check_finite=False)
         else:
             l_vec = np.zeros(0)
-        d2 = h.prior_variance[task] + h.noise[task] + JITTER - l_vec @ l_vec
+        prior = h.prior_diagonal(x[None])[0, task, task]
+        d2 = prior + h.noise[task] + JITTER - l_vec @ l_vec
         d = np.sqrt(max(d2, JITTER))
         v = np.zeros((len(self.candidates), h.num_tasks), dtype=self.dtype)  # prior cov.
-        for ls, b in h.components():
+        for k, b in h.components():
             if b[task].any():
-                v += np.multiply.outer(matern52(x, self.candidates, ls)[0], b[task]
-                                       ).astype(self.dtype)
+                v += np.multiply.outer(k(x, self.candidates)[0], b[task]).astype(self.dtype)
         if n:
             v -= np.tensordot(l_vec.astype(self.dtype), self.V[:n], axes=1)
         v /= d
@@ -99,9 +98,9 @@ class IncrementalPosterior:
         reference positions: shape (K, |tasks|, R, T). One GEMM, n x K|tasks| x R*T."""
         h, ref = self.hyper, self.reference
         prior = np.zeros((len(idx), len(tasks), len(ref), h.num_tasks))
-        for ls, b in h.components():
+        for kernel, b in h.components():
             if b[tasks].any():
-                k = matern52(self.candidates[idx], self.candidates[ref], ls)  # (K, R)
+                k = kernel(self.candidates[idx], self.candidates[ref])  # (K, R)
                 prior += k[:, None, :, None] * b[tasks][None, :, None, :]
         if self.n == 0:
             return prior
@@ -113,7 +112,8 @@ class IncrementalPosterior:
 
 def exact_posterior(hyper: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray,
                     y: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Posterior mean and latent variance (Q, T) at ``query`` in the targets' own units.
+    """Posterior mean and latent variance (Q, T) at ``query`` in the targets' own units
+    (for a task modelled as its log: the log-normal's mean and variance).
 
     The reporting path: one Cholesky of the observed rows, run after a campaign or per report,
     never per decision.
@@ -121,11 +121,10 @@ def exact_posterior(hyper: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray
     h = hyper
     x, tasks, y = np.atleast_2d(x), np.asarray(tasks, int), np.asarray(y, float)
     q, t_all = len(query), np.arange(h.num_tasks)
-    prior_var = h.prior_variance[None, :].repeat(q, 0)
+    prior_var = np.einsum("qtt->qt", h.prior_diagonal(np.atleast_2d(query)))
     if len(y) == 0:
-        mean = np.broadcast_to(h.task_mean, (q, h.num_tasks))
-        return mean * h.y_scale + h.y_offset, prior_var * h.y_scale**2
-    ys = (y - h.y_offset[tasks]) / h.y_scale[tasks] - h.task_mean[tasks]
+        return h.unwarped(np.broadcast_to(h.task_mean, (q, h.num_tasks)), prior_var)
+    ys = h.standardised(y, tasks) - h.task_mean[tasks]
     k_ss = h.covariance(x, tasks, x, tasks)
     k_ss[np.diag_indices_from(k_ss)] += h.noise[tasks] + JITTER
     factor = cho_factor(k_ss, lower=True, check_finite=False)
@@ -136,5 +135,5 @@ def exact_posterior(hyper: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray
         kt = h.covariance(query, np.full(q, t), x, tasks)  # (Q, n)
         mean[:, t] = h.task_mean[t] + kt @ alpha
         w = solve_triangular(factor[0], kt.T, lower=True, check_finite=False)
-        var[:, t] = np.maximum(h.prior_variance[t] - (w * w).sum(0), 0.0)
-    return mean * h.y_scale + h.y_offset, var * h.y_scale**2
+        var[:, t] = np.maximum(prior_var[:, t] - (w * w).sum(0), 0.0)
+    return h.unwarped(mean, var)

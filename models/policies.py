@@ -22,7 +22,7 @@ import numpy as np
 
 from coorch.models.acquisition import knowledge_gain
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
-from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters
+from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters, trend_prior
 from coorch.records import new_id
 
 
@@ -34,6 +34,15 @@ class InstrumentModel:
     tasks: tuple[int, ...]
     cost_s: float = 1.0
     move_cost_s_per_mm: float = 0.0
+    log_scale: bool = False  # its tasks are amounts, modelled as their log (models/mtgp.py)
+
+
+def log_tasks(instruments: Sequence[InstrumentModel]) -> np.ndarray:
+    """(T,) bool over every task of ``instruments``: which are modelled as their logarithm."""
+    out = np.zeros(1 + max(t for i in instruments for t in i.tasks), bool)
+    for inst in instruments:
+        out[list(inst.tasks)] = inst.log_scale
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,17 +313,23 @@ class GPPolicy(BasePolicy):
         self.reference = (np.arange(m) if m <= n_reference
                           else np.sort(self.rng.choice(m, n_reference, replace=False)))
         # before any fit: one lengthscale in library mm (a fifth of the longest side), so an
-        # elongated library is not explored across its short side as if it were as long
+        # elongated library is not explored across its short side as if it were as long, and
+        # a trend as likely in every direction
         span = self.bounds[:, 1] - self.bounds[:, 0]
+        self.trend = trend_prior(self.bounds)
         h = hyperparameters or default_hyperparameters(
-            self.num_tasks, self.unit.shape[1], lengthscale=0.2 * span.max() / span)
+            self.num_tasks, self.unit.shape[1], lengthscale=0.2 * span.max() / span,
+            trend=self.trend)
         self.rows: list[tuple[np.ndarray, tuple[int, ...]]] = []  # every conditioned point
         self._swap: tuple[Future, int] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._install(self._build(h, self.rows))
 
     # -- model state --------------------------------------------------------------------
-    def _build(self, h: MTGPHyperparameters, rows) -> IncrementalPosterior:
+    def _build(self, h: MTGPHyperparameters, rows, data=None
+               ) -> tuple[IncrementalPosterior, np.ndarray]:
+        """The posterior for ``h`` conditioned on ``rows``, and the value scale (M, T) of its
+        variance from the measured ``data`` (:meth:`_value_scale`)."""
         h = h if self.coupled else h.independent()
         if self.coupled and self.max_correlation is not None:
             h = h.with_max_correlation(self.max_correlation)
@@ -322,15 +337,38 @@ class GPPolicy(BasePolicy):
                                     capacity=max(64, 2 * len(rows)))
         for u, tasks in rows:
             post.add(u, tasks)
-        return post
+        return post, self._value_scale(h, data)
 
-    def _install(self, post: IncrementalPosterior) -> None:
+    def _value_scale(self, h: MTGPHyperparameters, data) -> np.ndarray:
+        """What a unit of the GP's (standardised) variance at each candidate is worth in the
+        map's own units, (M, T), relative to the task's average over the library.
+
+        1 for a task modelled as it is. For one modelled as its logarithm (an amount, such as
+        at.%), the map is judged in its own units, and there a log-variance costs the squared
+        slope of ``exp``, the amount itself squared: an unsure log value where the dopant is
+        at 26 at.% is a 26x wider error bar than the same where it is at 1 at.%. So the
+        knowledge gain follows the posterior mean there, from the last fit and the data it was
+        built with (``data``: x unit box, task, y), recomputed at every hyperparameter swap.
+        """
+        out = np.ones((len(self.candidates), self.num_tasks))
+        lg = h.log_tasks
+        if lg is None or not lg.any() or data is None or not len(data[2]):
+            return out
+        mean, _ = exact_posterior(h, *data, self.unit)
+        sq = mean[:, lg] ** 2
+        scale = sq / sq.mean(0)
+        if np.isfinite(scale).all():
+            out[:, lg] = scale
+        return out
+
+    def _install(self, built: tuple[IncrementalPosterior, np.ndarray]) -> None:
+        post, value_scale = built
         self.post = post
         self.model_version = post.hyper.version
         prior = post.hyper.prior_variance
         w = np.ones(self.num_tasks) if self.task_weights is None else self.task_weights
         w = np.asarray(w, float) * post.hyper.y_scale ** self.weight_power
-        self.weights = w / prior
+        self.weights = value_scale * (w / prior)[None, :]  # (M, T)
 
     def _condition(self, u: np.ndarray, inst: InstrumentModel) -> None:
         self.rows.append((u, inst.tasks))
@@ -341,12 +379,12 @@ class GPPolicy(BasePolicy):
         y = np.asarray(self.obs_y, float)
         counts = np.bincount(np.asarray(self.obs_t, int)[np.isfinite(y)],
                              minlength=self.num_tasks)
-        return h.with_prior_for(np.flatnonzero(counts < self.min_fit_values))
+        return h.with_prior_for(np.flatnonzero(counts < self.min_fit_values), trend=self.trend)
 
     def set_hyperparameters(self, h: MTGPHyperparameters) -> None:
         """Swap in new hyperparameters now (rebuilds the posterior: O(n^2 M T))."""
         with self._lock:
-            self._install(self._build(self._trusted(h), self.rows))
+            self._install(self._build(self._trusted(h), self.rows, self.training_data()))
 
     def swap_hyperparameters_async(self, h: MTGPHyperparameters) -> Future:
         """Build the posterior for ``h`` off the decision path; ``ask`` swaps it in when done."""
@@ -354,7 +392,8 @@ class GPPolicy(BasePolicy):
             if self._executor is None:
                 self._executor = ThreadPoolExecutor(1, thread_name_prefix="posterior")
             snapshot = list(self.rows)
-            fut = self._executor.submit(self._build, self._trusted(h), snapshot)
+            fut = self._executor.submit(self._build, self._trusted(h), snapshot,
+                                        self.training_data())
             self._swap = (fut, len(snapshot))
             return fut
 
@@ -363,14 +402,19 @@ class GPPolicy(BasePolicy):
             return
         fut, n_done = self._swap
         self._swap = None
-        post = fut.result()
+        post, value_scale = fut.result()
         for u, tasks in self.rows[n_done:]:  # replay what was decided while it was built
             post.add(u, list(tasks))
-        self._install(post)
+        self._install((post, value_scale))
 
     def close(self) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+
+    @property
+    def log_tasks(self) -> np.ndarray:
+        """(T,) bool: the tasks modelled as their logarithm (``InstrumentModel.log_scale``)."""
+        return log_tasks(list(self.instruments.values()))
 
     def training_data(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x unit box (n, d), task (n,), y (n,)) of the observations with values, for a

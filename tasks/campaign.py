@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from coorch.deployments.config import CampaignSpec
 from coorch.instrument_agents.client import InstrumentClient
 from coorch.instrument_agents.libraries import get_library
+from coorch.models.descriptors import log_scale
 from coorch.models.policies import BasePolicy, InstrumentModel, make_policy
 from coorch.records import Decision, InstrumentDescription
 from coorch.storage import CampaignStore, code_version
@@ -100,7 +101,8 @@ def build_policy(spec: CampaignSpec, descriptions: dict[str, InstrumentDescripti
         tasks = tuple(range(first, first + cfg.n_tasks))
         first += cfg.n_tasks
         models.append(InstrumentModel(cfg.name, tasks, desc.modality(cfg.modality).cost_s,
-                                      desc.move_cost_s_per_mm))
+                                      desc.move_cost_s_per_mm,
+                                      log_scale(cfg.modality, cfg.descriptor)))
     try:
         return make_policy(spec.policy, candidate_grid(spec), library_extent(spec), models,
                            seed=spec.seed, **spec.policy_options)

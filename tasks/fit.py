@@ -97,7 +97,7 @@ class BackgroundRefit:
         self.last_n = len(y)
         self.future = self.client.submit(
             self.fit_fn, x, t, y, self.policy.num_tasks, coupled=self.policy.coupled,
-            aspect=aspect(self.policy.bounds), pure=False)
+            aspect=aspect(self.policy.bounds), log_tasks=self.policy.log_tasks, pure=False)
         return self.future
 
     def finish(self) -> None:

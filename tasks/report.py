@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from coorch.models.descriptors import describe
+from coorch.models.descriptors import describe, log_scale
 from coorch.models.incremental import exact_posterior
 from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters, standardise
 from coorch.records import Measurement, Signal
@@ -30,6 +30,12 @@ class GroundTruth:
     grid: np.ndarray  # (Q, 2)
     values: np.ndarray  # (Q, T)
     tasks: list[str]  # instrument name per task
+    modalities: list[str]  # the modality each task's descriptor reads
+
+    @property
+    def log_tasks(self) -> np.ndarray:
+        """(T,) bool: the tasks the GP models as their logarithm (amounts, such as at.%)."""
+        return np.array([log_scale(m) for m in self.modalities])
 
 
 def ground_truth(twins: dict[str, object], modalities: dict[str, str], extent: np.ndarray,
@@ -50,7 +56,7 @@ def ground_truth(twins: dict[str, object], modalities: dict[str, str], extent: n
         for q, (x, y) in enumerate(grid):
             sig = Signal.from_array(mod, spec.dims, twin.noiseless(mod, x, y), coords=coords)
             values[q, t] = describe(mod, sig)[0]
-    return GroundTruth(grid, values, names)
+    return GroundTruth(grid, values, names, [modalities[n] for n in names])
 
 
 def training_arrays(measurements: list[Measurement], tasks: list[str], extent: np.ndarray
@@ -69,7 +75,8 @@ def nrmse_curve(measurements: list[Measurement], truth: GroundTruth, extent: np.
     """Normalised RMSE per task (n_steps, T) after each measurement, with one model fitted on
     the whole campaign (so the curve shows the value of the *data*, not of refits)."""
     x, t, y = training_arrays(measurements, truth.tasks, extent)
-    hyper = hyper or fit_hyperparameters(x, t, y, len(truth.tasks), aspect=aspect(extent))
+    hyper = hyper or fit_hyperparameters(x, t, y, len(truth.tasks), aspect=aspect(extent),
+                                         log_tasks=truth.log_tasks)
     q = (truth.grid - extent[:, 0]) / (extent[:, 1] - extent[:, 0])
     scale = truth.values.std(0)
     steps = np.arange(start, len(y) + 1)
@@ -82,7 +89,7 @@ def nrmse_curve(measurements: list[Measurement], truth: GroundTruth, extent: np.
 
 def _restandardised(h: MTGPHyperparameters, t: np.ndarray, y: np.ndarray) -> MTGPHyperparameters:
     """Hyperparameters fitted on all data keep their shape but centre on the data seen so far."""
-    off, _ = standardise(y, t, h.num_tasks)
+    off, _ = standardise(h.warp(y, t), t, h.num_tasks)
     seen = np.isin(np.arange(h.num_tasks), t)
     return dataclasses.replace(h, y_offset=np.where(seen, off, h.y_offset),
                                task_mean=np.zeros_like(h.task_mean))

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from coorch.models.descriptors import log_scale
 from coorch.models.incremental import exact_posterior
 from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters
 from coorch.models.policies import (
@@ -43,6 +44,7 @@ from coorch.models.policies import (
     InstrumentModel,
     Observation,
     farthest_point_order,
+    log_tasks,
     make_policy,
 )
 
@@ -137,8 +139,9 @@ def fit(problem: Problem, x: np.ndarray, t: np.ndarray, y: np.ndarray, settings:
 
     with torch_scope(seed, threads=1):
         return fit_hyperparameters(x, t, y, len(problem.tasks), coupled=coupled,
-                                   aspect=aspect(problem.bounds), max_iter=settings.max_iter,
-                                   seed=seed)
+                                   aspect=aspect(problem.bounds),
+                                   log_tasks=log_tasks(problem.instruments),
+                                   max_iter=settings.max_iter, seed=seed)
 
 
 def map_rmse(problem: Problem, h: MTGPHyperparameters, x: np.ndarray, t: np.ndarray,
@@ -366,7 +369,8 @@ def twin_setup(library: str = "smbfo", seed: int = 0,
     truth = ground_truth(twins, modalities, extent, truth_shape)
     models = tuple(
         InstrumentModel(kind, (k,), cost_s=twins[kind].describe().modality(mod).cost_s,
-                        move_cost_s_per_mm=twins[kind].move_cost_s_per_mm)
+                        move_cost_s_per_mm=twins[kind].move_cost_s_per_mm,
+                        log_scale=log_scale(mod))
         for k, (kind, mod) in enumerate(instruments))
     ends = farthest_point_order(candidates)[:2]
     seeds = tuple((kind, int(c)) for kind, _ in instruments for c in ends)
