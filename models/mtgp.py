@@ -231,6 +231,11 @@ def default_hyperparameters(num_tasks: int, dim: int, *, lengthscale: float | np
         trend_weight=None if trend is None else np.tile(trend, (num_tasks, 1)))
 
 
+#: Values a task modelled as its log needs before a fit may couple it to the others: about
+#: three per input dimension, the rule of thumb for a GP's lengthscales (the number
+#: co-orchestration also waits for before it trusts any task's fit).
+MIN_COUPLING_VALUES = 6
+
 #: Slope variances (standardised units per longest side) the hyperparameter fit starts from.
 TREND_STARTS = (0.2, 3.0)
 
@@ -291,7 +296,8 @@ class _HadamardMTGP:
 
     @staticmethod
     def build(x: torch.Tensor, y: torch.Tensor, num_tasks: int, rank: int, coupled: bool,
-              own: bool = True, centre: torch.Tensor | None = None):
+              own: bool = True, centre: torch.Tensor | None = None,
+              couple: torch.Tensor | None = None):
         import gpytorch
         from gpytorch.constraints import Positive
         from gpytorch.priors import GammaPrior
@@ -312,6 +318,11 @@ class _HadamardMTGP:
                 if not coupled:
                     self.task_covar_module.covar_factor.data.zero_()
                     self.task_covar_module.covar_factor.requires_grad_(False)
+                elif couple is not None and not couple.all():  # only these tasks couple
+                    keep = couple.to(x.dtype)[:, None]
+                    factor = self.task_covar_module.covar_factor
+                    factor.data.mul_(keep)
+                    factor.register_hook(lambda g: g * keep)
                 self.own_module = None
                 if own:  # each task's own Matern part (module docstring)
                     self.own_module = gpytorch.kernels.MaternKernel(
@@ -421,11 +432,22 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     yt = torch.as_tensor(ys, dtype=torch.float64)
     rank = rank or min(num_tasks, 2)
     centre = torch.as_tensor(0.5 * stretch, dtype=torch.float64)
+    # A task modelled as its log is not coupled to the others while it has a handful of
+    # values: the MAP task covariance from four values may borrow another modality's shape
+    # wholesale, and exp turns that into multiplicative swings (on the alscbn twins, four WDS
+    # corner values took the PFM band's shape and the predicted Sc map reached 200x its
+    # range). It keeps its own part and trend until it has MIN_COUPLING_VALUES. Other tasks
+    # couple from the start: for them a borrowed shape is the point (measured: decoupling them
+    # too left the PFM map read as noise where Raman's shape had predicted it).
+    few = np.bincount(tasks, minlength=num_tasks) < MIN_COUPLING_VALUES
+    logs = np.zeros(num_tasks, bool) if log_tasks is None else log_tasks
+    couple = torch.as_tensor(~(few & logs))
 
     def optimise(trend: float) -> tuple[float, torch.nn.Module]:
         """One L-BFGS run from a start with slope variances ``trend``: (best loss, model)."""
         torch.manual_seed(seed)
-        model = _HadamardMTGP.build(xi, yt, num_tasks, rank, coupled, own, centre).double()
+        model = _HadamardMTGP.build(xi, yt, num_tasks, rank, coupled, own, centre,
+                                    couple).double()
         # start from a plausible model (standardised data): a modest lengthscale, some noise,
         # half of each task's variance its own
         model.covar_module.lengthscale = 0.3

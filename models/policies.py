@@ -22,7 +22,12 @@ import numpy as np
 
 from coorch.models.acquisition import knowledge_gain
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
-from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters, trend_prior
+from coorch.models.mtgp import (
+    MIN_COUPLING_VALUES,
+    MTGPHyperparameters,
+    default_hyperparameters,
+    trend_prior,
+)
 from coorch.records import new_id
 
 
@@ -284,8 +289,9 @@ class GPPolicy(BasePolicy):
     second of averaging one spot can win over and over (seen with STEM in the demo), and on a
     real sample a second dose of beam or tip at one spot is rarely what an operator wants.
     ``min_fit_values``: a task's fitted hyperparameters enter decisions only once it has this
-    many values; until then it is decided on the prior guess (uncoupled, lengthscale 0.2, unit
-    variance: :meth:`MTGPHyperparameters.with_prior_for`), which keeps an expensive modality
+    many values; until then it is decided on the prior guess (uncoupled, the shared part's
+    lengthscales, unit variance, a trend as likely in every direction:
+    :meth:`MTGPHyperparameters.with_prior_for`), which keeps an expensive modality
     from being declared known on a handful of points (docs/benchmarks.md, "alscbn").
     Hyperparameters come from outside (a background fit): :meth:`set_hyperparameters` swaps
     them in synchronously, :meth:`swap_hyperparameters_async` builds the new posterior in a
@@ -506,8 +512,9 @@ def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
 COORCHESTRATE_MAX_CORRELATION = 0.7
 #: Values a task needs before co-orchestration trusts its fitted hyperparameters, from the
 #: efficiency benchmark on the alscbn twins (docs/benchmarks.md): about three per input
-#: dimension, the rule of thumb for a GP's lengthscales.
-COORCHESTRATE_MIN_FIT_VALUES = 6
+#: dimension, the rule of thumb for a GP's lengthscales; the same number a log task waits
+#: for before a fit couples it.
+COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
 
 POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei",
             "pareto")

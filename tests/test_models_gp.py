@@ -248,3 +248,22 @@ def test_log_task_values_at_or_below_zero_are_floored_not_lost():
     t = np.array([0, 0, 0, 0, 1])
     out = warp(y, t, np.array([True, False]))
     np.testing.assert_allclose(out, [np.log(4.0), np.log(1.0), np.log(1.0), np.log(2.0), 7.0])
+
+
+def test_a_log_task_with_few_values_is_fitted_uncoupled():
+    """Four values of an amount must not borrow another modality's shape (exp would turn it
+    into multiplicative swings); with six it may couple like any task."""
+    rng = np.random.default_rng(5)
+    xa = rng.random((20, 1))
+    ya = np.sin(6 * xa[:, 0])
+
+    def coupling(n_log: int) -> float:
+        xb = np.linspace(0.05, 0.95, n_log)[:, None]
+        x = np.vstack([xa, xb])
+        t = np.r_[np.zeros(20, int), np.ones(n_log, int)]
+        y = np.r_[ya, np.exp(np.sin(6 * xb[:, 0]))]
+        h = fit_hyperparameters(x, t, y, 2, log_tasks=np.array([False, True]), max_iter=50)
+        return abs(h.task_covariance[0, 1])
+
+    assert coupling(4) == 0.0
+    assert coupling(8) > 0.0
