@@ -102,13 +102,15 @@ def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale
         modalities = {i.name: i.modality for i in instruments}
         extent = library_extent(spec)
         truth = ground_truth(twins, modalities, extent)
-        curves = {p: nrmse_curve(ms, truth, extent) for p, ms in stores.items()}
+        log_tasks = np.array([i.log_scale for i in instruments])
+        curves = {p: nrmse_curve(ms, truth, extent, log_tasks=log_tasks)
+                  for p, ms in stores.items()}
         from coorch.models.mtgp import aspect, fit_hyperparameters
         from coorch.tasks.report import training_arrays
 
         hyper = fit_hyperparameters(*training_arrays(stores["coorchestrate"], truth.tasks,
                                                      extent), len(truth.tasks),
-                                    aspect=aspect(extent), log_tasks=truth.log_tasks)
+                                    aspect=aspect(extent), log_tasks=log_tasks)
         png = plot_report(run_dir / "report.png", stores, curves, truth, extent, hyper)
         summary = {p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
                    for p, c in curves.items()}

@@ -38,6 +38,22 @@ class InstrumentConfig(BaseModel):
         "campaign's estimate of the boundary. None: no structured GP (decisions always use the "
         "multi-task GP)")
 
+    log_scale: bool = Field(
+        False, description="model this instrument's task as its logarithm: for an amount that "
+        "a deposition spreads multiplicatively over the library, such as a dopant's at.% "
+        "falling off exponentially from its sputter gun (the GP then predicts a corner nobody "
+        "measured from interior points). Leave it off for a linear wedge: the log of a ramp "
+        "from near zero is far from the GP's trend (docs/benchmarks.md, 'Efficiency'). Needs "
+        "descriptor='physics' and positive values (values at or below zero count as half the "
+        "smallest positive one)")
+
+    @model_validator(mode="after")
+    def _log_scale_needs_a_physics_task(self) -> InstrumentConfig:
+        if self.log_scale and self.descriptor != "physics":
+            raise ValueError(f"{self.name}: log_scale needs descriptor='physics' (an amount), "
+                             f"not {self.descriptor!r}: a VAE latent has no sign to keep")
+        return self
+
     @model_validator(mode="after")
     def _physics_mean_needs_one_physics_task(self) -> InstrumentConfig:
         if self.physics_mean is not None and self.descriptor != "physics":

@@ -111,18 +111,6 @@ PHYSICS: dict[str, Descriptor] = {
 }
 
 
-#: Modalities whose physics descriptor is an amount spread multiplicatively over a library
-#: (a dopant's at.% falls off roughly exponentially away from its sputter gun): the GP models
-#: its logarithm (``coorch.models.mtgp``, ``log_tasks``).
-LOG_SCALE = frozenset({"wds"})
-
-
-def log_scale(modality: str, descriptor: str = "physics") -> bool:
-    """Whether ``modality``'s GP task is modelled as its logarithm: its physics descriptor is
-    an amount (``LOG_SCALE``); a VAE latent never is (it has no sign to keep)."""
-    return descriptor == "physics" and modality in LOG_SCALE
-
-
 def describe(modality: str, sig: Signal) -> np.ndarray:
     """The physics descriptor of one ``modality`` signal (a latent vector is passed through)."""
     if sig.dims == ["latent"]:

@@ -16,7 +16,6 @@ from pydantic import BaseModel
 from coorch.deployments.config import CampaignSpec
 from coorch.instrument_agents.client import InstrumentClient
 from coorch.instrument_agents.libraries import get_library
-from coorch.models.descriptors import log_scale
 from coorch.models.policies import BasePolicy, InstrumentModel, make_policy
 from coorch.records import Decision, InstrumentDescription
 from coorch.storage import CampaignStore, code_version
@@ -102,7 +101,7 @@ def build_policy(spec: CampaignSpec, descriptions: dict[str, InstrumentDescripti
         first += cfg.n_tasks
         models.append(InstrumentModel(cfg.name, tasks, desc.modality(cfg.modality).cost_s,
                                       desc.move_cost_s_per_mm,
-                                      log_scale(cfg.modality, cfg.descriptor)))
+                                      cfg.log_scale))
     try:
         return make_policy(spec.policy, candidate_grid(spec), library_extent(spec), models,
                            seed=spec.seed, **spec.policy_options)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from coorch.models.descriptors import describe, log_scale
+from coorch.models.descriptors import describe
 from coorch.models.incremental import exact_posterior
 from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters, standardise
 from coorch.records import Measurement, Signal
@@ -30,12 +30,6 @@ class GroundTruth:
     grid: np.ndarray  # (Q, 2)
     values: np.ndarray  # (Q, T)
     tasks: list[str]  # instrument name per task
-    modalities: list[str]  # the modality each task's descriptor reads
-
-    @property
-    def log_tasks(self) -> np.ndarray:
-        """(T,) bool: the tasks the GP models as their logarithm (amounts, such as at.%)."""
-        return np.array([log_scale(m) for m in self.modalities])
 
 
 def ground_truth(twins: dict[str, object], modalities: dict[str, str], extent: np.ndarray,
@@ -56,7 +50,7 @@ def ground_truth(twins: dict[str, object], modalities: dict[str, str], extent: n
         for q, (x, y) in enumerate(grid):
             sig = Signal.from_array(mod, spec.dims, twin.noiseless(mod, x, y), coords=coords)
             values[q, t] = describe(mod, sig)[0]
-    return GroundTruth(grid, values, names, [modalities[n] for n in names])
+    return GroundTruth(grid, values, names)
 
 
 def training_arrays(measurements: list[Measurement], tasks: list[str], extent: np.ndarray
@@ -70,13 +64,14 @@ def training_arrays(measurements: list[Measurement], tasks: list[str], extent: n
 
 
 def nrmse_curve(measurements: list[Measurement], truth: GroundTruth, extent: np.ndarray,
-                hyper: MTGPHyperparameters | None = None, start: int = 2
-                ) -> tuple[np.ndarray, np.ndarray]:
+                hyper: MTGPHyperparameters | None = None, start: int = 2,
+                log_tasks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Normalised RMSE per task (n_steps, T) after each measurement, with one model fitted on
-    the whole campaign (so the curve shows the value of the *data*, not of refits)."""
+    the whole campaign (so the curve shows the value of the *data*, not of refits);
+    ``log_tasks`` (T,) bool: the tasks modelled as their log (``InstrumentConfig.log_scale``)."""
     x, t, y = training_arrays(measurements, truth.tasks, extent)
     hyper = hyper or fit_hyperparameters(x, t, y, len(truth.tasks), aspect=aspect(extent),
-                                         log_tasks=truth.log_tasks)
+                                         log_tasks=log_tasks)
     q = (truth.grid - extent[:, 0]) / (extent[:, 1] - extent[:, 0])
     scale = truth.values.std(0)
     steps = np.arange(start, len(y) + 1)

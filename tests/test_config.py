@@ -45,3 +45,17 @@ def test_policy_options_reach_the_policy_and_bad_ones_are_named():
     bad = spec.model_copy(update={"policy_options": {"directoins": [1]}})
     with pytest.raises(ValueError, match="directoins"):
         build_policy(bad, descriptions)
+
+
+def test_log_scale_reaches_the_policy_and_is_refused_for_vae_latents():
+    from coorch.instrument_agents.twins import make_twin
+    from coorch.tasks.campaign import build_policy
+
+    twin = make_twin("wds", "alscbn")
+    inst = {"name": "wds-twin", "kind": "wds", "modality": "wds", "url": "http://127.0.0.1:1",
+            "token_file": "tok", "log_scale": True}
+    spec = CampaignSpec(library="alscbn", instruments=[inst], policy="coorchestrate")
+    policy = build_policy(spec, {"wds-twin": twin.describe()})
+    assert policy.log_tasks.tolist() == [True]
+    with pytest.raises(ValidationError, match="log_scale needs descriptor='physics'"):
+        CampaignSpec(instruments=[{**inst, "descriptor": "vae"}])
