@@ -436,10 +436,12 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     # values: the MAP task covariance from four values may borrow another modality's shape
     # wholesale, and exp turns that into multiplicative swings (on the alscbn twins, four WDS
     # corner values took the PFM band's shape and the predicted Sc map reached 200x its
-    # range). It keeps its own part and trend until it has MIN_COUPLING_VALUES. Other tasks
+    # range). It keeps its own part and trend until it has MIN_COUPLING_VALUES positions. Others
     # couple from the start: for them a borrowed shape is the point (measured: decoupling them
     # too left the PFM map read as noise where Raman's shape had predicted it).
-    few = np.bincount(tasks, minlength=num_tasks) < MIN_COUPLING_VALUES
+    # Positions, not values: a repeat at one spot says nothing about the map's shape.
+    few = np.array([len(np.unique(x[tasks == t], axis=0)) < MIN_COUPLING_VALUES
+                    for t in range(num_tasks)])
     logs = np.zeros(num_tasks, bool) if log_tasks is None else log_tasks
     couple = torch.as_tensor(~(few & logs))
 

@@ -258,7 +258,10 @@ def test_a_log_task_with_few_values_is_fitted_uncoupled():
     ya = np.sin(6 * xa[:, 0])
 
     def coupling(n_log: int) -> float:
-        xb = np.linspace(0.05, 0.95, n_log)[:, None]
+        xb = np.linspace(0.05, 0.95, abs(n_log))[:, None]
+        if n_log < 0:  # each position twice
+            xb = np.repeat(xb, 2, axis=0)
+        n_log = len(xb)
         x = np.vstack([xa, xb])
         t = np.r_[np.zeros(20, int), np.ones(n_log, int)]
         y = np.r_[ya, np.exp(np.sin(6 * xb[:, 0]))]
@@ -266,4 +269,5 @@ def test_a_log_task_with_few_values_is_fitted_uncoupled():
         return abs(h.task_covariance[0, 1])
 
     assert coupling(4) == 0.0
+    assert coupling(-4) == 0.0  # four positions, each measured twice
     assert coupling(8) > 0.0
