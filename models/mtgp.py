@@ -435,8 +435,8 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     # A task modelled as its log is not coupled to the others while it has a handful of
     # values: the MAP task covariance from four values may borrow another modality's shape
     # wholesale, and exp turns that into multiplicative swings (on the alscbn twins, four WDS
-    # corner values took the PFM band's shape and the predicted Sc map reached 200x its
-    # range). It keeps its own part and trend until it has MIN_COUPLING_VALUES positions. Others
+    # corner values took the PFM band's shape and the predicted Sc map was off by 230 times
+    # its spread). It keeps its own part and trend until it has MIN_COUPLING_VALUES positions. Others
     # couple from the start: for them a borrowed shape is the point (measured: decoupling them
     # too left the PFM map read as noise where Raman's shape had predicted it).
     # Positions, not values: a repeat at one spot says nothing about the map's shape.
