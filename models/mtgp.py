@@ -436,9 +436,10 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     # values: the MAP task covariance from four values may borrow another modality's shape
     # wholesale, and exp turns that into multiplicative swings (on the alscbn twins, four WDS
     # corner values took the PFM band's shape and the predicted Sc map was off by 230 times
-    # its spread). It keeps its own part and trend until it has MIN_COUPLING_VALUES positions. Others
-    # couple from the start: for them a borrowed shape is the point (measured: decoupling them
-    # too left the PFM map read as noise where Raman's shape had predicted it).
+    # its spread). It keeps its own part and trend until it has MIN_COUPLING_VALUES
+    # positions. Other tasks couple from the start: for them a borrowed shape is the point
+    # (measured: decoupling them too left the PFM map read as noise where Raman's shape had
+    # predicted it).
     # Positions, not values: a repeat at one spot says nothing about the map's shape.
     few = np.array([len(np.unique(x[tasks == t], axis=0)) < MIN_COUPLING_VALUES
                     for t in range(num_tasks)])
