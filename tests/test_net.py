@@ -29,29 +29,31 @@ def _handler(status: int) -> type[BaseHTTPRequestHandler]:
 
 @contextmanager
 def _serve(port: int, status: int = 200, delay_s: float = 0.0) -> Iterator[None]:
-    """An http.server answering ``status`` on ``port``, bound after ``delay_s``; stopped on exit."""
+    """An http.server answering ``status`` on ``port``, listening after ``delay_s`` (at once:
+    before the block starts); stopped on exit."""
     box: dict[str, ThreadingHTTPServer] = {}
-    stop = threading.Event()
+    stop, bound = threading.Event(), threading.Event()
 
     def run() -> None:
         if stop.wait(delay_s):
             return
         server = ThreadingHTTPServer(("127.0.0.1", port), _handler(status))
         box["server"] = server
+        bound.set()
         server.serve_forever(poll_interval=0.05)
         server.server_close()
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
+    if delay_s == 0:
+        assert bound.wait(5)
     try:
         yield
     finally:
         stop.set()
-        for _ in range(100):  # the server may still be binding: wait for it, then stop it
-            if "server" in box or not thread.is_alive():
-                break
-            time.sleep(0.01)
-        if "server" in box:
+        while thread.is_alive() and not bound.wait(0.01):  # still waiting out its delay
+            pass
+        if bound.is_set():
             box["server"].shutdown()
         thread.join(5)
         assert not thread.is_alive()
