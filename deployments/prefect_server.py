@@ -12,14 +12,12 @@ import contextlib
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
+from coorch.net import free_port, wait_until_healthy
 
 
 def _die_with_parent() -> None:
@@ -29,18 +27,12 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def local_prefect_server(home: Path, *, startup_timeout_s: float = 120.0) -> Iterator[str]:
     """Start ``prefect server start`` on loopback with state in ``home``; yield its API URL and
     point this process's Prefect client at it (``PREFECT_API_URL``); stop it on exit."""
     home.mkdir(parents=True, exist_ok=True)
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {**os.environ, "PREFECT_HOME": str(home.resolve()),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
@@ -55,16 +47,11 @@ def local_prefect_server(home: Path, *, startup_timeout_s: float = 120.0) -> Ite
                             preexec_fn=_die_with_parent)
     old = os.environ.get("PREFECT_API_URL")
     try:
-        deadline = time.monotonic() + startup_timeout_s
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
-            time.sleep(0.25)
+        try:
+            wait_until_healthy(f"{url}/health", timeout_s=startup_timeout_s, interval_s=0.25,
+                               alive=lambda: proc.poll() is None)
+        except (TimeoutError, RuntimeError) as exc:
+            raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}") from exc
         os.environ["PREFECT_API_URL"] = url
         yield url
     finally:

@@ -11,16 +11,15 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 from typing import Any
 
-import httpx
 import uvicorn
 
 from coorch.instrument_agents.frames import AffineFrame
 from coorch.instrument_agents.protocol import Driver
 from coorch.instrument_agents.server import create_app
 from coorch.instrument_agents.twins import make_twin
+from coorch.net import wait_until_healthy
 
 
 class RunningAgent:
@@ -75,18 +74,13 @@ def serve_driver(driver: Driver, *, token: str, readonly_token: str | None = Non
     thread.start()
     url = f"http://{host}:{bound_port}"
     agent = RunningAgent(driver, server, thread, url, sock)
-    deadline = time.monotonic() + startup_timeout_s
-    with httpx.Client(verify=False, timeout=0.5) as http:
-        while True:
-            try:
-                if http.get(f"{url}/v1/health").status_code == 200:
-                    return agent
-            except httpx.TransportError:
-                pass
-            if not thread.is_alive() or time.monotonic() > deadline:
-                agent.stop()
-                raise RuntimeError(f"agent on {url} did not start")
-            time.sleep(0.01)
+    try:
+        wait_until_healthy(f"{url}/v1/health", timeout_s=startup_timeout_s, interval_s=0.01,
+                           alive=thread.is_alive, request_timeout_s=0.5)
+    except (TimeoutError, RuntimeError) as exc:
+        agent.stop()
+        raise RuntimeError(f"agent on {url} did not start") from exc
+    return agent
 
 
 def start_twin(instrument: str, library: str = "smbfo", *, token: str, seed: int = 0,

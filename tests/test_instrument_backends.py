@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import signal
-import socket
 import subprocess
 import sys
-import time
 
-import httpx
 import numpy as np
 import pytest
 import xarray as xr
@@ -18,6 +15,7 @@ from coorch.instrument_agents.client import InstrumentClient
 from coorch.instrument_agents.launch import serve_driver
 from coorch.instrument_agents.replay import ReplayDriver, replay_positions
 from coorch.instrument_agents.twins import make_twin
+from coorch.net import free_port, wait_until_healthy
 
 needs_data = pytest.mark.skipif(not REPLAY_FILE.exists(), reason="replay data not present")
 TOKEN = "backend-token"
@@ -114,24 +112,18 @@ def test_instrument_agents_never_import_heavy_layers():
 def test_cli_serves_a_twin_until_interrupted(tmp_path):
     tok = tmp_path / "token"
     tok.write_text("cli-secret\n")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "coorch.instrument_agents.cli", "serve",
                              "--instrument", "raman", "--port", str(port), "--token-file",
                              str(tok), "--time-scale", "0"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
-            time.sleep(0.1)
+        try:
+            wait_until_healthy(f"{url}/v1/health", timeout_s=30, interval_s=0.1,
+                               alive=lambda: proc.poll() is None)
+        except RuntimeError:
+            pytest.fail(f"the agent exited: {proc.stderr.read()}")
         with InstrumentClient(url, "cli-secret") as c:
             assert c.measure("raman").signal.array().shape == (512,)
     finally:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,17 +19,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import numpy as np
 import typer
+
+from coorch.net import free_port, wait_until_healthy
 
 
 @contextlib.contextmanager
 def agent_process(instrument: str, token_file: Path) -> Iterator[str]:
     """``coorch agent serve`` on a free loopback port; yields its URL, stops it on exit."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     coorch = Path(sys.executable).with_name("coorch")
     proc = subprocess.Popen([str(coorch), "agent", "serve", "--instrument", instrument,
                              "--port", str(port), "--token-file", str(token_file),
@@ -38,13 +36,11 @@ def agent_process(instrument: str, token_file: Path) -> Iterator[str]:
                             stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(300):
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/v1/health", timeout=0.5).status_code == 200:
-                    break
-            time.sleep(0.1)
-        else:
-            raise RuntimeError(f"agent for {instrument} did not start")
+        try:
+            wait_until_healthy(f"{url}/v1/health", timeout_s=30.0, interval_s=0.1,
+                               alive=lambda: proc.poll() is None, request_timeout_s=0.5)
+        except (TimeoutError, RuntimeError) as exc:
+            raise RuntimeError(f"agent for {instrument} did not start") from exc
         yield url
     finally:
         proc.terminate()
