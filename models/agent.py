@@ -1,0 +1,232 @@
+"""The decision agent's contract and the state every agent keeps (DESIGN.md, "Decision agent").
+
+Like bluesky-adaptive's ``Agent``: an agent is *told* observations (:meth:`Agent.tell`) and
+*asked* for the next position for a free instrument (:meth:`Agent.ask`; with ``None``, for the
+best (instrument, position) pair), and can :meth:`Agent.report` what it believes. A position
+chosen elsewhere (a seed, a human redirect, a decision re-issued on resume) is *planned*
+(:meth:`Agent.plan`): reserved as pending, so the agent's own choices account for it.
+
+The state here is what a campaign needs whatever the model: the observation log, the pending
+and visited points, where each instrument is. Subclasses supply one hook, :meth:`Agent._score`
+(a value per free candidate for one instrument), and optionally :meth:`Agent._condition` (a
+model that learns from positions alone, as a GP's variance does). Positions are library
+coordinates (mm); models work in the unit box of the library's geometry.
+
+One caller at a time: the campaign runtime (``coorch.tasks.runtime``) is the only caller, on
+one thread, so nothing here locks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from coorch.geometry import LibraryGeometry
+from coorch.models.cost import InstrumentCost
+from coorch.models.observations import Observation, ObservationLog
+from coorch.records import new_id
+
+
+@dataclasses.dataclass(frozen=True)
+class Suggestion:
+    """The agent's answer: where to measure, with what, and why."""
+
+    instrument: str
+    x: np.ndarray
+    measurement_id: str
+    acquisition_value: float
+    policy: str
+    model_version: str
+    trained_on: tuple[str, ...]
+    pending: tuple[str, ...]
+    n_candidates: int
+
+
+class Agent:
+    """Candidates, instruments, the observation log and pending/visited bookkeeping.
+
+    Args:
+        candidates: (M, d) library positions (mm) the agent chooses among.
+        bounds: (d, 2) library bounds (mm).
+        instruments: what each instrument observes and costs.
+        seed: seeds the agent's random choices.
+    """
+
+    name = "agent"
+    model_version = "none"
+
+    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
+                 instruments: Sequence[InstrumentCost], *, seed: int = 0) -> None:
+        self.geometry = LibraryGeometry(bounds)
+        self.bounds = self.geometry.bounds
+        self.candidates = np.atleast_2d(np.asarray(candidates, float))
+        self.unit = self.geometry.to_unit(self.candidates)
+        self.instruments = {i.name: i for i in instruments}
+        self.num_tasks = 1 + max(t for i in instruments for t in i.tasks)
+        self.seed = int(seed)
+        self.rng = np.random.default_rng(seed)
+        self.log = ObservationLog(self.unit.shape[1], self.num_tasks)
+        self.pending: dict[str, tuple[str, int]] = {}  # measurement id -> (instrument, cand)
+        self.position: dict[str, np.ndarray] = {}  # where each instrument is (or will be), mm
+        self.visited: dict[str, set[int]] = {i.name: set() for i in instruments}
+
+    def instrument(self, name: str) -> InstrumentCost:
+        try:
+            return self.instruments[name]
+        except KeyError:
+            known = list(self.instruments)
+            raise KeyError(f"unknown instrument {name!r}; the agent knows {known}") from None
+
+    def nearest(self, x_mm: np.ndarray) -> int:
+        """Index of the candidate nearest to library position ``x_mm``."""
+        u = self.geometry.to_unit(x_mm)[0]
+        return int(np.argmin(((self.unit - u) ** 2).sum(1)))
+
+    # -- the contract -------------------------------------------------------------------
+    def tell(self, observations: Sequence[Observation]) -> None:
+        """Learn from measured observations; one told twice (resume, retry) counts once."""
+        for o in observations:
+            if o.measurement_id in self.log:
+                continue
+            inst = self.instrument(o.instrument)
+            u = self.geometry.to_unit(o.x)[0]
+            if self.pending.pop(o.measurement_id, None) is None:
+                self._condition(u, inst)  # not reserved here: told straight from the store
+                self.visited[inst.name].add(self.nearest(o.x))
+            self.log.add(o.measurement_id, u, inst.tasks, o.values)
+            self.position[inst.name] = np.asarray(o.x, float)
+            self._told(inst)
+
+    def ask(self, instrument: str | None = None) -> Suggestion:
+        """Reserve and return the next measurement for ``instrument`` (or the best pair)."""
+        best = None
+        for name in self._contenders(instrument):
+            inst = self.instrument(name)
+            cand, value = self._choose(inst)
+            if best is None or value > best[2]:
+                best = (inst, cand, value)
+        inst, cand, value = best
+        return self._reserve(inst, cand, value, self.name, new_id("m"))
+
+    def plan(self, instrument: str, x: np.ndarray, *, reason: str = "seed",
+             measurement_id: str | None = None) -> Suggestion:
+        """Reserve a position chosen outside the agent at the nearest candidate."""
+        inst = self.instrument(instrument)
+        return self._reserve(inst, self.nearest(x), float("nan"), reason,
+                             measurement_id or new_id("m"))
+
+    def relabel(self, values: dict[str, np.ndarray]) -> None:
+        """Replace the values of measurements already told (positions do not change)."""
+        self.log.relabel(values)
+
+    def report(self) -> dict:
+        return {"policy": self.name, "n_observations": len(self.log),
+                "n_pending": len(self.pending), "model_version": self.model_version}
+
+    # -- what subclasses supply -----------------------------------------------------------
+    def _score(self, inst: InstrumentCost, free: np.ndarray) -> np.ndarray:
+        """Value (len(free),) of measuring with ``inst`` at each of the ``free`` candidates."""
+        raise NotImplementedError
+
+    def _condition(self, u: np.ndarray, inst: InstrumentCost) -> None:
+        """``inst`` is (or will be) measured at unit position ``u``: a model that learns from
+        positions alone updates here."""
+
+    def _told(self, inst: InstrumentCost) -> None:
+        """A value of ``inst`` was logged."""
+
+    def _contenders(self, instrument: str | None) -> list[str]:
+        """Which instruments ``ask`` compares: the one asked for, else every one."""
+        return [instrument] if instrument else list(self.instruments)
+
+    def _excluded(self, inst: InstrumentCost) -> np.ndarray:
+        """Candidates ``inst`` must not be sent to: by default, its pending ones."""
+        return np.asarray([c for name, c in self.pending.values() if name == inst.name], int)
+
+    def _trained_on(self) -> tuple[str, ...]:
+        """Measurement ids the current model read (a decision's lineage)."""
+        return tuple(self.log.ids)
+
+    # -- shared machinery -------------------------------------------------------------------
+    def _choose(self, inst: InstrumentCost) -> tuple[int, float]:
+        free = np.setdiff1d(np.arange(len(self.candidates)), self._excluded(inst))
+        if len(free) == 0:
+            raise RuntimeError(f"{self.name}: no free candidate left for {inst.name!r}")
+        score = np.asarray(self._score(inst, free), float)
+        best = int(np.argmax(score))
+        return int(free[best]), float(score[best])
+
+    def _reserve(self, inst: InstrumentCost, cand: int, value: float, reason: str,
+                 mid: str) -> Suggestion:
+        pending = tuple(self.pending)
+        self.pending[mid] = (inst.name, cand)
+        self.visited[inst.name].add(cand)
+        self._condition(self.unit[cand], inst)
+        self.position[inst.name] = self.candidates[cand]
+        return Suggestion(
+            instrument=inst.name, x=self.candidates[cand].copy(), measurement_id=mid,
+            acquisition_value=float(value), policy=reason, model_version=self.model_version,
+            trained_on=self._trained_on(), pending=pending, n_candidates=len(self.candidates))
+
+    def space_filling(self, inst: InstrumentCost, free: np.ndarray) -> int:
+        """The free candidate farthest from everything measured or pending (any instrument);
+        a random one when nothing is."""
+        taken = set().union(*self.visited.values()) | {c for _, c in self.pending.values()}
+        if not taken:
+            return int(self.rng.choice(free))
+        taken_u = self.unit[sorted(taken)]
+        d = ((self.unit[free, None] - taken_u[None]) ** 2).sum(-1).min(1)
+        return int(free[np.argmax(d)])
+
+
+class RandomAgent(Agent):
+    """Uniformly random positions (never a pending one): the floor any agent must beat."""
+
+    name = "random"
+
+    def _score(self, inst: InstrumentCost, free: np.ndarray) -> np.ndarray:
+        score = np.full(len(free), -np.inf)
+        score[self.rng.choice(len(free))] = self.rng.random()
+        return score
+
+
+class GridAgent(Agent):
+    """A space-filling survey: farthest-point order over the candidates, per instrument,
+    skipping what that instrument has already measured or been sent to (seeds, resume)."""
+
+    name = "grid"
+
+    def __init__(self, *args, **kw) -> None:
+        super().__init__(*args, **kw)
+        self.order = farthest_point_order(self.unit)
+        self.asked = dict.fromkeys(self.instruments, 0)
+
+    def ask(self, instrument: str | None = None) -> Suggestion:
+        s = super().ask(instrument)
+        self.asked[s.instrument] += 1
+        return s
+
+    def _choose(self, inst: InstrumentCost) -> tuple[int, float]:
+        seen = self.visited[inst.name]
+        fresh = next((int(c) for c in self.order if int(c) not in seen), None)
+        # once every candidate is done the survey starts over; when several instruments are
+        # free, the one with the least done so far wins
+        cand = fresh if fresh is not None else int(self.order[self.asked[inst.name]
+                                                              % len(self.order)])
+        return cand, -float(len(seen))
+
+
+def farthest_point_order(x: np.ndarray, start: int = 0) -> np.ndarray:
+    """Greedy farthest-point ordering: each next point is farthest from all chosen so far."""
+    n = len(x)
+    order = np.empty(n, dtype=int)
+    dist = np.full(n, np.inf)
+    cur = start
+    for i in range(n):
+        order[i] = cur
+        dist = np.minimum(dist, ((x - x[cur]) ** 2).sum(1))
+        dist[cur] = -1.0
+        cur = int(np.argmax(dist))
+    return order

@@ -1,0 +1,231 @@
+"""The multi-task GP agent: surrogate, acquisition and cost composed, as botorch composes them.
+
+- **surrogate**: the multi-task GP's incremental posterior at the candidates
+  (:class:`~coorch.models.incremental.IncrementalPosterior`), built from fitted hyperparameters
+  through a :class:`DecisionModel` (the trust rule, decoupling, a cap on task correlation);
+- **acquisition**: a pure score of the posterior per candidate for an instrument's tasks
+  (:class:`IntegratedVarianceReduction`: co-orchestration; :class:`MaxVariance`: the published
+  agent);
+- **cost**: instrument-seconds per candidate (``coorch.models.cost``), divided out.
+
+Hyperparameters come from outside (a background fit): :meth:`MTGPAgent.propose` snapshots what
+a new posterior needs and returns the work of building it (O(n^2 M T): the campaign runs it off
+the decision path), :meth:`MTGPAgent.install` swaps the result in and replays the points
+reserved meanwhile. :meth:`MTGPAgent.set_hyperparameters` does both at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from coorch.models.acquisition import integrated_variance_reduction, max_variance
+from coorch.models.agent import Agent
+from coorch.models.cost import InstrumentCost, instrument_seconds, log_tasks
+from coorch.models.incremental import IncrementalPosterior, exact_posterior
+from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters, trend_prior
+
+Cost = Callable[[InstrumentCost, np.ndarray, "np.ndarray | None"], np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionModel:
+    """How fitted hyperparameters become the model decisions are made with.
+
+    ``coupled=False`` decouples the tasks: each instrument learns alone (single-task GPs).
+    ``max_correlation`` caps |inter-task correlation| (few points per task drive its MAP
+    estimate to +-1). ``min_fit_values``: a task's fitted hyperparameters are trusted only once
+    it has this many values; until then it is decided on the prior guess (uncoupled, the shared
+    part's lengthscales, unit variance: :meth:`MTGPHyperparameters.with_prior_for`), which keeps
+    an expensive modality from being declared known on a handful of points.
+    """
+
+    coupled: bool = True
+    max_correlation: float | None = None
+    min_fit_values: int = 0
+
+    def trusted(self, h: MTGPHyperparameters, counts: np.ndarray,
+                trend: np.ndarray) -> MTGPHyperparameters:
+        """``h`` with every task that has fewer than ``min_fit_values`` values on the prior."""
+        return h.with_prior_for(np.flatnonzero(counts < self.min_fit_values), trend=trend)
+
+    def shaped(self, h: MTGPHyperparameters) -> MTGPHyperparameters:
+        """``h`` decoupled or capped as configured."""
+        if not self.coupled:
+            return h.independent()
+        return h if self.max_correlation is None else h.with_max_correlation(self.max_correlation)
+
+
+@dataclasses.dataclass
+class Posterior:
+    """A built decision model: the incremental posterior, the value scale of its variance
+    (M, T) (:func:`value_scale`) and how many reserved rows it was built on."""
+
+    post: IncrementalPosterior
+    value_scale: np.ndarray
+    n_rows: int
+
+
+@dataclasses.dataclass(frozen=True)
+class IntegratedVarianceReduction:
+    """Integrated variance removed over the library, every task weighted (co-orchestration).
+
+    Each task's reduction is weighted by ``task_weights * y_scale ** weight_power / prior
+    variance`` times the value scale: power 0 counts tasks equally in standardised units (error
+    judged per task, normalised), 2 counts variance in the targets' own units (error judged as
+    one RMSE in shared units, as in the published replay). ``top_k`` candidates of the local
+    reduction are ranked by the integrated one.
+    """
+
+    top_k: int = 32
+    task_weights: tuple[float, ...] | None = None
+    weight_power: float = 0.0
+
+    def __call__(self, model: Posterior, tasks: list[int], exclude: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        h = model.post.hyper
+        w = np.ones(h.num_tasks) if self.task_weights is None else np.asarray(self.task_weights)
+        w = w * h.y_scale ** self.weight_power / h.prior_variance
+        return integrated_variance_reduction(model.post, tasks, model.value_scale * w[None],
+                                             top_k=self.top_k, exclude=exclude)
+
+
+@dataclasses.dataclass(frozen=True)
+class MaxVariance:
+    """The largest standardised predictive variance among the instrument's tasks."""
+
+    def __call__(self, model: Posterior, tasks: list[int], exclude: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray]:
+        score = max_variance(model.post, tasks)
+        score[exclude] = -np.inf
+        return np.arange(len(score)), score
+
+
+Acquisition = IntegratedVarianceReduction | MaxVariance
+
+
+class MTGPAgent(Agent):
+    """A multi-task GP agent on the incremental posterior (see the module docstring).
+
+    Args:
+        acquisition: what a candidate is worth for an instrument's tasks.
+        cost: seconds per candidate (:func:`~coorch.models.cost.instrument_seconds`, or
+            :func:`~coorch.models.cost.unit_cost` to ignore cost).
+        model: how fitted hyperparameters become the decision model.
+        revisit: may an instrument be sent where it has measured already? With a noisy, cheap
+            modality the value per second of averaging one spot can win over and over, and on
+            a real sample a second dose of beam or tip at one spot is rarely wanted.
+        hyperparameters: the starting model (default: one lengthscale in library mm, a fifth
+            of the longest side, a trend as likely in every direction).
+        n_reference: positions the integrated variance is averaged over.
+    """
+
+    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
+                 instruments: Sequence[InstrumentCost], *,
+                 acquisition: Acquisition = IntegratedVarianceReduction(),
+                 cost: Cost = instrument_seconds, model: DecisionModel = DecisionModel(),
+                 revisit: bool = True, hyperparameters: MTGPHyperparameters | None = None,
+                 n_reference: int = 512, seed: int = 0, name: str = "mtgp") -> None:
+        super().__init__(candidates, bounds, instruments, seed=seed)
+        self.name, self.acquisition, self.cost = name, acquisition, cost
+        self.decision, self.revisit = model, revisit
+        m = len(self.candidates)
+        self.reference = (np.arange(m) if m <= n_reference
+                          else np.sort(self.rng.choice(m, n_reference, replace=False)))
+        span = self.geometry.span
+        self.trend = trend_prior(self.bounds)
+        h = hyperparameters or default_hyperparameters(
+            self.num_tasks, self.unit.shape[1], lengthscale=0.2 * span.max() / span,
+            trend=self.trend)
+        self.rows: list[tuple[np.ndarray, tuple[int, ...]]] = []  # every conditioned point
+        self.install(self._build(self.decision.shaped(h), [], None))
+
+    @property
+    def log_tasks(self) -> np.ndarray:
+        """(T,) bool: the tasks modelled as their logarithm (``InstrumentCost.log_scale``)."""
+        return log_tasks(list(self.instruments.values()))
+
+    # -- the model ----------------------------------------------------------------------
+    def propose(self, h: MTGPHyperparameters) -> Callable[[], Posterior]:
+        """The work of building the posterior for fitted ``h`` on everything reserved so far:
+        run it anywhere (it reads a snapshot), then :meth:`install` its result."""
+        trusted = self.decision.trusted(h, self.log.counts(), self.trend)
+        return functools.partial(self._build, self.decision.shaped(trusted), list(self.rows),
+                                 self.log.data())
+
+    def install(self, built: Posterior) -> None:
+        """Use ``built`` from now on, conditioned on the rows reserved since its snapshot."""
+        for u, tasks in self.rows[built.n_rows:]:
+            built.post.add(u, list(tasks))
+        self.model = built
+        self.model_version = built.post.hyper.version
+
+    def set_hyperparameters(self, h: MTGPHyperparameters) -> None:
+        """Swap in fitted ``h`` now (builds the posterior on this thread)."""
+        self.install(self.propose(h)())
+
+    def _build(self, h: MTGPHyperparameters, rows, data) -> Posterior:
+        post = IncrementalPosterior(self.unit, h, reference=self.reference,
+                                    capacity=max(64, 2 * len(rows)))
+        for u, tasks in rows:
+            post.add(u, list(tasks))
+        return Posterior(post, value_scale(h, data, self.unit), len(rows))
+
+    def _condition(self, u: np.ndarray, inst: InstrumentCost) -> None:
+        self.rows.append((u, inst.tasks))
+        self.model.post.add(u, list(inst.tasks))
+
+    # -- deciding -----------------------------------------------------------------------
+    def _excluded(self, inst: InstrumentCost) -> np.ndarray:
+        taken = super()._excluded(inst)
+        if not self.revisit:
+            taken = np.union1d(taken, np.fromiter(self.visited[inst.name], int)).astype(int)
+        return taken
+
+    def _choose(self, inst: InstrumentCost) -> tuple[int, float]:
+        idx, score = self.acquisition(self.model, list(inst.tasks), self._excluded(inst))
+        value = score / self.cost(inst, self.candidates[idx], self.position.get(inst.name))
+        best = int(np.argmax(value))
+        return int(idx[best]), float(value[best])
+
+    # -- beliefs --------------------------------------------------------------------------
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and variance (Q, T) at library positions ``x``, targets' units."""
+        return exact_posterior(self.model.post.hyper, *self.log.data(),
+                               self.geometry.to_unit(x))
+
+    def report(self) -> dict:
+        out = super().report()
+        h = self.model.post.hyper
+        out.update(lengthscale=h.lengthscale.tolist(), task_correlation=h.correlation().tolist(),
+                   noise=h.noise.tolist())
+        if h.task_variance is not None:
+            own = h.task_variance / h.prior_variance
+            out.update(task_lengthscale=h.task_lengthscale.tolist(), own_share=own.tolist())
+        return out
+
+
+def value_scale(h: MTGPHyperparameters, data, unit: np.ndarray) -> np.ndarray:
+    """What a unit of the GP's (standardised) variance at each candidate is worth in the map's
+    own units, (M, T), relative to the task's average over the library.
+
+    1 for a task modelled as it is. For one modelled as its logarithm (an amount, such as
+    at.%), the map is judged in its own units, and there a log-variance costs the squared slope
+    of ``exp``, the amount itself squared: an unsure log value where the dopant is at 26 at.%
+    is a 26x wider error bar than the same where it is at 1 at.%. So the value follows the
+    posterior mean there, from the fit and the data it was built with (``data``: x unit box,
+    task, y), recomputed at every hyperparameter swap.
+    """
+    out = np.ones((len(unit), h.num_tasks))
+    lg = h.log_tasks
+    if lg is None or not lg.any() or data is None or not len(data[2]):
+        return out
+    mean, _ = exact_posterior(h, *data, unit)
+    sq = mean[:, lg] ** 2
+    scale = sq / sq.mean(0)
+    if np.isfinite(scale).all():
+        out[:, lg] = scale
+    return out
