@@ -150,10 +150,15 @@ class Agent:
         return tuple(self.log.ids)
 
     # -- shared machinery -------------------------------------------------------------------
-    def _choose(self, inst: InstrumentCost) -> tuple[int, float]:
+    def _free(self, inst: InstrumentCost) -> np.ndarray:
+        """Candidates ``inst`` may be sent to (not :meth:`_excluded`); an error when none is."""
         free = np.setdiff1d(np.arange(len(self.candidates)), self._excluded(inst))
         if len(free) == 0:
             raise RuntimeError(f"{self.name}: no free candidate left for {inst.name!r}")
+        return free
+
+    def _choose(self, inst: InstrumentCost) -> tuple[int, float]:
+        free = self._free(inst)
         score = np.asarray(self._score(inst, free), float)
         best = int(np.argmax(score))
         return int(free[best]), float(score[best])
