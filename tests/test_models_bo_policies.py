@@ -4,12 +4,14 @@ fall back to random without data, and keep each instrument's task to itself."""
 import numpy as np
 import pytest
 
+from coorch.models.agent import RandomAgent
 from coorch.models.bo_policies import EIPolicy, UCBPolicy
-from coorch.models.policies import InstrumentModel, Observation, RandomPolicy
+from coorch.models.cost import InstrumentCost
+from coorch.models.observations import Observation
 
-CANDIDATES = np.linspace(0.0, 10.0, 50)[:, None]  # library mm; the policies see [0, 1]
+CANDIDATES = np.linspace(0.0, 10.0, 50)[:, None]  # library mm; the agents see [0, 1]
 BOUNDS = np.array([[0.0, 10.0]])
-ONE = [InstrumentModel("raman", (0,))]
+ONE = [InstrumentCost("raman", (0,))]
 
 
 def f(u):
@@ -37,7 +39,7 @@ def test_finds_the_maximum_more_often_than_random(cls):
         xs = run(cls(CANDIDATES, BOUNDS, ONE, seed=seed))
         hits += int((np.abs(xs - ARGMAX) <= 0.5).sum())  # within 5 % of the range
         last.append(abs(xs[-1] - ARGMAX))
-        rxs = run(RandomPolicy(CANDIDATES, BOUNDS, ONE, seed=seed))
+        rxs = run(RandomAgent(CANDIDATES, BOUNDS, ONE, seed=seed))
         rand_hits += int((np.abs(rxs - ARGMAX) <= 0.5).sum())
     assert hits >= 8 and hits > 2 * rand_hits, (hits, rand_hits)
     assert min(last) <= 0.5
@@ -66,7 +68,7 @@ def test_fallback_without_data_is_random_and_seeded(cls):
 
 
 def test_instruments_take_turns_and_keep_their_task_to_themselves():
-    two = [InstrumentModel("raman", (0,)), InstrumentModel("beps", (1,), cost_s=5.0)]
+    two = [InstrumentCost("raman", (0,)), InstrumentCost("beps", (1,), cost_s=5.0)]
     p = UCBPolicy(CANDIDATES, BOUNDS, two, seed=0, refit_every=3)
     seen = []
     for _ in range(8):
@@ -97,7 +99,7 @@ def test_values_not_yet_known_are_ignored_and_relabel_refits():
     assert p.n_fits == fits
     p.relabel({"m-nan": np.array([0.5])})  # the value arrives: added, refit_every not reached
     assert p.model(0).train_inputs[0].shape[0] == 4 and p.n_fits == fits
-    first = p.obs_ids[0]
+    first = p.log.ids[0]
     p.relabel({first: np.array([2.0])})  # a value the hyperparameters were fitted on changed
     p.model(0)
     assert p.n_fits == fits + 1
