@@ -35,7 +35,7 @@ import zarr
 from rich.console import Console
 from rich.table import Table
 
-from . import schema, synthetic
+from . import codec, schema, synthetic
 from .schema import data_chunk_rows
 from .store import CampaignStore
 
@@ -70,7 +70,7 @@ def _shape_cases(base_url: str, opts: dict[str, Any] | None, n: int, n_single: i
     ms = [synthetic.measurement(i, modality, rng=rng, prefix=uuid.uuid4().hex[:6])
           for i in range(n)]
     signal = ms[0].signal.name
-    rows = [schema.measurement_row(m) for m in ms]
+    rows = [codec.measurement_row(m) for m in ms]
     columns: dict[str, np.ndarray] = {signal: np.stack([r[1] for r in rows])}
     for name, dtype, _ in schema.MEASUREMENT_COORDS:
         columns[name] = np.asarray([r[0][name] for r in rows],

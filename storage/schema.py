@@ -1,19 +1,18 @@
 """What the store's arrays are: columns of a modality group and of the decisions table.
 
 This is the one place that maps the shared records (``coorch.records``) onto named, CF-style
-zarr arrays, so that a reader with only xarray can understand a campaign years later.
+zarr arrays, so that a reader with only xarray can understand a campaign years later. How one
+record becomes one row of these arrays, and back, is ``codec.py``.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from typing import Any
 
 import numpy as np
 
-from coorch.records import Decision, Measurement
+from coorch.records import Measurement
 
 from .zarr_table import Column
 
@@ -69,11 +68,6 @@ DECISION_COLUMNS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def content_hash(values: np.ndarray) -> str:
-    """sha256 of the data bytes, in the stored representation (float64 LE, C order)."""
-    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f8").tobytes()).hexdigest()
-
-
 def data_chunk_rows(row_shape: tuple[int, ...]) -> int:
     row_bytes = 8 * math.prod(row_shape)
     return int(min(1024, max(8, DATA_CHUNK_BYTES // max(row_bytes, 1))))
@@ -113,38 +107,6 @@ def signal_coords(m: Measurement) -> dict[str, tuple[np.ndarray, dict[str, Any]]
     return out
 
 
-def measurement_row(m: Measurement) -> tuple[dict[str, Any], np.ndarray]:
-    """One measurement as scalar column values and its data array (hash included)."""
-    values = m.signal.array()
-    row = {
-        "measurement_id": m.measurement_id,
-        "library_x": float(m.library_x), "library_y": float(m.library_y),
-        "stage_x": float(m.stage_x), "stage_y": float(m.stage_y),
-        "instrument": m.instrument, "sample": m.sample,
-        "start_time": float(m.started), "end_time": float(m.ended),
-        "content_hash": content_hash(values),
-        "decision_id": m.decision_id or "", "flow_run_id": m.flow_run_id or "",
-    }
-    return row, values
-
-
 def decision_columns() -> list[Column]:
     return [Column(name, dtype, (DECISION_DIM,), (), dict(attrs), 256)
             for name, dtype, attrs in DECISION_COLUMNS]
-
-
-def decision_row(d: Decision) -> dict[str, Any]:
-    acq = d.acquisition_value
-    return {
-        "decision_id": d.decision_id, "measurement_id": d.measurement_id,
-        "instrument": d.instrument, "modality": d.modality,
-        "library_x": float(d.library_x), "library_y": float(d.library_y),
-        "policy": d.policy, "model_version": d.model_version,
-        "trained_on": json.dumps(list(d.trained_on)), "pending": json.dumps(list(d.pending)),
-        "acquisition_value": float(acq) if acq is not None else float("nan"),
-        "n_candidates": int(d.n_candidates),
-        "human_input": json.dumps(d.human_input),
-        "created": float(d.created), "flow_run_id": d.flow_run_id or "",
-        "task_run_id": d.task_run_id or "",
-        "campaign": d.campaign or "",
-    }

@@ -27,7 +27,7 @@ import xarray as xr
 
 from coorch.records import Decision, Measurement
 
-from . import schema
+from . import codec, schema
 from .backend import Backend, LocalBackend, open_backend
 from .journal import Journal
 from .zarr_table import (
@@ -217,7 +217,7 @@ class CampaignStore:
         :meth:`close`. An append never waits for a consolidation running in another thread.
         """
         _check_modality(m.modality)
-        _, values = schema.measurement_row(m)
+        _, values = codec.measurement_row(m)
         if self._mutex.acquire(blocking=False):
             try:
                 if self._committed(m.modality, m.measurement_id):
@@ -265,7 +265,7 @@ class CampaignStore:
         ms = list(measurements)
         for m in ms:
             _check_modality(m.modality)
-        rows = [schema.measurement_row(m) for m in ms]  # hashing outside the lock
+        rows = [codec.measurement_row(m) for m in ms]  # hashing outside the lock
         with self._mutex, self.backend.lock():
             flags, _ = self._consolidate(ms, rows, [])
         return flags
@@ -352,7 +352,7 @@ class CampaignStore:
         jm, jd, bad = self.journal.read(keys)
         jms = [m for _, m in jm]
         jds = [d for _, d in jd]
-        jrows = [schema.measurement_row(m) for m in jms]
+        jrows = [codec.measurement_row(m) for m in jms]
         try:
             self.hierarchy.load()
             pre, chunks, metas, done, mflags, rejected = self._stage_measurements(
@@ -457,7 +457,7 @@ class CampaignStore:
             new.append(i)
         if not new:
             return pre, {}, {}, [], flags
-        rows = [schema.decision_row(ds[i]) for i in new]
+        rows = [codec.decision_row(ds[i]) for i in new]
         cols = {name: _column_values([r[name] for r in rows], col)
                 for name, col in w.columns.items()}
         chunks = w.stage(cols, n)
@@ -597,6 +597,31 @@ class CampaignStore:
             df[c] = df[c].astype(str)
         df["created"] = pd.to_datetime(df["created"].astype(float), unit="s", utc=True)
         return df
+
+    def read_measurements(self) -> list[Measurement]:
+        """Every stored measurement as a record (all modalities), sorted by ``ended`` (stable:
+        ties keep modality, then row order). One read per column per modality."""
+        out: list[Measurement] = []
+        for g in self.modalities():
+            with self._mutex:
+                self.hierarchy.load()
+                arrays = self.hierarchy.arrays(g)
+                grid = codec.SignalGrid.from_metadata(self.hierarchy.nodes[g]["attributes"],
+                                                      arrays, self._static_coords(g))
+            out += codec.measurements_from_columns(self.read_table(g), g, grid)
+        out.sort(key=lambda m: m.ended)
+        return out
+
+    def read_decisions(self) -> list[Decision]:
+        """Every stored decision as a record, in creation order (stable sort by ``created``)."""
+        self.settle()
+        with self._mutex:
+            self.hierarchy.load()
+            if schema.DECISIONS_GROUP not in self.hierarchy.nodes:
+                return []
+        out = codec.decisions_from_columns(self.read_table(schema.DECISIONS_GROUP))
+        out.sort(key=lambda d: d.created)
+        return out
 
     def lineage(self, measurement_id: str) -> dict[str, Any]:
         """Back to the decision that asked for it and the data that decision used; forward to

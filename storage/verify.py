@@ -11,7 +11,7 @@ import json
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from . import schema
+from . import codec, schema
 
 if TYPE_CHECKING:
     from .store import CampaignStore
@@ -44,7 +44,7 @@ def verify(store: CampaignStore, *, open_with_xarray: bool = True) -> list[str]:
         all_ids.update(counts.keys())
         data = t[signal]
         for i, (mid, stored) in enumerate(zip(ids, t["content_hash"], strict=True)):
-            actual = schema.content_hash(data[i])
+            actual = codec.content_hash(data[i])
             if actual != stored:
                 problems.append(f"hash mismatch: {group} measurement {mid} (row {i}): stored "
                                 f"{str(stored)[:12]}..., data hash {actual[:12]}...")

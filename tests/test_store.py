@@ -16,7 +16,7 @@ import zarr
 from coorch.records import Measurement
 from coorch.storage import CampaignStore
 from coorch.storage import synthetic as syn
-from coorch.storage.schema import content_hash
+from coorch.storage.codec import content_hash
 
 
 @pytest.fixture

@@ -178,7 +178,7 @@ READER_WRITER = textwrap.dedent("""
 def test_plain_xarray_reader_never_sees_a_partial_measurement(tmp_path):
     """While a writer process appends, a reader polls with plain xarray: every row it sees is
     complete (id, coordinates, data, and the data match the hash)."""
-    from coorch.storage.schema import content_hash
+    from coorch.storage.codec import content_hash
 
     script = tmp_path / "rw.py"
     script.write_text(READER_WRITER)
