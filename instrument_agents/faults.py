@@ -7,7 +7,8 @@ twins reproduce them at a chosen rate so the retry/idempotency machinery is exer
 * ``hang``: the instrument stalls for ``hang_s`` before answering (the client times out and
   retries; the server answers the retry from the in-flight/cached result);
 * ``disconnect``: the measurement is done but the connection drops before the answer arrives
-  (the retry must get the cached result, not a second measurement);
+  (the retry must get the cached result, not a second measurement): the twin raises the
+  protocol's :class:`~coorch.instrument_agents.protocol.ResponseLost`, re-exported here;
 * ``latch``: a broken tip / lost beam: every measurement fails until ``reset``.
 """
 
@@ -18,23 +19,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from coorch.instrument_agents.protocol import DriverError
-from coorch.records import Signal
+from coorch.instrument_agents.protocol import ResponseLost
+
+__all__ = ["DEFAULT_FAULT_WEIGHTS", "FaultInjector", "ResponseLost"]
 
 DEFAULT_FAULT_WEIGHTS: dict[str, float] = {"transient": 0.5, "hang": 0.15, "disconnect": 0.25,
                                            "latch": 0.1}
-
-
-class ResponseLost(DriverError):
-    """The driver finished (``signal`` is the result) but the answer must not reach the client.
-
-    Only the twins raise it; the server caches ``signal`` under the request id and then drops
-    the connection, which is what a network cut after acquisition looks like to a client.
-    """
-
-    def __init__(self, signal: Signal) -> None:
-        super().__init__("connection dropped after acquisition", transient=True)
-        self.signal = signal
 
 
 class FaultInjector:

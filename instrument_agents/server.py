@@ -10,6 +10,13 @@ Routes (all JSON, prefix ``/v1``): ``GET health`` (no token), ``GET describe``, 
 (any valid token), ``POST/DELETE lease``, ``POST sample``, ``POST move``, ``POST measure``,
 ``POST abort``, ``POST reset``, ``POST frame`` (control token). Errors are
 ``{"error": <code>, "detail": <text>}`` with codes the client maps to exceptions.
+
+Layout: the served state is one :class:`_Agent` in ``app.state.agent``; who may ask is three
+FastAPI dependencies (``reader``, ``operator``, ``controller``: tokens, then the lease); the
+routes are plain functions on three routers (``reads``, ``leases``, ``controls``); driver errors
+become answers in one handler. :func:`create_app` only assembles them. The server knows drivers
+only through :mod:`~coorch.instrument_agents.protocol`: ``Driver``, the optional ``Resettable``
+(checked with ``isinstance``) and the ``DriverError`` family.
 """
 
 from __future__ import annotations
@@ -20,16 +27,22 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from fastapi import Depends, FastAPI, Header, Request
+from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.responses import Response
 
-from coorch.instrument_agents.faults import ResponseLost
 from coorch.instrument_agents.frames import AffineFrame
-from coorch.instrument_agents.protocol import Aborted, Driver, DriverError
+from coorch.instrument_agents.protocol import (
+    Aborted,
+    Driver,
+    DriverError,
+    Resettable,
+    ResponseLost,
+)
 from coorch.records import InstrumentDescription, Measurement, new_id
 
 
@@ -159,11 +172,61 @@ class _MeasureCache:
         self.running: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
 
+    def claim(self, rid: str, wait_s: float) -> Measurement | None:
+        """The result already made for ``rid``, or None: then the caller must acquire it and
+        call :meth:`finish`. A retry of a request still running waits up to ``wait_s`` for the
+        first attempt (the client timed out) and answers 503 if it is still running or failed."""
+        with self.lock:
+            done = self.done.get(rid)
+            running = self.running.get(rid)
+            if done is None and running is None:
+                self.running[rid] = threading.Event()
+                return None
+        if done is None and running is not None:
+            if not running.wait(wait_s):
+                raise ApiError(503, "in_progress", f"request {rid!r} is still running")
+            done = self.done.get(rid)
+            if done is None:
+                raise ApiError(503, "transient", f"first attempt of {rid!r} failed; retry")
+        return done
+
     def put(self, rid: str, m: Measurement) -> None:
         with self.lock:
             self.done[rid] = m
             while len(self.done) > self.size:
                 self.done.popitem(last=False)
+
+    def finish(self, rid: str) -> None:
+        """The attempt that claimed ``rid`` is over (stored or failed): wake its retries."""
+        with self.lock:
+            self.running.pop(rid).set()
+
+
+@dataclass
+class _Agent:
+    """Everything one app serves: the driver and the rules around it (``app.state.agent``)."""
+
+    driver: Driver
+    token: str
+    readonly_token: str | None
+    frame: AffineFrame
+    lease: Lease
+    cache: _MeasureCache
+    inflight_wait_s: float
+
+    def where(self) -> dict[str, float]:
+        """The stage position from the driver, and the same point in library coordinates."""
+        st = self.driver.status()
+        sx, sy = float(st["stage_x"]), float(st["stage_y"])
+        lx, ly = self.frame.to_library(sx, sy)
+        return {"stage_x": sx, "stage_y": sy, "library_x": float(lx), "library_y": float(ly)}
+
+
+# ---------------------------------------------------------------------- dependencies: who asks
+
+
+async def get_agent(request: Request) -> _Agent:
+    return request.app.state.agent
 
 
 def _bearer(authorization: str | None) -> str | None:
@@ -175,6 +238,178 @@ def _bearer(authorization: str | None) -> str | None:
 
 def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
+
+
+def reader(agent: _Agent = Depends(get_agent),
+           authorization: str | None = Header(default=None)) -> None:
+    """Any valid token (control or read-only): describe and status."""
+    tok = _bearer(authorization)
+    if not (_same(tok, agent.token) or _same(tok, agent.readonly_token)):
+        raise ApiError(401, "unauthorized", "a valid bearer token is required")
+
+
+def operator(agent: _Agent = Depends(get_agent),
+             authorization: str | None = Header(default=None),
+             x_client_id: str | None = Header(default=None)) -> str:
+    """The control token; returns the client id (``X-Client-Id``, else ``anonymous``)."""
+    tok = _bearer(authorization)
+    if _same(tok, agent.token):
+        return x_client_id or "anonymous"
+    if _same(tok, agent.readonly_token):
+        raise ApiError(403, "forbidden", "the read-only token cannot control the instrument")
+    raise ApiError(401, "unauthorized", "a valid bearer token is required")
+
+
+def controller(client_id: str = Depends(operator), agent: _Agent = Depends(get_agent)) -> str:
+    """An operator that holds the lease, or takes a free one's place (renewing it)."""
+    agent.lease.check(client_id)
+    return client_id
+
+
+# ---------------------------------------------------------------------- routes
+
+reads = APIRouter(prefix="/v1")
+leases = APIRouter(prefix="/v1")
+controls = APIRouter(prefix="/v1")
+
+
+@reads.get("/health")
+def health() -> dict[str, Any]:
+    return {"status": "ok"}
+
+
+@reads.get("/describe", dependencies=[Depends(reader)])
+def describe(agent: _Agent = Depends(get_agent)) -> InstrumentDescription:
+    return agent.driver.describe()
+
+
+@reads.get("/status", dependencies=[Depends(reader)])
+def status(agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+    st = dict(agent.driver.status())
+    st.update(agent.where())
+    st["lease"] = agent.lease.info()
+    st["frame"] = agent.frame.to_dict()
+    return st
+
+
+@leases.post("/lease")
+def take_lease(body: LeaseBody | None = None, client_id: str = Depends(operator),
+               agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+    return agent.lease.acquire(client_id, body.ttl_s if body else None)
+
+
+@leases.delete("/lease")
+def drop_lease(client_id: str = Depends(operator),
+               agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+    agent.lease.release(client_id)
+    return {"holder": None}
+
+
+@controls.post("/sample")
+def load_sample(body: SampleBody, _: str = Depends(controller),
+                agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+    agent.driver.load_sample(body.sample_id)
+    return {"sample": agent.driver.status().get("sample")}
+
+
+@controls.post("/move")
+def move(body: MoveBody, _: str = Depends(controller),
+         agent: _Agent = Depends(get_agent)) -> dict[str, float]:
+    if not (math.isfinite(body.x) and math.isfinite(body.y)):
+        raise ApiError(422, "out_of_limits", "target is not a finite number")
+    if body.frame == "library":
+        sx, sy = agent.frame.to_stage(body.x, body.y)
+    else:
+        sx, sy = body.x, body.y
+    limits = agent.driver.describe().stage_limits
+    for axis, value in (("x", sx), ("y", sy)):
+        lo, hi = limits[axis]
+        if not lo <= value <= hi:
+            raise ApiError(422, "out_of_limits",
+                           f"stage {axis}={value:.4f} mm outside limits [{lo}, {hi}]; "
+                           "nothing moved")
+    agent.driver.move(float(sx), float(sy))
+    return agent.where()
+
+
+@controls.post("/measure", response_model=None)
+def measure(body: MeasureBody, _: str = Depends(controller),
+            agent: _Agent = Depends(get_agent)) -> Measurement | Response:
+    names = [m.name for m in agent.driver.describe().modalities]
+    if body.modality not in names:
+        raise ApiError(422, "unknown_modality", f"no modality {body.modality!r}; have {names}")
+    rid = body.request_id or new_id("m")
+    done = agent.cache.claim(rid, agent.inflight_wait_s)
+    if done is None:
+        return _acquire(agent, rid, body)
+    if done.modality != body.modality:
+        raise ApiError(422, "request_id_reused",
+                       f"request id {rid!r} was used for {done.modality!r}")
+    return done
+
+
+def _acquire(agent: _Agent, rid: str, body: MeasureBody) -> Measurement | Response:
+    """Measure once for ``rid`` (claimed by the caller), cache it, and answer it -- or, when the
+    driver says the answer is lost (:class:`ResponseLost`), cache it and cut the connection."""
+    driver, lost = agent.driver, False
+    try:
+        pos = agent.where()
+        sample = driver.status().get("sample") or ""
+        started = time.time()
+        try:
+            signal = driver.measure(body.modality, body.params)
+        except ResponseLost as exc:
+            signal, lost = exc.signal, True
+        m = Measurement(measurement_id=rid, instrument=driver.describe().id,
+                        modality=body.modality, sample=str(sample), started=started,
+                        ended=time.time(), signal=signal, **pos)
+        agent.cache.put(rid, m)
+    finally:
+        agent.cache.finish(rid)
+    return _DroppedResponse() if lost else m
+
+
+@controls.post("/abort")
+def abort(_: str = Depends(operator), agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+    # Safety first: any control-token holder may stop the instrument, lease or not.
+    agent.driver.abort()
+    return {"aborted": True}
+
+
+@controls.post("/reset")
+def reset(_: str = Depends(controller), agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+    if not isinstance(agent.driver, Resettable):
+        raise ApiError(501, "not_supported", "this driver has no reset")
+    agent.driver.reset()
+    return {"fault": agent.driver.status().get("fault")}
+
+
+@controls.post("/frame")
+def set_frame(body: FrameBody, _: str = Depends(controller),
+              agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+    try:
+        agent.frame = AffineFrame.fit(body.library, body.stage)
+    except ValueError as exc:
+        raise ApiError(422, "bad_fiducials", str(exc)) from None
+    return agent.frame.to_dict()
+
+
+# ---------------------------------------------------------------------- errors and the app
+
+
+async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+    return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
+
+
+async def _driver_error(_: Request, exc: DriverError) -> JSONResponse:
+    if isinstance(exc, Aborted):
+        status, code = 409, "aborted"
+    elif exc.transient:
+        status, code = 503, "transient"
+    else:
+        status, code = 500, "fault"
+    return JSONResponse({"error": code, "detail": str(exc), "transient": exc.transient},
+                        status_code=status)
 
 
 def create_app(driver: Driver, *, token: str, readonly_token: str | None = None,
@@ -189,163 +424,13 @@ def create_app(driver: Driver, *, token: str, readonly_token: str | None = None,
     if not token:
         raise ValueError("a control token is required")
     app = FastAPI(title="coorch instrument agent", version="1")
-    lease = Lease(lease_ttl_s)
-    cache = _MeasureCache(cache_size)
-    state: dict[str, Any] = {"frame": frame or getattr(driver, "frame", None)
-                             or AffineFrame.identity()}
-
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
-
-    @app.exception_handler(DriverError)
-    async def _driver_error(_: Request, exc: DriverError) -> JSONResponse:
-        if isinstance(exc, Aborted):
-            status, code = 409, "aborted"
-        elif exc.transient:
-            status, code = 503, "transient"
-        else:
-            status, code = 500, "fault"
-        return JSONResponse({"error": code, "detail": str(exc), "transient": exc.transient},
-                            status_code=status)
-
-    def reader(authorization: str | None = Header(default=None)) -> None:
-        tok = _bearer(authorization)
-        if not (_same(tok, token) or _same(tok, readonly_token)):
-            raise ApiError(401, "unauthorized", "a valid bearer token is required")
-
-    def operator(authorization: str | None = Header(default=None),
-                 x_client_id: str | None = Header(default=None)) -> str:
-        tok = _bearer(authorization)
-        if _same(tok, token):
-            return x_client_id or "anonymous"
-        if _same(tok, readonly_token):
-            raise ApiError(403, "forbidden", "the read-only token cannot control the instrument")
-        raise ApiError(401, "unauthorized", "a valid bearer token is required")
-
-    def controller(client_id: str = Depends(operator)) -> str:
-        lease.check(client_id)
-        return client_id
-
-    def where() -> dict[str, float]:
-        st = driver.status()
-        sx, sy = float(st["stage_x"]), float(st["stage_y"])
-        lx, ly = state["frame"].to_library(sx, sy)
-        return {"stage_x": sx, "stage_y": sy, "library_x": float(lx), "library_y": float(ly)}
-
-    @app.get("/v1/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok"}
-
-    @app.get("/v1/describe", dependencies=[Depends(reader)])
-    def describe() -> InstrumentDescription:
-        return driver.describe()
-
-    @app.get("/v1/status", dependencies=[Depends(reader)])
-    def status() -> dict[str, Any]:
-        st = dict(driver.status())
-        st.update(where())
-        st["lease"] = lease.info()
-        st["frame"] = state["frame"].to_dict()
-        return st
-
-    @app.post("/v1/lease")
-    def take_lease(body: LeaseBody | None = None,
-                   client_id: str = Depends(operator)) -> dict[str, Any]:
-        return lease.acquire(client_id, body.ttl_s if body else None)
-
-    @app.delete("/v1/lease")
-    def drop_lease(client_id: str = Depends(operator)) -> dict[str, Any]:
-        lease.release(client_id)
-        return {"holder": None}
-
-    @app.post("/v1/sample")
-    def load_sample(body: SampleBody, _: str = Depends(controller)) -> dict[str, Any]:
-        driver.load_sample(body.sample_id)
-        return {"sample": driver.status().get("sample")}
-
-    @app.post("/v1/move")
-    def move(body: MoveBody, _: str = Depends(controller)) -> dict[str, float]:
-        if not (math.isfinite(body.x) and math.isfinite(body.y)):
-            raise ApiError(422, "out_of_limits", "target is not a finite number")
-        if body.frame == "library":
-            sx, sy = state["frame"].to_stage(body.x, body.y)
-        else:
-            sx, sy = body.x, body.y
-        limits = driver.describe().stage_limits
-        for axis, value in (("x", sx), ("y", sy)):
-            lo, hi = limits[axis]
-            if not lo <= value <= hi:
-                raise ApiError(422, "out_of_limits",
-                               f"stage {axis}={value:.4f} mm outside limits [{lo}, {hi}]; "
-                               "nothing moved")
-        driver.move(float(sx), float(sy))
-        return where()
-
-    @app.post("/v1/measure", response_model=None)
-    def measure(body: MeasureBody, _: str = Depends(controller)) -> Measurement | Response:
-        names = [m.name for m in driver.describe().modalities]
-        if body.modality not in names:
-            raise ApiError(422, "unknown_modality", f"no modality {body.modality!r}; have {names}")
-        rid = body.request_id or new_id("m")
-        with cache.lock:
-            done = cache.done.get(rid)
-            running = cache.running.get(rid)
-            if done is None and running is None:
-                cache.running[rid] = threading.Event()
-        if done is None and running is not None:
-            # A retry while the first attempt still runs (the client timed out): wait for it.
-            if not running.wait(inflight_wait_s):
-                raise ApiError(503, "in_progress", f"request {rid!r} is still running")
-            done = cache.done.get(rid)
-            if done is None:
-                raise ApiError(503, "transient", f"first attempt of {rid!r} failed; retry")
-        if done is not None:
-            if done.modality != body.modality:
-                raise ApiError(422, "request_id_reused",
-                               f"request id {rid!r} was used for {done.modality!r}")
-            return done
-        return _acquire(rid, body)
-
-    def _acquire(rid: str, body: MeasureBody) -> Measurement | Response:
-        lost = False
-        try:
-            pos = where()
-            sample = driver.status().get("sample") or ""
-            started = time.time()
-            try:
-                signal = driver.measure(body.modality, body.params)
-            except ResponseLost as exc:
-                signal, lost = exc.signal, True
-            m = Measurement(measurement_id=rid, instrument=driver.describe().id,
-                            modality=body.modality, sample=str(sample), started=started,
-                            ended=time.time(), signal=signal, **pos)
-            cache.put(rid, m)
-        finally:
-            with cache.lock:
-                cache.running.pop(rid).set()
-        return _DroppedResponse() if lost else m
-
-    @app.post("/v1/abort")
-    def abort(_: str = Depends(operator)) -> dict[str, Any]:
-        # Safety first: any control-token holder may stop the instrument, lease or not.
-        driver.abort()
-        return {"aborted": True}
-
-    @app.post("/v1/reset")
-    def reset(_: str = Depends(controller)) -> dict[str, Any]:
-        fn = getattr(driver, "reset", None)
-        if fn is None:
-            raise ApiError(501, "not_supported", "this driver has no reset")
-        fn()
-        return {"fault": driver.status().get("fault")}
-
-    @app.post("/v1/frame")
-    def set_frame(body: FrameBody, _: str = Depends(controller)) -> dict[str, Any]:
-        try:
-            state["frame"] = AffineFrame.fit(body.library, body.stage)
-        except ValueError as exc:
-            raise ApiError(422, "bad_fiducials", str(exc)) from None
-        return state["frame"].to_dict()
-
+    app.state.agent = _Agent(
+        driver=driver, token=token, readonly_token=readonly_token,
+        frame=frame or getattr(driver, "frame", None) or AffineFrame.identity(),
+        lease=Lease(lease_ttl_s), cache=_MeasureCache(cache_size),
+        inflight_wait_s=inflight_wait_s)
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(DriverError, _driver_error)
+    for router in (reads, leases, controls):
+        app.include_router(router)
     return app

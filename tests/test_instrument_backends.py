@@ -109,6 +109,15 @@ def test_instrument_agents_never_import_heavy_layers():
     assert r.returncode == 0, r.stdout + r.stderr
 
 
+def test_server_knows_drivers_only_through_the_protocol():
+    code = ("import sys; import coorch.instrument_agents.server;"
+            "bad=[m for m in ('faults','twins','twin_base','replay','libraries')"
+            " if 'coorch.instrument_agents.'+m in sys.modules];"
+            "print(bad); sys.exit(1 if bad else 0)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
 def test_cli_serves_a_twin_until_interrupted(tmp_path):
     tok = tmp_path / "token"
     tok.write_text("cli-secret\n")

@@ -16,12 +16,14 @@ import pytest
 from coorch.instrument_agents.client import (
     AuthError,
     InstrumentClient,
+    InstrumentError,
     LeaseConflict,
     OutOfLimits,
 )
 from coorch.instrument_agents.frames import AffineFrame
-from coorch.instrument_agents.launch import start_twin
+from coorch.instrument_agents.launch import serve_driver, start_twin
 from coorch.instrument_agents.libraries import get_library
+from coorch.instrument_agents.protocol import Driver, Resettable
 from coorch.instrument_agents.twins import make_twin
 
 # One shared plain-http client: building an httpx.Client loads the CA bundle (~0.1 s).
@@ -184,6 +186,44 @@ def test_start_stop_is_fast_and_leaves_nothing_running():
     assert not agent.running
     with pytest.raises(httpx.ConnectError):  # nothing listens on its port any more
         HTTP.get(f"{agent.url}/v1/health")
+
+
+class _NoReset:
+    """The six Driver methods of a twin and nothing else (no ``reset``, no ``frame``)."""
+
+    def __init__(self, twin):
+        self._twin = twin
+
+    def describe(self):
+        return self._twin.describe()
+
+    def status(self):
+        return self._twin.status()
+
+    def load_sample(self, sample_id):
+        self._twin.load_sample(sample_id)
+
+    def move(self, stage_x, stage_y):
+        self._twin.move(stage_x, stage_y)
+
+    def measure(self, modality, params):
+        return self._twin.measure(modality, params)
+
+    def abort(self):
+        self._twin.abort()
+
+
+def test_reset_is_an_optional_capability_checked_with_isinstance():
+    twin = make_twin("raman")
+    bare = _NoReset(twin)
+    assert isinstance(twin, Driver) and isinstance(twin, Resettable)
+    assert isinstance(bare, Driver) and not isinstance(bare, Resettable)
+    with serve_driver(bare, token=TOKEN) as agent, \
+            InstrumentClient(agent.url, TOKEN, max_retries=0) as c:
+        assert c.measure("raman").signal.array().shape == (512,)
+        with pytest.raises(InstrumentError) as err:
+            c.reset()
+        assert err.value.status == 501 and err.value.error == "not_supported"
 
 
 def test_describe_reports_costs_and_limits(afm, client):
