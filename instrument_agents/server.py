@@ -27,7 +27,7 @@ import math
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
@@ -207,8 +207,8 @@ class _Agent:
     """Everything one app serves: the driver and the rules around it (``app.state.agent``)."""
 
     driver: Driver
-    token: str
-    readonly_token: str | None
+    token: str = field(repr=False)  # secrets stay out of reprs and logs
+    readonly_token: str | None = field(repr=False)
     frame: AffineFrame
     lease: Lease
     cache: _MeasureCache
@@ -261,7 +261,8 @@ def operator(agent: _Agent = Depends(get_agent),
 
 
 def controller(client_id: str = Depends(operator), agent: _Agent = Depends(get_agent)) -> str:
-    """An operator that holds the lease, or takes a free one's place (renewing it)."""
+    """An operator the lease does not refuse: its holder (this renews it), or anyone while
+    the instrument is not leased."""
     agent.lease.check(client_id)
     return client_id
 
