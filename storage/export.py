@@ -38,8 +38,7 @@ def export_netcdf(store: CampaignStore, path: Path) -> Path:
                     for k, v in ds.attrs.items()}
         ds.to_netcdf(path, mode="a", group=g, engine="netcdf4")
     if not store.decisions().empty:
-        dec = xr.open_zarr(store._xr_url(), group=schema.DECISIONS_GROUP, consolidated=True,
-                           storage_options=store._xr_storage_options()).load()
+        dec = store.read_dataset(schema.DECISIONS_GROUP).load()
         _plain_strings(dec).to_netcdf(path, mode="a", group=schema.DECISIONS_GROUP,
                                       engine="netcdf4")
     return path

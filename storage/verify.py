@@ -14,25 +14,21 @@ from typing import TYPE_CHECKING
 from . import codec, schema
 
 if TYPE_CHECKING:
-    from .store import CampaignStore
+    from .reader import StoreReader
 
 
-def verify(store: CampaignStore, *, open_with_xarray: bool = True) -> list[str]:
+def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
+    """Every problem of a store (its reader: ``CampaignStore.reader``), one line each."""
     problems: list[str] = []
-    h = store.hierarchy
-    with store._mutex:
-        h.load()
-        # partial writes: per-array metadata that disagrees with the committed root
-        for group in h.groups():
-            n = h.rows(group)
-            for name in store._writer(group).repair(h):
-                problems.append(f"partial write: {group}/{name}/zarr.json shape differs from "
-                                f"the committed length {n}")
+    # partial writes: per-array metadata that disagrees with the committed root
+    for group, name, n in store.partial_writes():
+        problems.append(f"partial write: {group}/{name}/zarr.json shape differs from "
+                        f"the committed length {n}")
     all_ids: Counter[str] = Counter()
     decision_refs: list[tuple[str, str]] = []
     for group in store.modalities():
         t = store.read_table(group)
-        signal = h.nodes[group]["attributes"]["signal"]
+        signal = store.group_attrs(group)["signal"]
         ids = [str(v) for v in t["measurement_id"]]
         for i, mid in enumerate(ids):
             if not mid:
@@ -63,7 +59,7 @@ def verify(store: CampaignStore, *, open_with_xarray: bool = True) -> list[str]:
             problems.append(f"duplicate: measurement {mid} stored in {c} modalities")
 
     decisions: set[str] = set()
-    if schema.DECISIONS_GROUP in h.nodes:
+    if schema.DECISIONS_GROUP in store.groups():
         t = store.read_table(schema.DECISIONS_GROUP)
         dids = [str(v) for v in t["decision_id"]]
         for did, c in Counter(dids).items():
@@ -82,7 +78,7 @@ def verify(store: CampaignStore, *, open_with_xarray: bool = True) -> list[str]:
                 if ref not in all_ids:
                     problems.append(f"dangling ref: decision {did} trained_on unknown "
                                     f"measurement {ref}")
-    for key in store.journal.rejected():
+    for key in store.rejected():
         problems.append(f"rejected: journal entry {key} could not be stored (it does not fit "
                         "its modality or is corrupt); acknowledged but not in the arrays")
     for mid, did in decision_refs:
