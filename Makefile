@@ -17,12 +17,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/coorch demo
 
-test: $(STAMP)
-	$(BIN)/ruff check .
+test: lint
 	$(BIN)/python -m pytest -q
 
+# ruff, and the layer map of ../shared/DESIGN.md as import-linter contracts (pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	VENV=$(VENV) .ci/lint-layers
 
 bench: $(STAMP)
 	$(BIN)/coorch bench decision

@@ -62,12 +62,12 @@ def run_demo(run_dir: Path, *, budget: int = 40, seed: int = 0, fresh: bool = Tr
 def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale: float,
                console: Console) -> dict:
     from coorch.deployments.config import CampaignSpec, InstrumentConfig
-    from coorch.flows.coorchestrate import coorchestrate, reporting
+    from coorch.flows.coorchestrate import coorchestrate
+    from coorch.flows.progress import watching
     from coorch.instrument_agents.launch import start_twin
     from coorch.storage import CampaignStore
-    from coorch.tasks.campaign import library_extent
+    from coorch.tasks.campaign import geometry
     from coorch.tasks.report import ground_truth, nrmse_curve, plot_report
-    from coorch.tasks.resume import stored_measurements
 
     quiet_libraries()  # again: importing Prefect reconfigured logging
 
@@ -93,14 +93,14 @@ def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale
                                 policy=policy, budget=budget, store=str(store), seed=seed)
             console.rule(f"[bold]{policy}[/] campaign: {budget} measurements -> {store}")
             t0 = time.perf_counter()
-            results[policy] = _run_with_progress(coorchestrate, reporting, spec, console)
+            results[policy] = _run_with_progress(coorchestrate, watching, spec, console)
             console.print(f"  done in {time.perf_counter() - t0:.1f} s, "
                           f"{results[policy].n_fits} background GP fits on Dask")
-            stores[policy] = stored_measurements(CampaignStore.open(str(store), create=False))
+            stores[policy] = CampaignStore.open(str(store), create=False).read_measurements()
 
         twins = {i.name: agents[i.kind].driver for i in instruments}
         modalities = {i.name: i.modality for i in instruments}
-        extent = library_extent(spec)
+        extent = geometry(spec).bounds
         truth = ground_truth(twins, modalities, extent)
         log_tasks = np.array([i.log_scale for i in instruments])
         curves = {p: nrmse_curve(ms, truth, extent, log_tasks=log_tasks)
@@ -130,7 +130,7 @@ def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale
             a.stop()
 
 
-def _run_with_progress(flow_fn, reporting, spec, console: Console):
+def _run_with_progress(flow_fn, watching, spec, console: Console):
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=console, transient=False) as bar:
         job = bar.add_task("measuring", total=spec.budget)
@@ -143,5 +143,5 @@ def _run_with_progress(flow_fn, reporting, spec, console: Console):
                 overflow="ignore", crop=False, soft_wrap=True)
             bar.update(job, completed=info["n"])
 
-        with reporting(show):
+        with watching(show):
             return flow_fn(spec)

@@ -1,12 +1,15 @@
-"""Setting a campaign up: connect to its instruments, open its store, build its policy, seed it.
+"""Setting a campaign up: connect to its instruments, open its store, build its agent, its
+background work and its seed plan.
 
-Plain functions and one context manager; the flow calls them once per run, so they are not on
-the per-measurement path.
+Plain functions and context managers; the flows call them once per run, so they are not on the
+per-measurement path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,12 +17,17 @@ import numpy as np
 from pydantic import BaseModel
 
 from coorch.deployments.config import CampaignSpec
+from coorch.deployments.dask_cluster import dask_client
+from coorch.geometry import LibraryGeometry
 from coorch.instrument_agents.client import InstrumentClient
 from coorch.instrument_agents.libraries import get_library
-from coorch.models.policies import BasePolicy, InstrumentModel, make_policy
-from coorch.records import Decision, InstrumentDescription
+from coorch.models.agent import Agent
+from coorch.models.cost import InstrumentCost
+from coorch.models.policies import make_policy
+from coorch.records import InstrumentDescription
 from coorch.storage import CampaignStore, code_version
-from coorch.tasks.decide import to_decision
+from coorch.tasks.fit import HyperparameterRefit, VAETraining, needs_fits, warm_up
+from coorch.tasks.physics import PhysicsFits
 
 
 class CampaignResult(BaseModel):
@@ -75,59 +83,77 @@ class Instruments:
         return store
 
 
-def library_extent(spec: CampaignSpec) -> np.ndarray:
-    """(2, 2) bounds in library mm: from the spec, else from the known virtual library."""
-    if spec.extent is not None:
-        return np.asarray(spec.extent, float)
-    return np.asarray(get_library(spec.library).extent, float)
+def geometry(spec: CampaignSpec) -> LibraryGeometry:
+    """The library's bounds in mm: from the spec, else from the known virtual library."""
+    extent = spec.extent if spec.extent is not None else get_library(spec.library).extent
+    return LibraryGeometry(np.asarray(extent, float))
 
 
-def candidate_grid(spec: CampaignSpec) -> np.ndarray:
-    """The positions the policy chooses among: a regular grid over the library."""
-    (x0, x1), (y0, y1) = library_extent(spec)
-    nx, ny = spec.grid
-    gx, gy = np.meshgrid(np.linspace(x0, x1, nx), np.linspace(y0, y1, ny))
-    return np.column_stack([gx.ravel(), gy.ravel()])
-
-
-def build_policy(spec: CampaignSpec, descriptions: dict[str, InstrumentDescription]
-                 ) -> BasePolicy:
-    """The spec's policy over the candidate grid; GP tasks per instrument as its descriptor
+def build_agent(spec: CampaignSpec, descriptions: dict[str, InstrumentDescription]) -> Agent:
+    """The spec's policy over its candidate grid; GP tasks per instrument as its descriptor
     gives (one physics value, or ``latent_dim`` VAE latents); costs as the agents serve them."""
-    models, first = [], 0
+    costs, first = [], 0
     for cfg in spec.instruments:
         desc = descriptions[cfg.name]
         tasks = tuple(range(first, first + cfg.n_tasks))
         first += cfg.n_tasks
-        models.append(InstrumentModel(cfg.name, tasks, desc.modality(cfg.modality).cost_s,
-                                      desc.move_cost_s_per_mm,
-                                      cfg.log_scale))
+        costs.append(InstrumentCost(cfg.name, tasks, desc.modality(cfg.modality).cost_s,
+                                    desc.move_cost_s_per_mm, cfg.log_scale))
+    geo = geometry(spec)
     try:
-        return make_policy(spec.policy, candidate_grid(spec), library_extent(spec), models,
-                           seed=spec.seed, **spec.policy_options)
+        return make_policy(spec.policy, geo.grid(spec.grid), geo.bounds, costs, seed=spec.seed,
+                           **spec.policy_options)
     except TypeError as exc:  # an option the policy does not take
         raise ValueError(f"policy {spec.policy!r} does not accept policy_options "
                          f"{spec.policy_options}: {exc}") from None
 
 
-def seed_positions(spec: CampaignSpec, k: int) -> np.ndarray:
-    """``seeds_per_instrument`` points spread along x, shifted per instrument, mid-y."""
-    (x0, x1), (y0, y1) = library_extent(spec)
-    n = spec.seeds_per_instrument
-    frac = (np.arange(n) + 0.5 + (k - (len(spec.instruments) - 1) / 2) / len(spec.instruments)
-            ) / max(n, 1)
-    xs = x0 + np.clip(frac, 0, 1) * (x1 - x0)
-    return np.column_stack([xs, np.full(n, (y0 + y1) / 2)])
+@dataclasses.dataclass
+class Background:
+    """A campaign's background work, in the order it is polled (a VAE's relabelling before
+    the refit that uses it)."""
+
+    vae: VAETraining | None = None
+    refit: HyperparameterRefit | None = None
+    physics: PhysicsFits | None = None
+
+    def __iter__(self) -> Iterator:
+        return iter([w for w in (self.vae, self.refit, self.physics) if w is not None])
 
 
-def seed_decisions(spec: CampaignSpec, policy: BasePolicy, instruments: Instruments,
-                   store: CampaignStore, flow_run_id: str) -> list[Decision]:
-    """The seed measurements, stored as decisions (policy ``seed``) before any is made."""
+@contextlib.contextmanager
+def background_work(spec: CampaignSpec, agent: Agent, log: logging.Logger | logging.LoggerAdapter
+                    ) -> Iterator[Background]:
+    """The campaign's background work: hyperparameter refits (GP agents), VAE trainings
+    (instruments with ``descriptor: vae``) and physics fits (``physics_mean``), on a Dask
+    cluster started only when one of them needs it; posteriors are built on a thread."""
+    means = {i.name: i.physics_mean for i in spec.instruments if i.physics_mean}
+    vae = any(i.descriptor == "vae" for i in spec.instruments)
+    with contextlib.ExitStack() as stack:
+        dask = None
+        if needs_fits(agent) or vae:
+            dask = stack.enter_context(dask_client(spec.dask)).get_executor(pure=False)
+        work = Background()
+        if dask is not None and needs_fits(agent):
+            dask.submit(warm_up)  # pay the worker's torch import now, not at the first refit
+            builder = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="posterior"))
+            work.refit = HyperparameterRefit(dask, every=spec.refit_every, builder=builder)
+        if vae:
+            work.vae = VAETraining(dask, seed=spec.seed)
+        if means:
+            work.physics = PhysicsFits(dask, means, every=spec.refit_every, seed=spec.seed,
+                                       log=log)
+        yield work
+
+
+def seed_plan(spec: CampaignSpec) -> list[tuple[str, np.ndarray]]:
+    """``seeds_per_instrument`` points per instrument spread along x, shifted per instrument,
+    at mid-y: (instrument, position in mm) in the order they are measured."""
+    (x0, x1), (y0, y1) = geometry(spec).bounds
+    n, k_all = spec.seeds_per_instrument, len(spec.instruments)
     out = []
     for k, cfg in enumerate(spec.instruments):
-        for x in seed_positions(spec, k):
-            s = policy.plan(cfg.name, x, reason="seed")
-            d = to_decision(s, cfg.modality, campaign=spec.name, flow_run_id=flow_run_id)
-            store.append_decision(d)
-            out.append(d)
+        frac = (np.arange(n) + 0.5 + (k - (k_all - 1) / 2) / k_all) / max(n, 1)
+        for x in x0 + np.clip(frac, 0, 1) * (x1 - x0):
+            out.append((cfg.name, np.array([x, (y0 + y1) / 2])))
     return out

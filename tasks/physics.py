@@ -11,7 +11,8 @@ physics between and beyond the data (the report draws it instead of the MTGP's).
 The decision path stays the multi-task GP's: with its hyperparameters fixed, a GP's predictive
 variance, hence every knowledge gain, depends on where the data are, not on their values or on
 the mean function. A physics mean would change no decision, so it is not on that path; it is
-fitted here at its own rate, like the hyperparameters (:class:`coorch.tasks.fit.BackgroundRefit`).
+fitted here at its own rate, like the hyperparameters
+(:class:`coorch.tasks.fit.HyperparameterRefit`).
 
 Inputs: the library positions in mm, both axes, with the physics along library x
 (:data:`COMPOSITION_AXIS`), the composition gradient of a binary spread such as ``smbfo``. Both
@@ -22,21 +23,27 @@ and ``center`` and ``width`` come back in mm. A ternary spread, whose compositio
 both axes, has no single composition axis: a 1-D physics mean does not describe it.
 
 Without Dask (random, grid and BO policies: the flow starts no cluster for them) nothing is
-fitted during the campaign; :meth:`BackgroundPhysicsFit.finish` fits once, in the flow's process
+fitted during the campaign; :meth:`PhysicsFits.finish` fits once, in the flow's process
 (about 1-3 s per task for tens of values on one core), so a baseline campaign reports the same
 answer as a co-orchestrated one and the two compare fairly.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
+from concurrent.futures import Executor, Future, wait
+from typing import TYPE_CHECKING
 
 import numpy as np
-from distributed import Client, Future, wait
 
-from coorch.models.policies import BasePolicy, GPPolicy
+from coorch.models.agent import Agent
 from coorch.models.structured import MeanKind, StructuredGP, fit_structured_gp
+from coorch.tasks.background import outcome
+
+if TYPE_CHECKING:
+    from coorch.tasks.runtime import Campaign
 
 #: Library axis (column of the position) along which the composition, hence the physics, varies.
 COMPOSITION_AXIS = 0
@@ -47,123 +54,94 @@ MIN_VALUES = 5
 _MIN_FINAL = 3
 
 
-def training_data(policy: BasePolicy) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(x unit box (n, d), task (n,), y (n,)) of the observations with values, for any policy.
-
-    GP policies have the accessor; the others keep the same observation lists without it.
-    """
-    if isinstance(policy, GPPolicy):
-        return policy.training_data()
-    d = policy.unit.shape[1]
-    x = np.asarray(list(policy.obs_x), float).reshape(-1, d)
-    t, y = np.asarray(list(policy.obs_t), int), np.asarray(list(policy.obs_y), float)
-    known = np.isfinite(y)
-    return x[known], t[known], y[known]
-
-
-class BackgroundPhysicsFit:
-    """Structured-GP fits on Dask, at most one in flight per task, the latest kept per task.
+class PhysicsFits:
+    """Structured-GP fits, at most one in flight per task, the latest kept per task.
 
     Args:
-        client: the campaign's Dask client, or None (then only :meth:`finish` fits).
-        policy: the campaign's policy; its observations are the training data.
+        executor: the campaign's executor (Dask), or None (then only :meth:`finish` fits, in
+            the caller's process).
         means: physics mean kind per instrument name (instruments with ``physics_mean`` set).
         every: refit a task when it has this many new values (the spec's ``refit_every``).
         seed: seed of every fit.
         log: where skipped or failed fits are reported (the flow passes its run logger).
     """
 
-    def __init__(self, client: Client | None, policy: BasePolicy,
-                 means: Mapping[str, MeanKind], *, every: int, seed: int = 0,
-                 min_values: int = MIN_VALUES,
+    def __init__(self, executor: Executor | None, means: Mapping[str, MeanKind], *, every: int,
+                 seed: int = 0, min_values: int = MIN_VALUES,
                  log: logging.Logger | logging.LoggerAdapter | None = None) -> None:
-        self.client, self.policy, self.every, self.seed = client, policy, every, seed
+        self.executor, self.every, self.seed = executor, every, seed
         self.means = dict(means)
         self.min_values = max(min_values, _MIN_FINAL)
         self.log = log or logging.getLogger(__name__)
-        self.task: dict[str, int] = {}
-        for name in self.means:
-            tasks = policy.instruments[name].tasks
-            if len(tasks) != 1:
-                raise ValueError(f"{name}: a physics mean needs one task, it has {len(tasks)}")
-            self.task[name] = tasks[0]
         self.models: dict[str, StructuredGP] = {}
-        self.futures: dict[str, Future] = {}
+        self.running: dict[str, Future] = {}
         self.last_n = dict.fromkeys(self.means, 0)  # values the latest submitted fit used
         self.fits = 0
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.means)
+    @staticmethod
+    def task(agent: Agent, name: str) -> int:
+        tasks = agent.instrument(name).tasks
+        if len(tasks) != 1:
+            raise ValueError(f"{name}: a physics mean needs one task, it has {len(tasks)}")
+        return tasks[0]
 
-    def data(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+    def data(self, agent: Agent, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Instrument ``name``'s (library positions in mm (n, d), values (n,))."""
-        u, t, y = training_data(self.policy)
-        lo, hi = self.policy.bounds[:, 0], self.policy.bounds[:, 1]
-        mine = t == self.task[name]
-        return lo + u[mine] * (hi - lo), y[mine]
+        u, _, y = agent.log.data(tasks=(self.task(agent, name),))
+        return agent.geometry.from_unit(u), y
 
-    def _kwargs(self, name: str) -> dict:
-        return {"mean": self.means[name], "feature_index": COMPOSITION_AXIS,
-                "bounds": self.policy.bounds.T, "seed": self.seed}
-
-    def _submit(self, name: str, x: np.ndarray, y: np.ndarray) -> None:
+    def _fit(self, agent: Agent, name: str, x: np.ndarray, y: np.ndarray) -> functools.partial:
         self.last_n[name] = len(y)
-        self.futures[name] = self.client.submit(fit_structured_gp, x, y, **self._kwargs(name),
-                                                pure=False)
+        return functools.partial(fit_structured_gp, x, y, mean=self.means[name],
+                                 feature_index=COMPOSITION_AXIS, bounds=agent.bounds.T,
+                                 seed=self.seed)
 
     def _collect(self, name: str) -> None:
         """Keep a finished fit; a failed one is logged and the next, on more data, retries."""
-        fut = self.futures.pop(name)
-        if fut.status == "error":
+        model, exc = outcome(self.running.pop(name))
+        if exc is not None:
             self.log.warning("%s: structured GP fit on %d values failed: %r", name,
-                             self.last_n[name], fut.exception())
+                             self.last_n[name], exc)
             return
-        self.models[name] = fut.result()
+        self.models[name] = model
         self.fits += 1
 
-    def poll(self) -> None:
+    def poll(self, campaign: Campaign) -> None:
         """Keep finished fits; start one per task with ``every`` new values and none running."""
-        if self.client is None or not self.enabled:
+        if self.executor is None:
             return
         for name in self.means:
-            if name in self.futures and self.futures[name].done():
+            if name in self.running and self.running[name].done():
                 self._collect(name)
-            if name in self.futures:
+            if name in self.running:
                 continue
-            x, y = self.data(name)
+            x, y = self.data(campaign.agent, name)
             if len(y) >= self.min_values and len(y) - self.last_n[name] >= self.every:
-                self._submit(name, x, y)
+                self.running[name] = self.executor.submit(self._fit(campaign.agent, name, x, y))
 
-    def finish(self) -> None:
+    def finish(self, campaign: Campaign) -> None:
         """Wait for the fits in flight, then fit every task once more on all its values (on
-        Dask if there is a client, else here), so the campaign's answer uses every value."""
-        if not self.enabled:
-            return
-        if self.futures:
-            wait(list(self.futures.values()))
-        for name in list(self.futures):
+        the executor if there is one, else here), so the campaign's answer uses every value."""
+        wait(list(self.running.values()))
+        for name in list(self.running):
             self._collect(name)
         final = {}
         for name in self.means:
-            x, y = self.data(name)
+            x, y = self.data(campaign.agent, name)
             if name in self.models and len(self.models[name].y) == len(y):
                 continue  # the model kept already saw every value
             if len(y) < _MIN_FINAL:
                 self.log.warning("%s: %d values, too few for a structured GP fit: no physics "
                                  "parameters", name, len(y))
                 continue
-            if self.client is None:
-                self.last_n[name] = len(y)
-                self.models[name] = fit_structured_gp(x, y, **self._kwargs(name))
-                self.fits += 1
-            else:
-                self._submit(name, x, y)
-                final[name] = self.futures[name]
-        for name, fut in final.items():
-            self.models[name] = fut.result()  # the final fit's failure is the campaign's
-            del self.futures[name]
+            fit = self._fit(campaign.agent, name, x, y)
+            final[name] = fit() if self.executor is None else self.executor.submit(fit)
+        for name, job in final.items():
+            # the final fit's failure is the campaign's
+            self.models[name] = job if self.executor is None else job.result()
             self.fits += 1
+        for line in self.summary():
+            self.log.info(line)
 
     def physics(self) -> dict[str, dict[str, float]]:
         """The fitted physics parameters per instrument (``center``/``width`` in library mm

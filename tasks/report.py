@@ -97,7 +97,7 @@ def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str
     truth, and error vs measurements for every run.
 
     ``physics``: structured GPs by instrument (fitted on library mm, as
-    :class:`coorch.tasks.physics.BackgroundPhysicsFit` fits them); those tasks are drawn with
+    :class:`coorch.tasks.physics.PhysicsFits` fits them); those tasks are drawn with
     the structured GP's mean and uncertainty, and its fitted centre, instead of the MTGP's: a
     map that follows the physics in the gaps is the better map of that task."""
     import matplotlib

@@ -1,50 +1,76 @@
-"""Background refits on a real Dask LocalCluster: a failed fit never ends the campaign."""
+"""Background refits on a real Dask LocalCluster: a failed fit never ends the campaign, a
+successful one is built on a thread and installed, and a relabelling (a VAE retrained) makes
+the next poll refit even without new values."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+import pytest
 
 from coorch.deployments.config import DaskConfig
 from coorch.deployments.dask_cluster import dask_client
-from coorch.models.policies import InstrumentModel, Observation, make_policy
-from coorch.tasks.fit import BackgroundRefit
+from coorch.models.cost import InstrumentCost
+from coorch.models.observations import Observation
+from coorch.models.policies import make_policy
+from coorch.storage import CampaignStore
+from coorch.tasks.background import InlineExecutor
+from coorch.tasks.describe import Describer
+from coorch.tasks.fit import HyperparameterRefit
+from coorch.tasks.runtime import Campaign
 
 
-def _policy():
+@pytest.fixture
+def campaign(tmp_path) -> Campaign:
     cand = np.linspace(0, 1, 21)[:, None]
-    insts = [InstrumentModel("a", (0,), cost_s=1.0), InstrumentModel("b", (1,), cost_s=1.0)]
-    pol = make_policy("coorchestrate", cand, np.array([[0.0, 1.0]]), insts)
+    insts = [InstrumentCost("a", (0,), cost_s=1.0), InstrumentCost("b", (1,), cost_s=1.0)]
+    agent = make_policy("coorchestrate", cand, np.array([[0.0, 1.0]]), insts)
     rng = np.random.default_rng(0)
     for i, x in enumerate(rng.random(12)):
         name = "ab"[i % 2]
-        pol.tell([Observation(name, np.array([x]), np.array([np.sin(4 * x)]), f"m{i}")])
-    return pol
+        agent.tell([Observation(name, np.array([x]), np.array([np.sin(4 * x)]), f"m{i}")])
+    store = CampaignStore.open(str(tmp_path / "c.zarr"))
+    return Campaign("refit", store, agent, Describer(), {"a": "raman", "b": "wds"}, budget=20)
 
 
-def test_a_failing_refit_is_logged_and_the_policy_keeps_its_model(caplog):
+def test_a_failing_refit_is_logged_and_the_agent_keeps_its_model(campaign, caplog):
     def singular(*args, **kwargs):
         raise RuntimeError("Matrix not positive definite after repeatedly adding jitter")
 
-    class Failing(BackgroundRefit):
-        fit_fn = staticmethod(singular)
-
-    policy = _policy()
-    before = policy.model_version
+    before = campaign.agent.model_version
     with dask_client(DaskConfig()) as client:
-        refit = Failing(client, policy, every=1)
-        refit.submit()
-        refit.finish()  # waits for a last fit: it fails too
+        refit = HyperparameterRefit(client.get_executor(pure=False), every=1, fit=singular)
+        refit.poll(campaign)
+        refit.finish(campaign)  # waits for a last fit: it fails too
         assert refit.failed >= 1 and refit.fits == 0
-        assert policy.model_version == before
-        assert policy.ask("a").instrument == "a"  # still deciding
+        assert campaign.agent.model_version == before
+        assert campaign.agent.ask("a").instrument == "a"  # still deciding
     assert "refit on" in caplog.text and "failed" in caplog.text
 
 
-def test_a_refit_that_succeeds_is_swapped_in():
-    policy = _policy()
-    before = policy.model_version
-    with dask_client(DaskConfig()) as client:
-        refit = BackgroundRefit(client, policy, every=1)
-        refit.finish()
+def test_a_refit_that_succeeds_is_built_on_a_thread_and_installed(campaign):
+    before = campaign.agent.model_version
+    with dask_client(DaskConfig()) as client, ThreadPoolExecutor(1) as builder:
+        refit = HyperparameterRefit(client.get_executor(pure=False), every=1, builder=builder)
+        refit.poll(campaign)
+        assert refit.fitting is not None  # in flight: the poll did not wait for it
+        refit.finish(campaign)
         assert refit.fits == 1 and refit.failed == 0
-    assert policy.model_version != before
+    assert campaign.agent.model_version != before
+
+
+def test_relabelled_values_are_refitted_without_new_values(campaign):
+    calls = []
+
+    def fit(x, t, y, num_tasks, **kw):
+        calls.append(y.copy())
+        return campaign.agent.model.post.hyper
+
+    refit = HyperparameterRefit(InlineExecutor(), every=100, fit=fit)
+    refit.poll(campaign)
+    refit.poll(campaign)
+    assert len(calls) == 1  # the first poll fits; nothing new since
+    campaign.agent.relabel({"m0": np.array([5.0])})
+    refit.poll(campaign)
+    assert len(calls) == 2 and 5.0 in calls[1]

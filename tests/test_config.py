@@ -32,7 +32,7 @@ def test_config_knows_exactly_the_policies_make_policy_builds():
 
 def test_policy_options_reach_the_policy_and_bad_ones_are_named():
     from coorch.instrument_agents.twins import make_twin
-    from coorch.tasks.campaign import build_policy
+    from coorch.tasks.campaign import build_agent
 
     twin = make_twin("raman", "smbfo")
     inst = {"name": "raman-twin", "kind": "raman", "modality": "raman",
@@ -40,22 +40,22 @@ def test_policy_options_reach_the_policy_and_bad_ones_are_named():
     descriptions = {"raman-twin": twin.describe()}
     spec = CampaignSpec(instruments=[inst], policy="coorchestrate",
                         policy_options={"min_fit_values": 3, "max_correlation": 0.5})
-    policy = build_policy(spec, descriptions)
-    assert policy.min_fit_values == 3 and policy.max_correlation == 0.5
+    agent = build_agent(spec, descriptions)
+    assert agent.decision.min_fit_values == 3 and agent.decision.max_correlation == 0.5
     bad = spec.model_copy(update={"policy_options": {"directoins": [1]}})
     with pytest.raises(ValueError, match="directoins"):
-        build_policy(bad, descriptions)
+        build_agent(bad, descriptions)
 
 
 def test_log_scale_reaches_the_policy_and_is_refused_for_vae_latents():
     from coorch.instrument_agents.twins import make_twin
-    from coorch.tasks.campaign import build_policy
+    from coorch.tasks.campaign import build_agent
 
     twin = make_twin("wds", "alscbn")
     inst = {"name": "wds-twin", "kind": "wds", "modality": "wds", "url": "http://127.0.0.1:1",
             "token_file": "tok", "log_scale": True}
     spec = CampaignSpec(library="alscbn", instruments=[inst], policy="coorchestrate")
-    policy = build_policy(spec, {"wds-twin": twin.describe()})
-    assert policy.log_tasks.tolist() == [True]
+    agent = build_agent(spec, {"wds-twin": twin.describe()})
+    assert agent.log_tasks.tolist() == [True]
     with pytest.raises(ValidationError, match="log_scale needs descriptor='physics'"):
         CampaignSpec(instruments=[{**inst, "descriptor": "vae"}])

@@ -12,7 +12,8 @@ from coorch.instrument_agents.launch import start_twin
 from coorch.models.descriptors import edge_peak_ratio
 from coorch.models.dkl import fit_dkl
 from coorch.models.dkl_policy import Im2SpecPolicy, expected_improvement
-from coorch.models.policies import InstrumentModel, Observation
+from coorch.models.cost import InstrumentCost
+from coorch.models.observations import Observation
 from coorch.records import Signal
 from coorch.storage import CampaignStore
 
@@ -34,7 +35,7 @@ def learn(seed: int, acquisition: str, n: int = 12):
     images, prop = stripes(40, np.random.default_rng(seed))
     cands = np.column_stack([np.arange(40.0), np.zeros(40)])
     p = Im2SpecPolicy(cands, np.array([[0.0, 39.0], [0.0, 1.0]]),
-                      [InstrumentModel("stem", (0,), 8.0)], structure=images,
+                      [InstrumentCost("stem", (0,), 8.0)], structure=images,
                       structure_ids=[f"img{i}" for i in range(40)], refit_every=3, seed=seed,
                       acquisition=acquisition)
     assert p.report()["mean"] is None

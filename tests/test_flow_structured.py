@@ -18,10 +18,15 @@ from coorch.instrument_agents.launch import start_twin
 from coorch.instrument_agents.libraries import get_library
 from coorch.instrument_agents.twins import make_twin
 from coorch.models.descriptors import describe
-from coorch.models.policies import InstrumentModel, Observation, make_policy
+from coorch.models.cost import InstrumentCost
+from coorch.models.observations import Observation
+from coorch.models.policies import make_policy
+from coorch.storage import CampaignStore
+from coorch.tasks.describe import Describer
+from coorch.tasks.runtime import Campaign
 from coorch.models.structured import MeanKind
 from coorch.records import Measurement
-from coorch.tasks.physics import MIN_VALUES, BackgroundPhysicsFit
+from coorch.tasks.physics import MIN_VALUES, PhysicsFits
 
 TOKEN = "structured-test-token"
 SMBFO = get_library("smbfo")
@@ -69,9 +74,12 @@ def _measured(n: int, seed: int) -> list[Measurement]:
     return out
 
 
-def _random_policy():
+def _campaign(tmp_path, policy: str = "random", candidates=np.zeros((1, 2))) -> Campaign:
+    """A campaign around one AFM, for background work to read and write."""
     extent = np.asarray(SMBFO.extent, float)
-    return make_policy("random", np.zeros((1, 2)), extent, [InstrumentModel("afm", (0,))])
+    agent = make_policy(policy, candidates, extent, [InstrumentCost("afm", (0,))])
+    return Campaign("physics", CampaignStore.open(str(tmp_path / "c.zarr")), agent,
+                    Describer(), {"afm": "pfm_loop"}, budget=100)
 
 
 def test_without_dask_the_fit_runs_once_at_finish_and_the_report_draws_it(tmp_path):
@@ -79,14 +87,15 @@ def test_without_dask_the_fit_runs_once_at_finish_and_the_report_draws_it(tmp_pa
     from coorch.models.mtgp import fit_hyperparameters
     from coorch.tasks.report import ground_truth, plot_report, training_arrays
 
-    policy = _random_policy()
-    physics = BackgroundPhysicsFit(None, policy, {"afm": "step"}, every=3)
+    campaign = _campaign(tmp_path)
+    policy = campaign.agent
+    physics = PhysicsFits(None, {"afm": "step"}, every=3)
     ms = _measured(20, seed=0)  # centre within 0.35 mm of the boundary for seeds 0-7
     policy.tell([Observation("afm", np.array([m.library_x, m.library_y]),
                              describe("pfm_loop", m.signal), m.measurement_id) for m in ms])
-    physics.poll()
-    assert physics.fits == 0 and not physics.models  # no client: nothing in the background
-    physics.finish()
+    physics.poll(campaign)
+    assert physics.fits == 0 and not physics.models  # no executor: nothing in the background
+    physics.finish(campaign)
     assert physics.fits == 1
     params = physics.physics()["afm"]
     assert abs(params["center"] - BOUNDARY_MM) < TOLERANCE_MM, params
@@ -102,36 +111,35 @@ def test_without_dask_the_fit_runs_once_at_finish_and_the_report_draws_it(tmp_pa
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_on_dask_one_fit_in_flight_then_a_final_fit_on_every_value():
+def test_on_dask_one_fit_in_flight_then_a_final_fit_on_every_value(tmp_path):
     from distributed import Client
 
-    extent = np.asarray(SMBFO.extent, float)
-    policy = make_policy("coorchestrate", np.array([[1.0, 1.0], [9.0, 1.0]]), extent,
-                         [InstrumentModel("afm", (0,))])
+    campaign = _campaign(tmp_path, "coorchestrate", np.array([[1.0, 1.0], [9.0, 1.0]]))
+    policy = campaign.agent
     obs = [Observation("afm", np.array([m.library_x, m.library_y]),
                        describe("pfm_loop", m.signal), m.measurement_id)
            for m in _measured(16, seed=2)]
     with Client(processes=False, n_workers=1, threads_per_worker=1,
                 dashboard_address=None) as client:
-        physics = BackgroundPhysicsFit(client, policy, {"afm": "step"}, every=3)
+        physics = PhysicsFits(client.get_executor(pure=False), {"afm": "step"}, every=3)
         for o in obs:
             policy.tell([o])
-            physics.poll()
-            assert len(physics.futures) <= 1
+            physics.poll(campaign)
+            assert len(physics.running) <= 1
         assert physics.last_n["afm"] >= MIN_VALUES  # a background fit was started
-        physics.finish()
-    assert not physics.futures
+        physics.finish(campaign)
+    assert not physics.running
     assert physics.fits >= 2  # the background fit(s) and the final one
     assert len(physics.models["afm"].y) == 16  # the answer uses every value
     assert abs(physics.physics()["afm"]["center"] - BOUNDARY_MM) < TOLERANCE_MM
 
 
-def test_too_few_values_give_no_physics_but_no_error():
-    policy = _random_policy()
-    physics = BackgroundPhysicsFit(None, policy, {"afm": "peak"}, every=3)
-    policy.tell([Observation("afm", np.array([x, 1.0]), np.array([1.0]), f"m{x}")
-                 for x in (2.0, 5.0)])
-    physics.finish()
+def test_too_few_values_give_no_physics_but_no_error(tmp_path):
+    campaign = _campaign(tmp_path)
+    physics = PhysicsFits(None, {"afm": "peak"}, every=3)
+    campaign.agent.tell([Observation("afm", np.array([x, 1.0]), np.array([1.0]), f"m{x}")
+                         for x in (2.0, 5.0)])
+    physics.finish(campaign)
     assert physics.physics() == {} and physics.fits == 0
 
 

@@ -61,7 +61,8 @@ def run(n: int = 200, warmup: int = 20) -> dict:
     token = tmp / "token"
     token.write_text("bench")
     with local_prefect_server(tmp / "prefect"), agent_process("raman", token) as url:
-        from coorch.flows.coorchestrate import coorchestrate, reporting
+        from coorch.flows.coorchestrate import coorchestrate
+        from coorch.flows.progress import watching
 
         cfg = InstrumentConfig(name="raman-twin", kind="raman", modality="raman", url=url,
                                token_file=token)
@@ -69,7 +70,7 @@ def run(n: int = 200, warmup: int = 20) -> dict:
         spec = CampaignSpec(name="overhead", instruments=[cfg], policy="random",
                             budget=n + warmup, seeds_per_instrument=1,
                             store=str(tmp / "flow.zarr"))
-        with reporting(lambda m, info: stamps.append(time.perf_counter())):
+        with watching(lambda m, info: stamps.append(time.perf_counter())):
             coorchestrate(spec)
         per_measurement = np.diff(stamps[warmup:]) * 1e3
 

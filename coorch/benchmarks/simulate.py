@@ -1,0 +1,141 @@
+"""One simulated campaign: the campaign runtime driven by a plain measure function.
+
+The simulation runs exactly what a campaign runs (``coorch.tasks.runtime.Campaign``: decide and
+store, record, background refits) with two differences that make it a benchmark: a measurement
+is answered by a function (replayed data, or a twin called in-process) instead of a Prefect task
+and an HTTP agent, and background work runs inline, so every refit lands before the next
+decision (as it would on instruments that are slow next to a fit). One measurement at a time;
+each decision is the agent's best (instrument, position) pair. The store is an in-memory zarr
+store, dropped at the end.
+
+Every policy's data are scored by the same procedure: MAP multi-task GP hyperparameters fitted
+on that run's data (coupled, whatever the policy), then the exact posterior mean. The
+comparison is therefore about *where* data were taken, not about which model read them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+
+from coorch.benchmarks.problems import Measure, Problem
+from coorch.models.cost import log_tasks
+from coorch.models.incremental import exact_posterior
+from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters
+from coorch.models.policies import make_policy
+from coorch.storage import CampaignStore
+from coorch.tasks.background import InlineExecutor
+from coorch.tasks.describe import Describer
+from coorch.tasks.fit import HyperparameterRefit
+from coorch.tasks.runtime import Campaign
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """How hyperparameters are fitted (for decisions and for scoring) and how the
+    co-orchestration policy is configured.
+
+    ``max_iter`` bounds the L-BFGS iterations (a benchmark refits ~1000 times; on these data
+    the fits converge within 30: 30 and 100 gave the same hyperparameters).
+    ``max_correlation``, ``task_weights`` and ``weight_power`` are co-orchestration's options
+    (``coorch.models.policies.coorchestrate``; why these values: docs/benchmarks.md,
+    "Efficiency"); the baselines run as published.
+    """
+
+    max_iter: int = 30
+    max_correlation: float | None = 0.7
+    task_weights: tuple[float, ...] | None = None
+    weight_power: float = 0.0
+
+    def policy_options(self, policy: str) -> dict:
+        """Keyword options for :func:`make_policy` (only ``coorchestrate`` takes any)."""
+        if policy != "coorchestrate":
+            return {}
+        return {"max_correlation": self.max_correlation, "weight_power": self.weight_power,
+                "task_weights": self.task_weights}
+
+
+@dataclasses.dataclass
+class Trace:
+    """One campaign: cumulative instrument-seconds after each measurement and the map error
+    (RMSE per task, truth units) at the scored steps (measurement counts, seeds included)."""
+
+    policy: str
+    seed: int
+    seconds: list[float] = dataclasses.field(default_factory=list)
+    instruments: list[str] = dataclasses.field(default_factory=list)
+    scored_at: list[int] = dataclasses.field(default_factory=list)
+    rmse: list[list[float]] = dataclasses.field(default_factory=list)
+
+
+def fit(x: np.ndarray, t: np.ndarray, y: np.ndarray, num_tasks: int, *, seed: int,
+        max_iter: int, **kw) -> MTGPHyperparameters:
+    """MAP hyperparameters with one torch thread (two threads fight over two busy cores)."""
+    from coorch.models._threads import torch_scope
+
+    with torch_scope(seed, threads=1):
+        return fit_hyperparameters(x, t, y, num_tasks, max_iter=max_iter, seed=seed, **kw)
+
+
+def map_rmse(problem: Problem, h: MTGPHyperparameters, x: np.ndarray, t: np.ndarray,
+             y: np.ndarray) -> np.ndarray:
+    """RMSE per task (T,) of the posterior mean against the truth at the scored positions."""
+    mean, _ = exact_posterior(h, x, t, y, problem.geometry.to_unit(problem.query))
+    return np.sqrt(((mean - problem.truth) ** 2).mean(0))
+
+
+@contextlib.contextmanager
+def memory_store() -> Iterator[CampaignStore]:
+    """A fresh in-memory campaign store, deleted on exit."""
+    import fsspec
+
+    url = f"memory://coorch-simulation/{uuid.uuid4().hex}.zarr"
+    with CampaignStore.open(url, create=True) as store:
+        yield store
+    fsspec.filesystem("memory").rm(url.removeprefix("memory://"), recursive=True)
+
+
+def simulate(problem: Problem, policy: str, seed: int, steps: int, measure: Measure,
+             settings: Settings, score_every: int = 1) -> Trace:
+    """Seeds, then ``steps`` decisions, each measured and recorded; the map scored after the
+    seeds, every ``score_every`` steps and after the last."""
+    agent = make_policy(policy, problem.candidates, problem.bounds, problem.instruments,
+                        seed=seed, **settings.policy_options(policy))
+    fitting = functools.partial(fit, seed=seed, max_iter=settings.max_iter)
+    refit = HyperparameterRefit(InlineExecutor(), every=1, fit=fitting)
+    describer = (Describer(describe=lambda _, s: s.array().reshape(-1)) if problem.passthrough
+                 else Describer())
+    trace = Trace(policy, seed)
+    with memory_store() as store:
+        campaign = Campaign(f"simulated-{policy}-{seed}", store, agent, describer,
+                            problem.modalities, len(problem.seeds) + steps, [refit])
+        campaign.plan([(inst, problem.candidates[c]) for inst, c in problem.seeds])
+        for step in range(-len(problem.seeds) + 1, steps + 1):
+            m, seconds = measure(campaign.decide(None))
+            store.append_measurement(m)
+            campaign.record(m)
+            trace.seconds.append((trace.seconds[-1] if trace.seconds else 0.0) + seconds)
+            trace.instruments.append(m.instrument)
+            if step >= 0 and (step == steps or step % score_every == 0):
+                trace.scored_at.append(len(trace.seconds))
+                h = scoring_fit(problem, agent, refit, fitting)
+                trace.rmse.append(map_rmse(problem, h, *agent.log.data()).tolist())
+    return trace
+
+
+def scoring_fit(problem: Problem, agent, refit: HyperparameterRefit, fitting
+                ) -> MTGPHyperparameters:
+    """The coupled MAP fit on everything measured: the decision refit's own, when it was a
+    coupled fit of exactly these data (one fit serves both), else a fit of its own."""
+    x, t, y = agent.log.data()
+    latest = refit.latest
+    if (latest is not None and latest[0] == (len(y), agent.log.revision)
+            and agent.decision.coupled):
+        return latest[1]
+    return fitting(x, t, y, len(problem.tasks), coupled=True, aspect=aspect(problem.bounds),
+                   log_tasks=log_tasks(problem.instruments))
