@@ -50,11 +50,12 @@ def _mount() -> None:
     """Sub-commands owned by the layers and the benchmarks."""
     from coorch.benchmarks.decision import bench_decision_command
     from coorch.benchmarks.efficiency import bench_efficiency_command
+    from coorch.benchmarks.ingest import bench_ingest_command
     from coorch.benchmarks.overhead import bench_overhead_command
     from coorch.benchmarks.pareto import bench_pareto_command
     from coorch.im2spec_cli import im2spec_command
     from coorch.instrument_agents.cli import agent_app
-    from coorch.storage.cli import bench_ingest_command, store_app
+    from coorch.storage.cli import store_app
 
     app.add_typer(agent_app, name="agent", help="Instrument agents (serve a twin or replay).")
     app.add_typer(store_app, name="store", help="Inspect, verify and export stores.")

@@ -1,9 +1,10 @@
 """``coorch store ...``: look into, check and export a campaign store from a shell.
 
-The lead registers ``store_app`` as ``coorch store`` and ``bench_ingest_command`` as
-``coorch bench ingest``. Every command takes a local path or an fsspec URL; S3 endpoint and
-credentials come from the environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...) or
-``--option key=value`` (values are never printed).
+``coorch/cli.py`` registers ``store_app`` as ``coorch store`` (the ingest benchmark,
+``coorch bench ingest``, lives in ``coorch.benchmarks.ingest``). Every command takes a local
+path or an fsspec URL; S3 endpoint and credentials come from the environment
+(``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...) or ``--option key=value`` (values are never
+printed).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from .bench import bench_ingest_command
 from .store import CampaignStore
 
 store_app = typer.Typer(help="Inspect, verify and export campaign stores.", no_args_is_help=True)
@@ -180,4 +180,4 @@ def export_cmd(url: str, to: Annotated[str, typer.Option(
     console.print(f"wrote {path}")
 
 
-__all__ = ["store_app", "bench_ingest_command"]
+__all__ = ["store_app"]

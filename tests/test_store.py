@@ -13,9 +13,9 @@ import pytest
 import xarray as xr
 import zarr
 
+from coorch.benchmarks import fixtures as syn
 from coorch.records import Measurement
 from coorch.storage import CampaignStore
-from coorch.storage import synthetic as syn
 from coorch.storage.codec import content_hash
 
 
@@ -277,14 +277,20 @@ def test_verify_detects_duplicate_ids(url):
 
 
 def test_storage_layer_imports_no_upper_layer():
-    """DESIGN.md layer rule: storage never imports Prefect, torch or the other layers."""
+    """DESIGN.md layer rule: storage never imports Prefect, torch or the other layers (every
+    module of coorch.storage, the CLI included), and ships no test fixtures or benchmarks."""
     import subprocess
     import sys
 
-    code = ("import sys, coorch.storage, coorch.storage.cli, coorch.storage.bench\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'torch', 'gpytorch')"
-            " or m.startswith(('coorch.models', 'coorch.flows', 'coorch.tasks',"
-            " 'coorch.instrument_agents'))]\n"
+    code = ("import importlib, pkgutil, sys, coorch.storage\n"
+            "mods = [m.name for m in pkgutil.iter_modules(coorch.storage.__path__)]\n"
+            "for m in mods:\n"
+            "    importlib.import_module('coorch.storage.' + m)\n"
+            "assert 'cli' in mods and 'codec' in mods, mods\n"
+            "assert not {'bench', 'synthetic', 'moto'} & set(mods), mods\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'torch', 'gpytorch',"
+            " 'moto') or m.startswith(('coorch.models', 'coorch.flows', 'coorch.tasks',"
+            " 'coorch.instrument_agents', 'coorch.deployments', 'coorch.benchmarks'))]\n"
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -311,7 +317,7 @@ def test_process_exit_consolidates_for_plain_readers(url):
     import sys
 
     code = ("from coorch.storage import CampaignStore\n"
-            "from coorch.storage import synthetic as syn\n"
+            "from coorch.benchmarks import fixtures as syn\n"
             f"s = CampaignStore.open({url!r}, flush_every=1000, flush_interval_s=60)\n"
             "for i in range(5):\n"
             "    s.append_measurement(syn.measurement(i))\n")

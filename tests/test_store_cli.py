@@ -12,9 +12,10 @@ import xarray as xr
 import zarr
 from typer.testing import CliRunner
 
+from coorch.benchmarks import fixtures as syn
+from coorch.benchmarks.ingest import bench_ingest_command
 from coorch.storage import CampaignStore
-from coorch.storage import synthetic as syn
-from coorch.storage.cli import bench_ingest_command, store_app
+from coorch.storage.cli import store_app
 
 runner = CliRunner()
 

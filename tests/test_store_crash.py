@@ -26,7 +26,7 @@ from coorch.storage import CampaignStore
 WRITER = textwrap.dedent("""
     import os, sys
     from coorch.storage import CampaignStore
-    from coorch.storage import synthetic as syn
+    from coorch.benchmarks import fixtures as syn
 
     url, prefix, n, log, flush_every, interval = sys.argv[1:7]
     n, flush_every, interval = int(n), int(flush_every), float(interval)
@@ -162,7 +162,7 @@ def test_four_writer_processes_500_each(tmp_path):
 READER_WRITER = textwrap.dedent("""
     import sys
     from coorch.storage import CampaignStore
-    from coorch.storage import synthetic as syn
+    from coorch.benchmarks import fixtures as syn
 
     url, n = sys.argv[1], int(sys.argv[2])
     store = CampaignStore.open(url, flush_every=5, flush_interval_s=0.01)

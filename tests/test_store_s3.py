@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from coorch.benchmarks import fixtures as syn
+from coorch.benchmarks.fixtures import moto_endpoint
 from coorch.storage import CampaignStore
-from coorch.storage import synthetic as syn
-from coorch.storage.moto import moto_endpoint
 
 
 @pytest.fixture(scope="module")

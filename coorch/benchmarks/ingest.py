@@ -35,9 +35,10 @@ import zarr
 from rich.console import Console
 from rich.table import Table
 
-from . import codec, schema, synthetic
-from .schema import data_chunk_rows
-from .store import CampaignStore
+from coorch.storage import CampaignStore, codec, schema
+from coorch.storage.schema import data_chunk_rows
+
+from . import fixtures
 
 SHAPES = {"pfm_loop": (2, 64), "raman": (512,)}
 
@@ -67,7 +68,7 @@ def _shape_cases(base_url: str, opts: dict[str, Any] | None, n: int, n_single: i
                  batch: int, target: str, modality: str) -> list[dict[str, Any]]:
     row_shape = SHAPES[modality]
     rng = np.random.default_rng(0)
-    ms = [synthetic.measurement(i, modality, rng=rng, prefix=uuid.uuid4().hex[:6])
+    ms = [fixtures.measurement(i, modality, rng=rng, prefix=uuid.uuid4().hex[:6])
           for i in range(n)]
     signal = ms[0].signal.name
     rows = [codec.measurement_row(m) for m in ms]
@@ -160,13 +161,11 @@ def run_bench(n: int = 1000, n_single: int = 200, batch: int = 64, s3: bool = Tr
 def _run_s3(n: int, n_single: int, batch: int) -> list[dict[str, Any]]:
     import s3fs
 
-    from .moto import moto_endpoint
-
     saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "bench")
     try:
-        with moto_endpoint() as endpoint:
+        with fixtures.moto_endpoint() as endpoint:
             opts = {"endpoint_url": endpoint, "key": "bench", "secret": "bench"}
             s3fs.S3FileSystem(**opts).mkdir("coorch-bench")
             return run_cases("s3://coorch-bench", opts, n, n_single, batch, "s3 (moto)")
