@@ -7,29 +7,33 @@ sample. A deep-kernel GP (:func:`coorch.models.dkl.fit_dkl`) learns which aspect
 structure predict the spectral property; with it, a handful of spectra chosen where the model
 is most uncertain maps the property over every imaged position.
 
-The policy follows the decision-agent contract (:class:`coorch.models.policies.BasePolicy`): the
+The agent follows the decision-agent contract (:class:`coorch.models.agent.Agent`): the
 candidates are the positions where a structure patch exists, it is told spectral descriptors
 (observations at library positions, matched to the nearest candidate's patch), asked for the next
 position (never a pending one, never one already measured), and ``report()`` gives the predicted
 property map. So the flows' ``measure`` task, decision records and resume work unchanged.
 
-Model cadence: the network and kernel are trained (``fit_dkl``) once ``n_initial`` values are in
-and again every ``refit_every`` new values; in between, the trained model is only conditioned on
-the new values (:meth:`coorch.models.dkl.DKLModel.condition`, milliseconds). Before the first
-fit, positions are space-filling (farthest from every measured or pending position).
+Model cadence (:class:`~coorch.models.task_gps.RefitCadence`, seeded by
+:func:`~coorch.models.task_gps.fit_seed` as every fit on the decision path): the network and
+kernel are trained (``fit_dkl``) once ``n_initial`` values are in and again every
+``refit_every`` new values; in between, the trained model is only conditioned on the new values
+(:meth:`coorch.models.dkl.DKLModel.condition`, milliseconds). Before the first fit, positions
+are space-filling (:meth:`~coorch.models.agent.Agent.space_filling`).
 Pure models code: arrays in, arrays out.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
+from scipy.spatial import cKDTree
 from scipy.stats import norm
 
+from coorch.models.agent import Agent
+from coorch.models.cost import InstrumentCost
 from coorch.models.dkl import DKLModel, Extractor, fit_dkl
-from coorch.models.policies import BasePolicy, InstrumentModel, Suggestion
+from coorch.models.task_gps import RefitCadence, fit_seed
 
 __all__ = ["Im2SpecPolicy", "expected_improvement"]
 
@@ -48,7 +52,7 @@ def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, *,
     return imp * norm.cdf(z) + s * norm.pdf(z)
 
 
-class Im2SpecPolicy(BasePolicy):
+class Im2SpecPolicy(Agent):
     """Deep-kernel active learning from structure patches to one spectral descriptor.
 
     Args:
@@ -56,8 +60,9 @@ class Im2SpecPolicy(BasePolicy):
         bounds: (d, 2) library bounds, mm.
         instruments: the spectroscopy instrument(s); together exactly one task (the property).
         structure: (m, h, w) structure patches, row i imaged at ``candidates[i]``.
-        structure_ids: measurement ids of the patches; every suggestion's ``trained_on``
-            starts with them (the model read them all), so lineage reaches the images.
+        structure_ids: measurement ids of the patches; once a model decides, every
+            suggestion's ``trained_on`` starts with them (the model read them all), so lineage
+            reaches the images.
         acquisition: ``"max_variance"`` (map the property: largest predictive std) or ``"ei"``
             (seek its optimum: expected improvement over the best predicted measured value).
         maximize: EI's direction.
@@ -69,7 +74,7 @@ class Im2SpecPolicy(BasePolicy):
     name = "im2spec"
 
     def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
-                 instruments: Sequence[InstrumentModel], *, structure: np.ndarray,
+                 instruments: Sequence[InstrumentCost], *, structure: np.ndarray,
                  structure_ids: Sequence[str] = (), acquisition: str = "max_variance",
                  maximize: bool = True, refit_every: int = 4, n_initial: int = 4,
                  feature_dim: int = 2,
@@ -87,13 +92,14 @@ class Im2SpecPolicy(BasePolicy):
             raise ValueError("refit_every must be >= 1 and n_initial >= 3")
         self.acquisition, self.maximize, self.xi = acquisition, bool(maximize), float(xi)
         self.refit_every, self.n_initial = int(refit_every), int(n_initial)
+        self.cadence = RefitCadence(self.refit_every)
         self.fit_kw = {"feature_dim": feature_dim, "steps": steps, "extractor": extractor}
         self.structure_ids = tuple(structure_ids)
         if self.structure_ids and len(self.structure_ids) != len(self.candidates):
             raise ValueError("structure_ids must name one measurement per patch")
-        self.seed = int(seed)
         if name is not None:
             self.name = name
+        self._tree = cKDTree(self.unit)  # told positions -> their candidate's patch
         self.dkl: DKLModel | None = None
         self.n_fit = 0  # values the network was trained on
         self._data: tuple[np.ndarray, np.ndarray] | None = None  # what ``dkl`` is conditioned on
@@ -103,10 +109,9 @@ class Im2SpecPolicy(BasePolicy):
     # -- data ----------------------------------------------------------------------------
     def training_data(self) -> tuple[np.ndarray, np.ndarray]:
         """(candidate index (n,), value (n,)) of every told value (NaN ones left out)."""
-        y = np.asarray(self.obs_y, float)
-        known = np.flatnonzero(np.isfinite(y))
-        idx = np.asarray([self._nearest(self.obs_x[i]) for i in known], int)
-        return idx, y[known]
+        x, _, y = self.log.data()
+        idx = self._tree.query(x)[1] if len(x) else np.zeros(0, int)
+        return np.asarray(idx, int), y
 
     def measured(self) -> np.ndarray:
         """Candidate indices measured or pending on any instrument."""
@@ -115,9 +120,9 @@ class Im2SpecPolicy(BasePolicy):
 
     # -- the model -----------------------------------------------------------------------
     def model(self) -> DKLModel | None:
-        """The DKL model on every told value: trained every ``refit_every`` values (or when
-        told values changed: ``relabel``), conditioned in between; None before ``n_initial``
-        values. Cached while the data are unchanged."""
+        """The DKL model on every told value: trained at the cadence (or when told values
+        changed: ``relabel``), conditioned in between; None before ``n_initial`` values.
+        Cached while the data are unchanged."""
         idx, y = self.training_data()
         n = len(y)
         if n < self.n_initial:
@@ -127,8 +132,9 @@ class Im2SpecPolicy(BasePolicy):
             return self.dkl
         relabelled = self._data is not None and not np.array_equal(
             self._data[1], y[:len(self._data[1])])
-        if self.dkl is None or relabelled or n - self.n_fit >= self.refit_every:
-            self.dkl = fit_dkl(self.structure[idx], y, seed=self.seed * 1009 + n, **self.fit_kw)
+        if self.dkl is None or relabelled or self.cadence.due(self.n_fit, n):
+            self.dkl = fit_dkl(self.structure[idx], y, seed=fit_seed(self.seed, 0, n),
+                               **self.fit_kw)
             self.n_fit = n
             self.n_fits += 1
         else:
@@ -148,44 +154,34 @@ class Im2SpecPolicy(BasePolicy):
         return self._map
 
     # -- deciding ------------------------------------------------------------------------
-    def ask(self, instrument: str | None = None) -> Suggestion:
-        with self._lock:
-            s = super().ask(instrument)
-            if self.structure_ids and s.model_version != "none":
-                s = dataclasses.replace(s, trained_on=self.structure_ids + s.trained_on)
-            return s
+    def _excluded(self, inst: InstrumentCost) -> np.ndarray:
+        """Measured or pending anywhere: a spectrum adds nothing where one was taken."""
+        return self.measured()
 
-    def _choose(self, inst: InstrumentModel) -> tuple[int, float]:
-        taken = self.measured()
-        free = np.setdiff1d(np.arange(len(self.candidates)), taken)
-        if len(free) == 0:
-            raise RuntimeError(f"{self.name}: every candidate is measured or pending")
-        pred = self.predict_map()
-        if pred is None:  # space-filling until the first fit
-            if len(taken) == 0:
-                return int(self.rng.choice(free)), float("nan")
-            d = ((self.unit[free, None] - self.unit[None, taken]) ** 2).sum(-1).min(1)
-            return int(free[np.argmax(d)]), float("nan")
-        mean, var = pred
+    def _trained_on(self) -> tuple[str, ...]:
+        """The model read every structure patch besides the told values."""
+        told = super()._trained_on()
+        return self.structure_ids + told if self.model_version != "none" else told
+
+    def _choose(self, inst: InstrumentCost) -> tuple[int, float]:
+        if self.predict_map() is None:  # space-filling until the first fit
+            return self.space_filling(inst, self._free(inst)), float("nan")
+        return super()._choose(inst)
+
+    def _score(self, inst: InstrumentCost, free: np.ndarray) -> np.ndarray:
+        mean, var = self.predict_map()
         std = np.sqrt(var[free])
         if self.acquisition == "max_variance":
-            score = std
-        else:
-            idx, _ = self.training_data()
-            best = mean[idx].max() if self.maximize else mean[idx].min()
-            score = expected_improvement(mean[free], std, float(best), maximize=self.maximize,
-                                         xi=self.xi)
-        best_i = int(np.argmax(score))
-        return int(free[best_i]), float(score[best_i])
+            return std
+        idx, _ = self.training_data()
+        best = mean[idx].max() if self.maximize else mean[idx].min()
+        return expected_improvement(mean[free], std, float(best), maximize=self.maximize,
+                                    xi=self.xi)
 
     # -- beliefs -------------------------------------------------------------------------
     def report(self) -> dict:
         """Counts, the measured candidates and their values, and the predicted property map
         (``mean``, ``std`` at every candidate ``x``; None before the first fit)."""
-        with self._lock:
-            return self._report()
-
-    def _report(self) -> dict:
         out = super().report()
         idx, y = self.training_data()
         out.update(acquisition=self.acquisition, n_fits=self.n_fits, refit_every=self.refit_every,
