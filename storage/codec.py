@@ -96,9 +96,10 @@ class SignalGrid:
                    {k: np.asarray(v).tolist() for k, v in coords.items()}, units)
 
     def signal(self, values: Any) -> Signal:
+        """A validated signal on this grid (coords and units copied, not shared)."""
+        coords = {k: list(v) for k, v in self.coords.items()}
         return Signal(name=self.name, dims=list(self.dims), values=values, units=self.units,
-                      long_name=self.long_name, coords={k: list(v) for k, v in
-                                                        self.coords.items()},
+                      long_name=self.long_name, coords=coords,
                       coord_units=dict(self.coord_units))
 
 
