@@ -1,4 +1,4 @@
-"""``coorch bench pareto``: decision latency of the Pareto policy (qLogNEHVI over a model list).
+"""``coorch bench pareto``: decision latency of the Pareto agent (qLogNEHVI over a model list).
 
 Two instruments, each observing one objective of a two-bump problem, on a 15 x 15 candidate
 grid; ``n`` observations told (alternating instruments, random positions), then ``decisions``
@@ -15,7 +15,9 @@ import time
 import numpy as np
 import typer
 
-from coorch.models.policies import InstrumentModel, Observation, make_policy
+from coorch.models.cost import InstrumentCost
+from coorch.models.observations import Observation
+from coorch.models.policies import make_policy
 
 
 def _objectives(x: np.ndarray) -> np.ndarray:
@@ -28,7 +30,7 @@ def _objectives(x: np.ndarray) -> np.ndarray:
 def run(n: int = 112, decisions: int = 20, seed: int = 0) -> dict:
     gx, gy = np.meshgrid(np.linspace(0, 10, 15), np.linspace(0, 10, 15))
     cand = np.column_stack([gx.ravel(), gy.ravel()])
-    insts = [InstrumentModel("a", (0,), cost_s=30.0), InstrumentModel("b", (1,), cost_s=20.0)]
+    insts = [InstrumentCost("a", (0,), cost_s=30.0), InstrumentCost("b", (1,), cost_s=20.0)]
     policy = make_policy("pareto", cand, np.array([[0.0, 10.0], [0.0, 10.0]]), insts, seed=seed)
     rng = np.random.default_rng(seed)
     for i in range(n):
