@@ -170,7 +170,7 @@ class VAETraining:
             if (start and name not in self.running and n >= self.min_signals
                     and n >= self.growth * self.trained_on.get(name, 0)):
                 train = functools.partial(fit_vae, np.stack(list(signals.values())),
-                                          describer.configs[name].latent_dim, self.epochs,
+                                          describer.latent_dim[name], self.epochs,
                                           self.seed)
                 self.running[name] = (self.executor.submit(train), n)
 

@@ -30,7 +30,9 @@ def acquire(client: InstrumentClient, decision: Decision, store: CampaignStore) 
     return m
 
 
-@task(name="measure", cache_policy=NO_CACHE, task_run_name="measure-{decision.instrument}")
+@task(name="measure", cache_policy=NO_CACHE,
+      task_run_name="measure-{decision.instrument}-{decision.measurement_id}")
 def measure(client: InstrumentClient, store: CampaignStore, decision: Decision) -> Measurement:
-    """Carry out ``decision``: move, measure, store."""
+    """Carry out ``decision``: move, measure, store. The task run is named after the request
+    id, so the Prefect UI leads from a run to its measurement and decision in the store."""
     return acquire(client, decision, store)

@@ -13,6 +13,15 @@ def spec(cfgs, store, budget, policy="coorchestrate"):
                         seeds_per_instrument=2, grid=(21, 3), refit_every=3, store=str(store))
 
 
+def task_run_names(flow_run_id: str) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id={"any_": [flow_run_id]}))
+    return {r.name for r in runs}
+
+
 def test_flow_writes_every_measurement_with_provenance(prefect_server, twins, tmp_path):
     from coorch.flows.coorchestrate import coorchestrate
 
@@ -28,8 +37,10 @@ def test_flow_writes_every_measurement_with_provenance(prefect_server, twins, tm
     assert set(table["flow_run_id"]) == {result.flow_run_id}
     chosen = decisions[decisions["policy"] == "coorchestrate"]
     assert len(chosen) == 10 - 4  # the rest are seeds
-    assert chosen["task_run_id"].str.len().min() > 0  # each names the Prefect task run
+    assert set(decisions["flow_run_id"]) == {result.flow_run_id}  # decided in the flow
     assert set(decisions["measurement_id"]) == set(table["measurement_id"])
+    assert {f"measure-{m.instrument}-{m.measurement_id}" for m in table.itertuples()} == \
+        task_run_names(result.flow_run_id)  # one task run per measurement, named after it
     ds = xr.open_zarr(str(store_url), group="pfm_loop")
     assert ds.sizes["measurement"] == len(table[table["instrument"] == twins[0].name])
     assert store.verify() == []
