@@ -28,7 +28,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse
@@ -240,17 +240,19 @@ def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
-def reader(agent: _Agent = Depends(get_agent),
-           authorization: str | None = Header(default=None)) -> None:
+OptionalHeader = Annotated[str | None, Header()]
+
+
+def reader(agent: Annotated[_Agent, Depends(get_agent)],
+           authorization: OptionalHeader = None) -> None:
     """Any valid token (control or read-only): describe and status."""
     tok = _bearer(authorization)
     if not (_same(tok, agent.token) or _same(tok, agent.readonly_token)):
         raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
 
-def operator(agent: _Agent = Depends(get_agent),
-             authorization: str | None = Header(default=None),
-             x_client_id: str | None = Header(default=None)) -> str:
+def operator(agent: Annotated[_Agent, Depends(get_agent)],
+             authorization: OptionalHeader = None, x_client_id: OptionalHeader = None) -> str:
     """The control token; returns the client id (``X-Client-Id``, else ``anonymous``)."""
     tok = _bearer(authorization)
     if _same(tok, agent.token):
