@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from coorch.geometry import LibraryGeometry
 from coorch.models.descriptors import describe
 from coorch.models.incremental import exact_posterior
 from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters, standardise
@@ -35,12 +36,7 @@ class GroundTruth:
 def ground_truth(twins: dict[str, object], modalities: dict[str, str], extent: np.ndarray,
                  shape: tuple[int, int] = (60, 3)) -> GroundTruth:
     """Noiseless descriptor maps from the twins (``twin.noiseless``: benchmarks only)."""
-    (x0, x1), (y0, y1) = extent
-    nx, ny = shape
-    # cell centres: never on the candidate grid's nodes
-    gx, gy = np.meshgrid(x0 + (np.arange(nx) + 0.5) * (x1 - x0) / nx,
-                         y0 + (np.arange(ny) + 0.5) * (y1 - y0) / ny)
-    grid = np.column_stack([gx.ravel(), gy.ravel()])
+    grid = LibraryGeometry(extent).cell_centres(shape)  # never on the candidate grid's nodes
     names = list(twins)
     values = np.empty((len(grid), len(names)))
     for t, name in enumerate(names):
@@ -56,11 +52,10 @@ def ground_truth(twins: dict[str, object], modalities: dict[str, str], extent: n
 def training_arrays(measurements: list[Measurement], tasks: list[str], extent: np.ndarray
                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x in the unit box, task index, descriptor) in acquisition order."""
-    lo, span = extent[:, 0], extent[:, 1] - extent[:, 0]
     x = np.array([[m.library_x, m.library_y] for m in measurements]).reshape(-1, 2)
     t = np.array([tasks.index(m.instrument) for m in measurements], dtype=int)
     y = np.array([describe(m.modality, m.signal)[0] for m in measurements])
-    return (x - lo) / span, t, y
+    return LibraryGeometry(extent).to_unit(x), t, y
 
 
 def nrmse_curve(measurements: list[Measurement], truth: GroundTruth, extent: np.ndarray,
@@ -72,7 +67,7 @@ def nrmse_curve(measurements: list[Measurement], truth: GroundTruth, extent: np.
     x, t, y = training_arrays(measurements, truth.tasks, extent)
     hyper = hyper or fit_hyperparameters(x, t, y, len(truth.tasks), aspect=aspect(extent),
                                          log_tasks=log_tasks)
-    q = (truth.grid - extent[:, 0]) / (extent[:, 1] - extent[:, 0])
+    q = LibraryGeometry(extent).to_unit(truth.grid)
     scale = truth.values.std(0)
     steps = np.arange(start, len(y) + 1)
     err = np.empty((len(steps), len(truth.tasks)))
@@ -119,7 +114,8 @@ def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str
     ax.legend(fontsize=8)
     line = truth.grid[:, 1] == truth.grid[len(truth.grid) // 2, 1]
     q = truth.grid[line]
-    mean, var = exact_posterior(hyper, x, t, y, (q - extent[:, 0]) / (extent[:, 1] - extent[:, 0]))
+    geo = LibraryGeometry(extent)
+    mean, var = exact_posterior(hyper, x, t, y, geo.to_unit(q))
     physics = physics or {}
     for k, name in enumerate(truth.tasks):
         ax = axes[0, k + 1]
@@ -135,8 +131,7 @@ def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str
                         label=f"{label} ±2σ")
         ax.plot(q[:, 0], mean[:, k], label=f"{label} mean")
         ax.plot(q[:, 0], truth.values[line, k], "k--", label="ground truth")
-        ax.plot(x[t == k, 0] * (extent[0, 1] - extent[0, 0]) + extent[0, 0], y[t == k], "o",
-                ms=3, label="measured")
+        ax.plot(geo.from_unit(x[t == k])[:, 0], y[t == k], "o", ms=3, label="measured")
         ax.set(title=f"task {name}: descriptor along x (mid y)", xlabel="library x (mm)")
         ax.legend(fontsize=8)
     for k, name in enumerate(truth.tasks):
