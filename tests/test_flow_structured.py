@@ -17,16 +17,16 @@ from coorch.deployments.config import CampaignSpec, InstrumentConfig
 from coorch.instrument_agents.launch import start_twin
 from coorch.instrument_agents.libraries import get_library
 from coorch.instrument_agents.twins import make_twin
-from coorch.models.descriptors import describe
 from coorch.models.cost import InstrumentCost
+from coorch.models.descriptors import describe
 from coorch.models.observations import Observation
 from coorch.models.policies import make_policy
-from coorch.storage import CampaignStore
-from coorch.tasks.describe import Describer
-from coorch.tasks.runtime import Campaign
 from coorch.models.structured import MeanKind
 from coorch.records import Measurement
+from coorch.storage import CampaignStore
+from coorch.tasks.describe import Describer
 from coorch.tasks.physics import MIN_VALUES, PhysicsFits
+from coorch.tasks.runtime import Campaign
 
 TOKEN = "structured-test-token"
 SMBFO = get_library("smbfo")
