@@ -41,9 +41,14 @@ source, so its log is close to the linear trend above and six interior points pr
 corner; modelled as is, the same six points predict a flat map at the mean (docs/benchmarks.md,
 "Efficiency"). Predictions come back in the task's own units, as the log-normal's mean.
 
+The covariance is written once, for numpy and torch alike, in :mod:`coorch.models.kernels`:
+:class:`MTGPHyperparameters` evaluates it in numpy for the decision path, and the gpytorch model
+the fit differentiates evaluates the same functions in torch.
+
 Fitting is the slow part (a second or more at n = 500), so it runs in the background on Dask
-(:func:`fit_hyperparameters` is a pure function of arrays, cheap to ship) and its result, a small
-:class:`MTGPHyperparameters`, is swapped into the decision path when ready.
+(:func:`fit_hyperparameters`, in :mod:`coorch.models.mtgp_fit`, is a pure function of arrays,
+cheap to ship) and its result, a small :class:`MTGPHyperparameters`, is swapped into the
+decision path when ready.
 """
 from __future__ import annotations
 
@@ -51,9 +56,14 @@ import dataclasses
 import hashlib
 
 import numpy as np
-import torch
 
-SQRT5 = np.sqrt(5.0)
+from coorch.models import kernels
+from coorch.models.kernels import (  # noqa: F401 (re-exported: they were defined here)
+    Kernel,
+    LinearTrend,
+    Matern52,
+    matern52,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,38 +117,22 @@ class MTGPHyperparameters:
     def components(self) -> list[tuple[Kernel, np.ndarray]]:
         """The covariance as ``[(kernel over position, B_q (T, T)), ...]``, summed over ``q``:
         the shared part first, then each task's own part and its trend (at ``[i, i]``, zero
-        elsewhere). Every covariance in the posterior code is built from this one list."""
-        out: list[tuple[Kernel, np.ndarray]] = [(Matern52(self.lengthscale),
-                                                 self.task_covariance)]
-
-        def own(i: int, value: float) -> np.ndarray:
-            b = np.zeros_like(self.task_covariance)
-            b[i, i] = value
-            return b
-
-        if self.task_variance is not None:
-            for i, (ls, s) in enumerate(zip(self.task_lengthscale, self.task_variance,
-                                            strict=True)):
-                out.append((Matern52(ls), own(i, s)))
-        if self.trend_weight is not None:
-            out += [(LinearTrend(w), own(i, 1.0)) for i, w in enumerate(self.trend_weight)
-                    if w.any()]
-        return out
+        elsewhere); :func:`coorch.models.kernels.components`. Every covariance in the
+        posterior code is built from this one list."""
+        return kernels.components(self.lengthscale, self.task_covariance,
+                                  task_lengthscale=self.task_lengthscale,
+                                  task_variance=self.task_variance,
+                                  trend_weight=self.trend_weight)
 
     def covariance(self, xa: np.ndarray, ta: np.ndarray, xb: np.ndarray,
                    tb: np.ndarray) -> np.ndarray:
         """Prior covariance between rows (``xa`` (n, d), task ``ta`` (n,)) and (``xb``, ``tb``)."""
-        ta, tb = np.asarray(ta, int), np.asarray(tb, int)
-        out = np.zeros((len(ta), len(tb)))
-        for k, b in self.components():
-            bq = b[np.ix_(ta, tb)]
-            if bq.any():
-                out += bq * k(xa, xb)
-        return out
+        return kernels.covariance(self.components(), np.atleast_2d(xa), np.asarray(ta, int),
+                                  np.atleast_2d(xb), np.asarray(tb, int))
 
     def prior_diagonal(self, x: np.ndarray) -> np.ndarray:
         """Prior covariance between the tasks at each position ``x`` (n, d): (n, T, T)."""
-        return sum(k.diag(x)[:, None, None] * b for k, b in self.components())
+        return kernels.prior_diagonal(self.components(), np.atleast_2d(x))
 
     @property
     def version(self) -> str:
@@ -247,126 +241,6 @@ def trend_prior(bounds: np.ndarray, variance: float = 1.0) -> np.ndarray:
     return variance * aspect(bounds) ** 2
 
 
-class Kernel:
-    """A correlation over library position: ``k(a, b)`` (n, m) and its diagonal ``diag(a)``."""
-
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-    def diag(self, a: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
-
-
-@dataclasses.dataclass(frozen=True)
-class Matern52(Kernel):
-    lengthscale: np.ndarray
-
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return matern52(a, b, self.lengthscale)
-
-    def diag(self, a: np.ndarray) -> np.ndarray:
-        return np.ones(len(np.atleast_2d(a)))
-
-
-@dataclasses.dataclass(frozen=True)
-class LinearTrend(Kernel):
-    """``sum_d w_d (a_d - 1/2)(b_d - 1/2)``: a linear mean about the unit box's centre whose
-    slopes have prior variances ``w`` (d,), integrated out."""
-
-    weight: np.ndarray
-
-    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return ((np.atleast_2d(a) - 0.5) * self.weight) @ (np.atleast_2d(b) - 0.5).T
-
-    def diag(self, a: np.ndarray) -> np.ndarray:
-        return ((np.atleast_2d(a) - 0.5) ** 2 * self.weight).sum(1)
-
-
-def matern52(a: np.ndarray, b: np.ndarray, lengthscale: np.ndarray) -> np.ndarray:
-    """Matern-5/2 correlation between point sets ``a`` (n, d) and ``b`` (m, d)."""
-    a = np.atleast_2d(a) / lengthscale
-    b = np.atleast_2d(b) / lengthscale
-    d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
-    r = np.sqrt(np.maximum(d2, 0.0))
-    return (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * np.exp(-SQRT5 * r)
-
-
-class _HadamardMTGP:
-    """Factory for the gpytorch model (kept inside a function scope to import lazily)."""
-
-    @staticmethod
-    def build(x: torch.Tensor, y: torch.Tensor, num_tasks: int, rank: int, coupled: bool,
-              own: bool = True, centre: torch.Tensor | None = None,
-              couple: torch.Tensor | None = None):
-        import gpytorch
-        from gpytorch.constraints import Positive
-        from gpytorch.priors import GammaPrior
-        from linear_operator import to_linear_operator
-
-        class Model(gpytorch.models.ExactGP):
-            def __init__(self) -> None:
-                likelihood = gpytorch.likelihoods.HadamardGaussianLikelihood(
-                    num_tasks, noise_constraint=gpytorch.constraints.GreaterThan(1e-4),
-                    noise_prior=GammaPrior(1.1, 0.05),
-                    task_feature_index=-1)
-                super().__init__(x, y, likelihood)
-                d = x.shape[-1] - 1
-                self.task_mean = torch.nn.Parameter(torch.zeros(num_tasks, dtype=x.dtype))
-                self.covar_module = gpytorch.kernels.MaternKernel(
-                    nu=2.5, ard_num_dims=d, lengthscale_prior=GammaPrior(3.0, 6.0))
-                self.task_covar_module = gpytorch.kernels.IndexKernel(num_tasks, rank=rank)
-                if not coupled:
-                    self.task_covar_module.covar_factor.data.zero_()
-                    self.task_covar_module.covar_factor.requires_grad_(False)
-                elif couple is not None and not couple.all():  # only these tasks couple
-                    keep = couple.to(x.dtype)[:, None]
-                    factor = self.task_covar_module.covar_factor
-                    factor.data.mul_(keep)
-                    factor.register_hook(lambda g: g * keep)
-                self.own_module = None
-                if own:  # each task's own Matern part (module docstring)
-                    self.own_module = gpytorch.kernels.MaternKernel(
-                        nu=2.5, ard_num_dims=d, batch_shape=torch.Size([num_tasks]),
-                        lengthscale_prior=GammaPrior(3.0, 6.0))
-                    self.register_parameter(
-                        "raw_own_variance", torch.nn.Parameter(torch.zeros(num_tasks)))
-                    self.register_constraint("raw_own_variance", Positive())
-                if centre is not None:  # each task's linear trend (module docstring)
-                    self.register_parameter(
-                        "raw_trend_variance", torch.nn.Parameter(torch.zeros(num_tasks)))
-                    self.register_constraint("raw_trend_variance", Positive())
-
-            @property
-            def own_variance(self) -> torch.Tensor:
-                return self.raw_own_variance_constraint.transform(self.raw_own_variance)
-
-            @property
-            def trend_variance(self) -> torch.Tensor:
-                return self.raw_trend_variance_constraint.transform(self.raw_trend_variance)
-
-            def forward(self, xi: torch.Tensor):
-                xs, idx = xi[..., :-1], xi[..., -1:].long()
-                mean = self.task_mean[idx.squeeze(-1)]
-                # Dense product: a lazy product of two kernels goes through Lanczos root
-                # decompositions, approximate and (measured here) ~20x slower at n = 500.
-                # Kept a linear operator: a plain tensor makes the prior MVN factorise the
-                # noiseless covariance, singular as soon as a point is measured twice.
-                covar = (self.covar_module(xs).to_dense()
-                         * self.task_covar_module(idx).to_dense())
-                onehot = torch.nn.functional.one_hot(idx.squeeze(-1), num_tasks).to(xs)
-                if self.own_module is not None:
-                    k_own = self.own_module(xs).to_dense()  # (T, n, n)
-                    covar = covar + torch.einsum("at,bt,t,tab->ab", onehot, onehot,
-                                                 self.own_variance, k_own)
-                if centre is not None:
-                    xc = xs - centre
-                    same = onehot @ (onehot * self.trend_variance).T  # [i = j] r_i
-                    covar = covar + same * (xc @ xc.T)
-                return gpytorch.distributions.MultivariateNormal(mean, to_linear_operator(covar))
-
-        return Model()
-
-
 def warp(y: np.ndarray, tasks: np.ndarray, log_tasks: np.ndarray | None) -> np.ndarray:
     """``y`` with the values of ``log_tasks`` (T,) bool replaced by their logarithm. A value at
     or below zero (below detection, or noise around zero) counts as half the task's smallest
@@ -402,131 +276,13 @@ def aspect(bounds: np.ndarray) -> np.ndarray:
     return span / span.max()
 
 
-def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tasks: int, *,
-                        rank: int | None = None, coupled: bool = True, own: bool = True,
-                        aspect: np.ndarray | None = None, log_tasks: np.ndarray | None = None,
-                        max_iter: int = 50, seed: int = 0) -> MTGPHyperparameters:
-    """Maximum a-posteriori hyperparameters (torch L-BFGS) of the Hadamard MTGP, with each
-    task's own part (``own``, module docstring) or as the plain ICM.
 
-    ``x`` (n, d) positions in the unit box, ``tasks`` (n,) task index, ``y`` (n,) raw targets,
-    ``log_tasks`` (T,) bool the tasks modelled as their logarithm (module docstring).
-    ``aspect`` (d,): the box's side lengths relative to its longest (:func:`aspect` of the
-    library bounds). The lengthscale prior is then stated in isotropic units, the same distance
-    in mm along every axis; without it a 10 x 2 mm library's prior would expect variation over
-    a fifth of the distance across its short side, and a policy would spend measurements
-    exploring it. The result is in the unit box either way.
-    ``max_iter`` L-BFGS iterations per start: 50, so a background fit lands while a fast
-    campaign is still deciding (at 200, none landed within the demo's 40 s campaign; the
-    efficiency benchmark found 30 and 100 to give the same hyperparameters).
-    Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
-    """
-    from gpytorch.mlls import ExactMarginalLogLikelihood
-    from linear_operator.utils.errors import NanError, NotPSDError
+def __getattr__(name: str):
+    """:func:`fit_hyperparameters` is :func:`coorch.models.mtgp_fit.fit_hyperparameters`,
+    imported on first use: gpytorch and botorch load only where something fits, not on the
+    decision path."""
+    if name == "fit_hyperparameters":
+        from coorch.models.mtgp_fit import fit_hyperparameters
 
-    torch.manual_seed(seed)
-    x, tasks = np.asarray(x, float), np.asarray(tasks, int)
-    log_tasks = None if log_tasks is None else np.asarray(log_tasks, bool)
-    y = warp(y, tasks, log_tasks)
-    off, scale = standardise(y, tasks, num_tasks)
-    ys = (y - off[tasks]) / scale[tasks]
-    stretch = np.ones(x.shape[1]) if aspect is None else np.asarray(aspect, float)
-    xi = torch.as_tensor(np.column_stack([x * stretch, tasks]), dtype=torch.float64)
-    yt = torch.as_tensor(ys, dtype=torch.float64)
-    rank = rank or min(num_tasks, 2)
-    centre = torch.as_tensor(0.5 * stretch, dtype=torch.float64)
-    # A task modelled as its log is not coupled to the others while it has a handful of
-    # values: the MAP task covariance from four values may borrow another modality's shape
-    # wholesale, and exp turns that into multiplicative swings (on the alscbn twins, four WDS
-    # corner values took the PFM band's shape and the predicted Sc map was off by 230 times
-    # its spread). It keeps its own part and trend until it has MIN_COUPLING_VALUES
-    # positions. Other tasks couple from the start: for them a borrowed shape is the point
-    # (measured: decoupling them too left the PFM map read as noise where Raman's shape had
-    # predicted it).
-    # Positions, not values: a repeat at one spot says nothing about the map's shape.
-    few = np.array([len(np.unique(x[tasks == t], axis=0)) < MIN_COUPLING_VALUES
-                    for t in range(num_tasks)])
-    logs = np.zeros(num_tasks, bool) if log_tasks is None else log_tasks
-    couple = torch.as_tensor(~(few & logs))
-
-    def optimise(trend: float) -> tuple[float, torch.nn.Module]:
-        """One L-BFGS run from a start with slope variances ``trend``: (best loss, model)."""
-        torch.manual_seed(seed)
-        model = _HadamardMTGP.build(xi, yt, num_tasks, rank, coupled, own, centre,
-                                    couple).double()
-        # start from a plausible model (standardised data): a modest lengthscale, some noise,
-        # half of each task's variance its own
-        model.covar_module.lengthscale = 0.3
-        if own:
-            model.own_module.lengthscale = 0.3
-            model.initialize(raw_own_variance=model.raw_own_variance_constraint
-                             .inverse_transform(torch.full((num_tasks,), 0.5).double()))
-        model.initialize(raw_trend_variance=model.raw_trend_variance_constraint
-                         .inverse_transform(torch.full((num_tasks,), trend).double()))
-        model.likelihood.noise = torch.full((num_tasks,), 0.05, dtype=torch.float64)
-        model.train()
-        mll = ExactMarginalLogLikelihood(model.likelihood, model)
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
-        best = {"loss": float("inf"), "state": None}
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = -mll(model(xi), yt, xi)
-            if loss.item() < best["loss"]:
-                best["loss"] = loss.item()
-                best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            loss.backward()
-            return loss
-
-        # torch's own failure, or linear_operator's after its jitter retries, or a step to
-        # NaN hyperparameters (seen once in ~10,000 fits on the smbfo twins)
-        singular = (torch.linalg.LinAlgError, NotPSDError, NanError)
-        try:
-            opt.step(closure)
-        except singular:
-            if best["state"] is None:
-                raise
-            # the line search stepped somewhere numerically singular (huge lengthscale, tiny
-            # noise): go back to the best iterate and finish with small Adam steps
-            model.load_state_dict(best["state"])
-            adam = torch.optim.Adam(params, lr=0.05)
-            for _ in range(max_iter):
-                try:
-                    closure()
-                except singular:
-                    break
-                adam.step()
-        model.load_state_dict(best["state"])
-        return best["loss"], model
-
-    # With a handful of values per task the posterior over hyperparameters has separate modes
-    # (a gradient across the library, or the same values read as noise, or as the shared
-    # part), and one L-BFGS run lands in whichever its start is nearest: on the alscbn twins
-    # the same five WDS values gave a map error of 0.2 from one start and 1.1 from another.
-    # So: one start without much trend, one with a strong one; the better MAP wins.
-    # A start that fails before its first evaluation is skipped; if every start fails, the
-    # last error is raised (BackgroundRefit then keeps the model it has).
-    runs, error = [], None
-    for trend in TREND_STARTS:
-        try:
-            runs.append(optimise(trend))
-        except (torch.linalg.LinAlgError, NotPSDError, NanError) as exc:
-            error = exc
-    if not runs:
-        raise error
-    _, model = min(runs, key=lambda r: r[0])
-    model.eval()
-    with torch.no_grad():
-        b = model.task_covar_module.covar_matrix.to_dense().numpy().copy()
-        return MTGPHyperparameters(
-            lengthscale=model.covar_module.lengthscale.detach().numpy().ravel() / stretch,
-            task_covariance=b,
-            noise=model.likelihood.noise.detach().numpy().ravel().copy(),
-            task_mean=model.task_mean.detach().numpy().copy(),
-            y_offset=off, y_scale=scale, n_train=len(y),
-            task_lengthscale=None if not own else
-            model.own_module.lengthscale.detach().numpy().reshape(num_tasks, -1) / stretch,
-            task_variance=None if not own else model.own_variance.detach().numpy().copy(),
-            trend_weight=np.outer(model.trend_variance.detach().numpy(), stretch**2),
-            log_tasks=log_tasks)
+        return fit_hyperparameters
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,4 +1,5 @@
-"""The multi-task GP, its incremental posterior and the decision policies."""
+"""The multi-task GP: one covariance for the fit and the decision path, the fit's pieces, the
+incremental posterior against the exact one. The agents deciding with it: test_models_agent.py."""
 
 import dataclasses
 
@@ -7,8 +8,15 @@ import pytest
 import torch
 
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
-from coorch.models.mtgp import _HadamardMTGP, default_hyperparameters, fit_hyperparameters
-from coorch.models.policies import GPPolicy, InstrumentModel, Observation, make_policy
+from coorch.models.mtgp import default_hyperparameters, fit_hyperparameters, standardise
+from coorch.models.mtgp_fit import (
+    SINGULAR,
+    HadamardMTGP,
+    best_of_starts,
+    hyperparameters,
+    initialise,
+    optimise,
+)
 
 
 def truth(x):
@@ -36,34 +44,96 @@ def test_incremental_variance_equals_exact_posterior(fitted):
     np.testing.assert_allclose(post.variance() * h.y_scale**2, var, rtol=1e-6, atol=1e-9)
 
 
-def test_exact_posterior_matches_gpytorch(fitted):
-    x, t, y, h = fitted
-    q = np.linspace(0, 1, 7)[:, None]
+def gpytorch_model(seed: int = 0):
+    """The fit's gpytorch model on 2-D data from an elongated library (aspect 1 : 0.5), three
+    tasks, its parameters scattered away from the fit's start; and the numpy hyperparameters
+    read off it as the fit reads them."""
+    rng = np.random.default_rng(seed)
+    stretch = np.array([1.0, 0.5])
+    x, t = rng.random((30, 2)), np.arange(30) % 3
+    y = np.sin(3 * x[:, 0]) + x[:, 1] * t
+    off, scale = standardise(y, t, 3)
+    xi = torch.as_tensor(np.column_stack([x * stretch, t]))
+    yt = torch.as_tensor((y - off[t]) / scale[t])
+    torch.manual_seed(seed)
+    model = HadamardMTGP(xi, yt, 3, rank=2, centre=torch.as_tensor(0.5 * stretch)).double()
+    initialise(model, 1.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return model, hyperparameters(model, stretch, off, scale, None), (x, t, y, xi)
+
+
+def test_gpytorch_model_and_numpy_path_give_the_same_covariance():
+    """One covariance definition (models/kernels.py): the model the fit differentiates and the
+    decision path's numpy hyperparameters read off it agree on the prior covariance of every
+    pair of rows, shared, own and trend parts included, in the fit's stretched frame."""
+    model, h, (x, t, _, xi) = gpytorch_model()
+    assert h.task_variance.min() > 0 and h.trend_weight.min() > 0
+    with torch.no_grad():
+        k_torch = model.forward(xi).covariance_matrix.numpy()
+    np.testing.assert_allclose(k_torch, h.covariance(x, t, x, t), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(np.diag(k_torch),
+                               h.prior_diagonal(x)[np.arange(len(t)), t, t], rtol=1e-10)
+
+
+def test_exact_posterior_matches_gpytorch():
+    model, h, (x, t, y, _) = gpytorch_model(1)
+    q = np.random.default_rng(2).random((7, 2))
     mean, var = exact_posterior(h, x, t, y, q)
-    ys = (y - h.y_offset[t]) / h.y_scale[t]
-    xi = torch.as_tensor(np.column_stack([x, t]), dtype=torch.float64)
-    centre = torch.full((1,), 0.5, dtype=torch.float64)
-    model = _HadamardMTGP.build(xi, torch.as_tensor(ys), 2, 2, True, True, centre).double()
-    model.initialize(raw_trend_variance=model.raw_trend_variance_constraint.inverse_transform(
-        torch.as_tensor(h.trend_weight[:, 0])))
-    model.covar_module.lengthscale = torch.as_tensor(h.lengthscale)
-    model.own_module.lengthscale = torch.as_tensor(h.task_lengthscale)[:, None, :]
-    model.initialize(raw_own_variance=model.raw_own_variance_constraint.inverse_transform(
-        torch.as_tensor(h.task_variance)))
-    f = torch.as_tensor(np.linalg.cholesky(h.task_covariance + 1e-12 * np.eye(2)))
-    model.task_covar_module.covar_factor.data = f
-    model.task_covar_module.var = torch.full((2,), 1e-12, dtype=torch.float64)
-    model.likelihood.noise = torch.as_tensor(h.noise)
-    model.task_mean.data = torch.as_tensor(h.task_mean)
     model.eval()
-    for task in (0, 1):
-        qi = torch.as_tensor(np.column_stack([q, np.full(len(q), task)]), dtype=torch.float64)
+    for task in range(3):
+        qi = torch.as_tensor(np.column_stack([q * [1.0, 0.5], np.full(len(q), task)]))
         with torch.no_grad():
             out = model(qi)
         np.testing.assert_allclose(out.mean.numpy() * h.y_scale[task] + h.y_offset[task],
                                    mean[:, task], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(out.variance.numpy() * h.y_scale[task] ** 2,
                                    var[:, task], rtol=1e-3, atol=1e-6)
+
+
+def test_a_singular_step_falls_back_to_the_best_iterate():
+    """A step to NaN hyperparameters mid-fit (linear_operator's NanError) does not end the
+    fit: it goes on with Adam from the best iterate and ends there; a start that cannot even be
+    evaluated raises."""
+    from gpytorch.mlls import ExactMarginalLogLikelihood
+    from linear_operator.utils.errors import NanError
+
+    model, _, (_, _, _, xi) = gpytorch_model()
+    forward, calls = model.forward, []
+
+    def flaky(inputs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise NanError("NaN hyperparameters")
+        return forward(inputs)
+
+    model.forward = flaky
+    mll = ExactMarginalLogLikelihood(model.likelihood, model)
+    with torch.no_grad():
+        start = -mll(model(xi), model.train_targets, xi).item()
+    loss = optimise(mll, max_iter=10)
+    assert len(calls) > 10  # Adam went on after the failure
+    assert loss < start
+    with torch.no_grad():
+        assert -mll(model(xi), model.train_targets, xi).item() == pytest.approx(loss)
+    calls.clear()
+    model.forward = lambda inputs: (_ for _ in ()).throw(NanError("NaN from the start"))
+    with pytest.raises(NanError):
+        optimise(mll, max_iter=10)
+
+
+def test_a_failed_start_is_skipped_and_the_better_map_wins():
+    from linear_operator.utils.errors import NotPSDError
+
+    def fit_from(trend):
+        if trend == 0.0:
+            raise NotPSDError("singular start")
+        return -trend, f"model from {trend}"
+
+    assert best_of_starts(fit_from, (0.2, 0.0, 3.0)) == "model from 3.0"
+    with pytest.raises(SINGULAR):
+        best_of_starts(fit_from, (0.0,))
 
 
 def test_fit_learns_task_coupling(fitted):
@@ -83,63 +153,6 @@ def test_gp_error_falls_as_measurements_are_added(fitted):
         mean, _ = exact_posterior(h, x, t, y, grid)
         errors.append(np.sqrt(((mean - truth(grid[:, 0])) ** 2).mean()))
     assert errors[0] > errors[1] > errors[2]
-
-
-def instruments():
-    return [InstrumentModel("a", (0,), cost_s=10.0), InstrumentModel("b", (1,), cost_s=10.0)]
-
-
-@pytest.mark.parametrize("name", ["coorchestrate", "single_task", "max_uncertainty",
-                                  "random", "grid"])
-def test_no_policy_picks_a_pending_point(name):
-    cand = np.linspace(0, 10, 30)[:, None]
-    pol = make_policy(name, cand, np.array([[0.0, 10.0]]), instruments(), seed=3)
-    chosen = [tuple(pol.ask("a").x) for _ in range(12)]
-    assert len(set(chosen)) == len(chosen)
-    assert len(pol.pending) == 12
-
-
-def test_pending_point_on_one_instrument_steers_the_other_away():
-    """With coupled tasks, a point pending on instrument a is worth less to instrument b."""
-    cand = np.linspace(0, 1, 41)[:, None]
-    h = default_hyperparameters(2, 1, lengthscale=0.15, correlation=0.95)
-    pol = GPPolicy(cand, np.array([[0.0, 1.0]]), instruments(), hyperparameters=h)
-    first = pol.ask("a")
-    second = pol.ask("b")
-    assert abs(first.x[0] - second.x[0]) > 0.1
-    assert second.pending == (first.measurement_id,)
-
-
-def test_tell_accepts_seeds_and_resolves_pending():
-    cand = np.linspace(0, 1, 21)[:, None]
-    pol = make_policy("coorchestrate", cand, np.array([[0.0, 1.0]]), instruments())
-    pol.tell([Observation("a", np.array([0.5]), np.array([1.0]), "seed-1")])
-    s = pol.ask("b")
-    pol.tell([Observation("b", s.x, np.array([2.0]), s.measurement_id)])
-    pol.tell([Observation("b", s.x, np.array([2.0]), s.measurement_id)])  # duplicate: ignored
-    assert not pol.pending
-    assert len(pol.rows) == 2
-    x, t, y = pol.training_data()
-    assert list(t) == [0, 1] and list(y) == [1.0, 2.0]
-
-
-def test_async_swap_replays_points_decided_meanwhile(fitted):
-    *_, h = fitted
-    cand = np.linspace(0, 1, 41)[:, None]
-    pol = GPPolicy(cand, np.array([[0.0, 1.0]]), instruments())
-    for _ in range(3):
-        pol.ask("a")
-    fut = pol.swap_hyperparameters_async(h)
-    pol.ask("b")  # decided while the new posterior may still be building
-    fut.result()
-    pol.ask("a")
-    assert pol.model_version == h.version
-    assert pol.post.n == 5
-    ref = IncrementalPosterior(pol.unit, h)
-    for u, tasks in pol.rows[:5]:
-        ref.add(u, list(tasks))
-    np.testing.assert_allclose(pol.post.C[:, 0, 0], ref.C[:, 0, 0], rtol=1e-4, atol=1e-6)
-    pol.close()
 
 
 def test_each_task_keeps_its_own_smoothness():
@@ -162,36 +175,6 @@ def test_prior_for_few_value_tasks_decouples_and_restores_their_variance(fitted)
     assert p.prior_variance[1] == pytest.approx(1.0)
     assert p.prior_variance[0] == pytest.approx(h.prior_variance[0])
     assert h.with_prior_for([]) is h
-
-
-def test_a_task_with_few_values_is_decided_on_the_prior(fitted):
-    """Until task b has ``min_fit_values`` values, the policy's model keeps it uncoupled at
-    prior variance, whatever the fit said; then the fit is used as it is."""
-    *_, h = fitted
-    cand = np.linspace(0, 1, 21)[:, None]
-    pol = GPPolicy(cand, np.array([[0.0, 1.0]]), instruments(), min_fit_values=3)
-    for i, xi in enumerate((0.1, 0.5, 0.9)):
-        pol.tell([Observation("a", np.array([xi]), np.array([float(i)]), f"a{i}")])
-    pol.tell([Observation("b", np.array([0.5]), np.array([1.0]), "b0")])
-    pol.set_hyperparameters(h)
-    assert pol.post.hyper.task_covariance[0, 1] == 0.0
-    assert pol.post.hyper.prior_variance[1] == pytest.approx(1.0)
-    for i, xi in enumerate((0.2, 0.8)):
-        pol.tell([Observation("b", np.array([xi]), np.array([0.0]), f"b{i + 1}")])
-    pol.set_hyperparameters(h)
-    np.testing.assert_allclose(pol.post.hyper.task_covariance, h.task_covariance)
-
-
-def test_grid_survey_skips_seeds_and_takes_instruments_in_turn():
-    cand = np.linspace(0, 1, 11)[:, None]
-    pol = make_policy("grid", cand, np.array([[0.0, 1.0]]), instruments())
-    pol.tell([Observation("a", np.array([0.0]), np.array([1.0]), "seed-a"),
-              Observation("b", np.array([1.0]), np.array([1.0]), "seed-b")])
-    asked = [pol.ask(None) for _ in range(6)]
-    assert [s.instrument for s in asked] == ["a", "b"] * 3
-    assert all(s.x[0] != 0.0 for s in asked if s.instrument == "a")
-    assert all(s.x[0] != 1.0 for s in asked if s.instrument == "b")
-    assert len({s.x[0] for s in asked if s.instrument == "a"}) == 3
 
 
 def sputter_profile(x: np.ndarray) -> np.ndarray:
