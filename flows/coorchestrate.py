@@ -58,7 +58,7 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
             log.info("campaign %s: %d measurements in the store, %d decisions to finish",
                      spec.name, len(done), len(campaign.queue))
             if not done and not campaign.queue:
-                campaign.plan(seed_plan(spec))
+                campaign.reserve(seed_plan(spec))
             in_flight: dict[str, tuple[Decision, PrefectFuture]] = {}
 
             def submit(name: str) -> None:

@@ -66,7 +66,7 @@ def im2spec(spec: Im2SpecSpec) -> Im2SpecResult:
         images = {m.measurement_id: m for m in survey.resume()}
         todo = np.setdiff1d(np.arange(len(candidates)),
                             list(set().union(*survey.agent.visited.values())))
-        survey.plan([(name, candidates[i]) for i in todo], reason=SURVEY)
+        survey.reserve([(name, candidates[i]) for i in todo], reason=SURVEY)
         images.update({m.measurement_id: m for m in run_to_budget(survey, client, name)})
         # the spectra, where the model of "image patch -> spectrum" is least sure
         agent = im2spec_agent(spec, instruments.descriptions[name], candidates,
@@ -76,7 +76,7 @@ def im2spec(spec: Im2SpecSpec) -> Im2SpecResult:
                             flow_run_id=flow_run_id, log=log)
         spectra = campaign.resume()
         if not spectra and not campaign.queue:
-            campaign.plan(seed_plan(spec))
+            campaign.reserve(seed_plan(spec))
         log.info("im2spec %s: %d images, %d spectra in the store, %d decisions to finish",
                  spec.name, len(candidates), len(spectra), len(campaign.queue))
         run_to_budget(campaign, client, name)

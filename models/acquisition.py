@@ -25,7 +25,8 @@ import numpy as np
 from coorch.models.incremental import IncrementalPosterior
 
 
-def local_variance_reduction(post: IncrementalPosterior, tasks: list[int], weights: np.ndarray) -> np.ndarray:
+def local_variance_reduction(post: IncrementalPosterior, tasks: list[int],
+                             weights: np.ndarray) -> np.ndarray:
     """Weighted variance reduction at each candidate's own position, shape (M,);
     ``weights`` (M, T)."""
     c = post.C  # (M, T, T)

@@ -3,8 +3,8 @@
 Like bluesky-adaptive's ``Agent``: an agent is *told* observations (:meth:`Agent.tell`) and
 *asked* for the next position for a free instrument (:meth:`Agent.ask`; with ``None``, for the
 best (instrument, position) pair), and can :meth:`Agent.report` what it believes. A position
-chosen elsewhere (a seed, a human redirect, a decision re-issued on resume) is *planned*
-(:meth:`Agent.plan`): reserved as pending, so the agent's own choices account for it.
+chosen elsewhere (a seed, a human redirect, a decision re-issued on resume) is *reserved*
+(:meth:`Agent.reserve`): it is pending, so the agent's own choices account for it.
 
 The state here is what a campaign needs whatever the model: the observation log, the pending
 and visited points, where each instrument is. Subclasses supply one hook, :meth:`Agent._score`
@@ -100,7 +100,7 @@ class Agent:
             self._told(inst)
 
     def ask(self, instrument: str | None = None) -> Suggestion:
-        """Reserve and return the next measurement for ``instrument`` (or the best pair)."""
+        """The next measurement for ``instrument`` (or the best pair), made pending."""
         best = None
         for name in self._contenders(instrument):
             inst = self.instrument(name)
@@ -108,14 +108,14 @@ class Agent:
             if best is None or value > best[2]:
                 best = (inst, cand, value)
         inst, cand, value = best
-        return self._reserve(inst, cand, value, self.name, new_id("m"))
+        return self._pend(inst, cand, value, self.name, new_id("m"))
 
-    def plan(self, instrument: str, x: np.ndarray, *, reason: str = "seed",
-             measurement_id: str | None = None) -> Suggestion:
-        """Reserve a position chosen outside the agent at the nearest candidate."""
+    def reserve(self, instrument: str, x: np.ndarray, *, reason: str = "seed",
+                measurement_id: str | None = None) -> Suggestion:
+        """Make a position chosen outside the agent pending, at the nearest candidate."""
         inst = self.instrument(instrument)
-        return self._reserve(inst, self.nearest(x), float("nan"), reason,
-                             measurement_id or new_id("m"))
+        return self._pend(inst, self.nearest(x), float("nan"), reason,
+                          measurement_id or new_id("m"))
 
     def relabel(self, values: dict[str, np.ndarray]) -> None:
         """Replace the values of measurements already told (positions do not change)."""
@@ -163,7 +163,7 @@ class Agent:
         best = int(np.argmax(score))
         return int(free[best]), float(score[best])
 
-    def _reserve(self, inst: InstrumentCost, cand: int, value: float, reason: str,
+    def _pend(self, inst: InstrumentCost, cand: int, value: float, reason: str,
                  mid: str) -> Suggestion:
         pending = tuple(self.pending)
         self.pending[mid] = (inst.name, cand)

@@ -3,7 +3,7 @@ incrementally (DESIGN.md, "Performance: the decision path is incremental").
 
 Why by hand: gpytorch recomputes the predictive covariance at all candidates on every call
 (0.7-1.4 s at n = 500, 40,000 candidate-tasks, measured here), fantasies included. But the
-knowledge-gain acquisition needs only posterior *covariances*, and those do not depend on the
+integrated variance reduction needs only posterior *covariances*, and those do not depend on the
 measured values: conditioning on one more (position, task) row changes every candidate's
 covariance by a rank-one term ``v v^T`` with ``v = (k_new - l^T V) / d``, O(n*M*T). Pending points
 (chosen, not yet measured) therefore enter the state the moment they are decided, which is
@@ -41,7 +41,7 @@ class IncrementalPosterior:
         self.t = np.zeros(capacity, dtype=int)
         self.L = np.zeros((capacity, capacity))
         self.V = np.zeros((capacity, m, t), dtype=dtype)
-        # V at the reference positions, kept contiguous for the knowledge-gain GEMM
+        # V at the reference positions, kept contiguous for the variance-reduction GEMM
         self.V_ref = np.zeros((capacity, len(self.reference), t), dtype=dtype)
         self.C = hyper.prior_diagonal(self.candidates).astype(float)  # (M, T, T)
 

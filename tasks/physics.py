@@ -9,8 +9,8 @@ alone. Its fitted centre is the campaign's answer to that question, and its map 
 physics between and beyond the data (the report draws it instead of the MTGP's).
 
 The decision path stays the multi-task GP's: with its hyperparameters fixed, a GP's predictive
-variance, hence every knowledge gain, depends on where the data are, not on their values or on
-the mean function. A physics mean would change no decision, so it is not on that path; it is
+variance, hence every integrated variance reduction, depends on where the data are, not on
+their values or on the mean function. A physics mean would change no decision, so it is not on that path; it is
 fitted here at its own rate, like the hyperparameters
 (:class:`coorch.tasks.fit.HyperparameterRefit`).
 

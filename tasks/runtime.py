@@ -75,15 +75,16 @@ class Campaign:
         have = {m.measurement_id for m in done}
         for d in self.store.read_decisions():
             if d.modality in mods and d.measurement_id not in have:
-                self.agent.plan(d.instrument, np.array([d.library_x, d.library_y]),
+                self.agent.reserve(d.instrument, np.array([d.library_x, d.library_y]),
                                 reason=d.policy, measurement_id=d.measurement_id)
                 self.queue.append(d)
         self.measured, self.decided = len(done), len(done) + len(self.queue)
         return done
 
-    def plan(self, seeds: Sequence[tuple[str, np.ndarray]], reason: str = "seed") -> None:
+    def reserve(self, seeds: Sequence[tuple[str, np.ndarray]], reason: str = "seed") -> None:
         """Reserve positions chosen outside the agent, store them as decisions, queue them."""
-        decisions = [self._decision(self.agent.plan(name, np.asarray(x, float), reason=reason))
+        decisions = [self._decision(self.agent.reserve(name, np.asarray(x, float),
+                                                       reason=reason))
                      for name, x in seeds]
         self.store.append_decisions(decisions)
         self.queue.extend(decisions)

@@ -125,10 +125,10 @@ def test_grid_survey_skips_seeds_and_takes_instruments_in_turn():
     assert len({s.x[0] for s in asked if s.instrument == "a"}) == 3
 
 
-def test_coorchestration_never_revisits_and_plans_count_as_visited():
+def test_coorchestration_never_revisits_and_reserved_points_count_as_visited():
     cand = np.linspace(0, 1, 6)[:, None]
     pol = make_policy("coorchestrate", cand, np.array([[0.0, 1.0]]), instruments())
-    pol.plan("a", np.array([0.0]))
+    pol.reserve("a", np.array([0.0]))
     picks = [pol.ask("a").x[0] for _ in range(5)]
     assert sorted(picks) == pytest.approx([0.2, 0.4, 0.6, 0.8, 1.0])
 

@@ -2,10 +2,10 @@
 
 Setting of the issue: 500 observations, 4 tasks (instruments), 10,000 candidate positions on
 2 CPU cores. The incremental path (``tell`` + ``ask`` on the co-orchestration agent,
-:class:`~coorch.models.mtgp_agent.MTGPAgent`: one rank-one update
-of the cached posterior covariance, two-stage knowledge gain) is timed per decision; the naive
-path (refit hyperparameters, then the posterior variance at all 40,000 candidate-tasks
-from scratch) is timed on a few decisions in the same run. A background refit on Dask is started
+:class:`~coorch.models.mtgp_agent.MTGPAgent`: one rank-one update of the cached posterior
+covariance, two-stage integrated variance reduction) is timed per decision; the naive path
+(refit hyperparameters, then the posterior variance at all 40,000 candidate-tasks from
+scratch) is timed on a few decisions in the same run. A background refit on Dask is started
 half-way to show that decisions go on while it is in flight.
 """
 

@@ -114,7 +114,7 @@ def simulate(problem: Problem, policy: str, seed: int, steps: int, measure: Meas
     with memory_store() as store:
         campaign = Campaign(f"simulated-{policy}-{seed}", store, agent, describer,
                             problem.modalities, len(problem.seeds) + steps, [refit])
-        campaign.plan([(inst, problem.candidates[c]) for inst, c in problem.seeds])
+        campaign.reserve([(inst, problem.candidates[c]) for inst, c in problem.seeds])
         for step in range(-len(problem.seeds) + 1, steps + 1):
             m, seconds = measure(campaign.decide(None))
             store.append_measurement(m)
