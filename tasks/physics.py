@@ -10,8 +10,8 @@ physics between and beyond the data (the report draws it instead of the MTGP's).
 
 The decision path stays the multi-task GP's: with its hyperparameters fixed, a GP's predictive
 variance, hence every integrated variance reduction, depends on where the data are, not on
-their values or on the mean function. A physics mean would change no decision, so it is not on that path; it is
-fitted here at its own rate, like the hyperparameters
+their values or on the mean function. A physics mean would change no decision, so it is not on
+that path; it is fitted here at its own rate, like the hyperparameters
 (:class:`coorch.tasks.fit.HyperparameterRefit`).
 
 Inputs: the library positions in mm, both axes, with the physics along library x
