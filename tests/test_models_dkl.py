@@ -65,6 +65,16 @@ def test_features_and_pickling(data, model) -> None:
         model.predict(test_x[:, :16, :16])
 
 
+def test_conditioning_adds_data_without_training_or_touching_the_original() -> None:
+    images, prop = _stripes(30, np.random.default_rng(1), size=16)
+    model = fit_dkl(images[:10], prop[:10], steps=20, seed=0)
+    before = model.predict(images[20:])
+    grown = model.condition(images[:20], prop[:20])
+    np.testing.assert_allclose(model.predict(images[20:])[0], before[0])
+    assert grown.gp.train_inputs[0].shape[0] == 20 and model.gp.train_inputs[0].shape[0] == 10
+    assert grown.predict(images[10:20])[1].mean() < before[1].mean()  # now seen: less unsure
+
+
 def test_rejects_bad_input() -> None:
     with pytest.raises(ValueError):
         fit_dkl(np.zeros((4, 8)), np.zeros(4))
