@@ -233,34 +233,9 @@ def _log_joint_per_start(model_args: tuple, values: dict[str, torch.Tensor]) -> 
     return total
 
 
-def fit_structured_gp(
-    x: np.ndarray,
-    y: np.ndarray,
-    *,
-    mean: MeanKind = "peak",
-    feature_index: int = 0,
-    steps: int = 200,
-    seed: int = 0,
-    bounds: np.ndarray | None = None,
-    n_starts: int = 5,
-    threads: int | None = 1,
-) -> StructuredGP:
-    """Fit a GP whose mean is a physics model of input column ``feature_index``.
-
-    Args:
-        x: inputs (n, d), e.g. composition (and position); 1-D input is taken as one column.
-        y: responses (n,), e.g. a piezoresponse descriptor.
-        mean: ``"peak"`` (response maximal at a boundary), ``"step"`` (property changes across
-            it) or ``"constant"`` (plain GP, for comparison).
-        feature_index: the input column the physics depends on (the composition).
-        steps: most L-BFGS iterations (all starts optimised at once).
-        seed: seeds pyro/torch (the GP lengthscales start at random values).
-        bounds: (2, d) lower/upper input bounds; the centre's prior is uniform over them.
-            Defaults to the data's range (the boundary is then assumed inside the measured span).
-        n_starts: initial centres tried in parallel (multimodal posterior on sparse data).
-        threads: torch intra-op threads during the fit; 1 by default, since the matrices are
-            tiny and extra threads only contend with other work on the same cores.
-    """
+def _checked(x: np.ndarray, y: np.ndarray, mean: MeanKind,
+             feature_index: int) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` as (n, d) and ``y`` as (n,) float arrays, or a ValueError saying what is wrong."""
     xa = np.asarray(x, dtype=np.float64)
     if xa.ndim == 1:
         xa = xa[:, None]
@@ -273,22 +248,26 @@ def fit_structured_gp(
         raise ValueError(f"unknown mean kind {mean!r}")
     if not 0 <= feature_index < xa.shape[1]:
         raise ValueError(f"feature_index {feature_index} out of range for {xa.shape[1]} columns")
+    return xa, ya
+
+
+def _input_box(xa: np.ndarray, bounds: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Lower and upper input bounds (d,): ``bounds`` (2, d), else the data's range; a feature
+    with no spread gets a unit width."""
     if bounds is None:
         lower, upper = xa.min(axis=0), xa.max(axis=0)
     else:
         b = np.asarray(bounds, dtype=np.float64).reshape(2, -1)
         lower, upper = b[0], b[1]
-    upper = np.where(upper > lower, upper, lower + 1.0)
-    y_mean, y_std = float(ya.mean()), float(ya.std()) or 1.0
-    xs = torch.as_tensor((xa - lower) / (upper - lower))
-    ys = torch.as_tensor((ya - y_mean) / y_std)
-    if mean == "constant":
-        n_starts = 1
-    args = (xs, ys, mean, feature_index, n_starts)
-    init = _initial_values(xs[:, feature_index].numpy(), ys.numpy(), mean, n_starts)
+    return lower, np.where(upper > lower, upper, lower + 1.0)
 
+
+def _map_values(args: tuple, init: dict[str, torch.Tensor],
+                steps: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """MAP values of every site, per start, and each start's log joint (n_starts,): an
+    ``AutoDelta`` guide from ``init``, at most ``steps`` L-BFGS iterations on the negative ELBO
+    (the negative log joint for Delta guides)."""
     with (
-        torch_scope(seed=seed, threads=threads),
         pyro.validation_enabled(False),
         # AutoDelta registers its parameters in pyro's global store: keep ours private.
         pyro.get_param_store().scope(),
@@ -319,7 +298,48 @@ def fit_structured_gp(
         optimiser.step(closure)
         with torch.no_grad():
             values = {k: v.detach() for k, v in guide.median(*args).items()}
-            log_joint = _log_joint_per_start(args, values)
+            return values, _log_joint_per_start(args, values)
+
+
+def fit_structured_gp(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    mean: MeanKind = "peak",
+    feature_index: int = 0,
+    steps: int = 200,
+    seed: int = 0,
+    bounds: np.ndarray | None = None,
+    n_starts: int = 5,
+    threads: int | None = 1,
+) -> StructuredGP:
+    """Fit a GP whose mean is a physics model of input column ``feature_index``.
+
+    Args:
+        x: inputs (n, d), e.g. composition (and position); 1-D input is taken as one column.
+        y: responses (n,), e.g. a piezoresponse descriptor.
+        mean: ``"peak"`` (response maximal at a boundary), ``"step"`` (property changes across
+            it) or ``"constant"`` (plain GP, for comparison).
+        feature_index: the input column the physics depends on (the composition).
+        steps: most L-BFGS iterations (all starts optimised at once).
+        seed: seeds pyro/torch (the GP lengthscales start at random values).
+        bounds: (2, d) lower/upper input bounds; the centre's prior is uniform over them.
+            Defaults to the data's range (the boundary is then assumed inside the measured span).
+        n_starts: initial centres tried in parallel (multimodal posterior on sparse data).
+        threads: torch intra-op threads during the fit; 1 by default, since the matrices are
+            tiny and extra threads only contend with other work on the same cores.
+    """
+    xa, ya = _checked(x, y, mean, feature_index)
+    lower, upper = _input_box(xa, bounds)
+    y_mean, y_std = float(ya.mean()), float(ya.std()) or 1.0
+    xs = torch.as_tensor((xa - lower) / (upper - lower))
+    ys = torch.as_tensor((ya - y_mean) / y_std)
+    if mean == "constant":
+        n_starts = 1
+    args = (xs, ys, mean, feature_index, n_starts)
+    init = _initial_values(xs[:, feature_index].numpy(), ys.numpy(), mean, n_starts)
+    with torch_scope(seed=seed, threads=threads):
+        values, log_joint = _map_values(args, init, steps)
     best = int(torch.nan_to_num(log_joint, nan=-math.inf).argmax())
     return StructuredGP(
         x=xs,
