@@ -1,7 +1,7 @@
 """Multi-objective campaigns: the Pareto front of the GP tasks, by qLogNEHVI over a model list.
 
-Why an agent of its own: :func:`coorch.models.pareto.suggest_mobo` assumes every objective is
-measured at every point (one ``(n, k)`` table of outcomes). In a co-orchestrated campaign each
+Why an agent of its own: textbook multi-objective BO assumes every objective is measured at
+every point (one ``(n, k)`` table of outcomes). In a co-orchestrated campaign each
 objective is one instrument's descriptor, and the instruments measure their own task at their own
 positions, asynchronously. So here:
 
