@@ -20,9 +20,10 @@ demo: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# ruff, and the layer map of ../shared/DESIGN.md as import-linter contracts (pyproject.toml)
+# ruff (lint and format), and the layer map of ../shared/DESIGN.md as import-linter contracts (pyproject.toml)
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	VENV=$(VENV) .ci/lint-layers
 
 bench: $(STAMP)

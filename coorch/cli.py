@@ -6,19 +6,23 @@ from pathlib import Path
 
 import typer
 
-app = typer.Typer(help="Co-orchestration of characterisation instruments.",
-                  no_args_is_help=True, add_completion=False)
-bench_app = typer.Typer(help="Benchmarks (figures go to docs/benchmarks.md).",
-                        no_args_is_help=True)
+app = typer.Typer(
+    help="Co-orchestration of characterisation instruments.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+bench_app = typer.Typer(help="Benchmarks (figures go to docs/benchmarks.md).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
 
 @app.command()
-def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="where the store, report and "
-                                      "Prefect state go"),
-         budget: int = typer.Option(40, min=12, help="measurements per campaign, seeds "
-                                    "included"),
-         seed: int = typer.Option(0, help="seed of the twins and the policies")) -> None:
+def demo(
+    run_dir: Path = typer.Option(
+        Path("runs/demo"), help="where the store, report and Prefect state go"
+    ),
+    budget: int = typer.Option(40, min=12, help="measurements per campaign, seeds included"),
+    seed: int = typer.Option(0, help="seed of the twins and the policies"),
+) -> None:
     """Run a co-orchestrated PFM + Raman + WDS + STEM campaign on digital twins, then the same
     budget at random positions, and report both against the ground truth."""
     from coorch.demo import run_demo
@@ -27,9 +31,11 @@ def demo(run_dir: Path = typer.Option(Path("runs/demo"), help="where the store, 
 
 
 @app.command()
-def run(spec_file: Path = typer.Argument(..., exists=True, dir_okay=False,
-                                         help="campaign spec, YAML or JSON (a CampaignSpec)")
-        ) -> None:
+def run(
+    spec_file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="campaign spec, YAML or JSON (a CampaignSpec)"
+    ),
+) -> None:
     """Run, or resume from its store, the campaign in SPEC_FILE against running agents.
 
     Uses the Prefect server named by PREFECT_API_URL (Prefect's local ephemeral server when

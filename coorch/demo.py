@@ -20,8 +20,7 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-DEMO_INSTRUMENTS = (("afm", "pfm_loop"), ("raman", "raman"), ("wds", "wds"),
-                    ("stem", "stem_haadf"))
+DEMO_INSTRUMENTS = (("afm", "pfm_loop"), ("raman", "raman"), ("wds", "wds"), ("stem", "stem_haadf"))
 
 
 def prepare_environment(run_dir: Path) -> None:
@@ -37,14 +36,28 @@ def quiet_libraries() -> None:
     import logging
     import warnings
 
-    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core",
-                 "distributed.worker", "distributed.http.proxy", "uvicorn"):
+    for name in (
+        "distributed",
+        "distributed.scheduler",
+        "distributed.nanny",
+        "distributed.core",
+        "distributed.worker",
+        "distributed.http.proxy",
+        "uvicorn",
+    ):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
 
 
-def run_demo(run_dir: Path, *, budget: int = 40, seed: int = 0, fresh: bool = True,
-             time_scale: float = 0.05, console: Console | None = None) -> dict:
+def run_demo(
+    run_dir: Path,
+    *,
+    budget: int = 40,
+    seed: int = 0,
+    fresh: bool = True,
+    time_scale: float = 0.05,
+    console: Console | None = None,
+) -> dict:
     """Both campaigns, the report and the summary. ``time_scale`` shrinks the instruments'
     real cost (a 30 s PFM loop takes 1.5 s at 0.05) so the background fits have time to land."""
     from coorch.deployments.prefect_server import local_prefect_server
@@ -55,12 +68,14 @@ def run_demo(run_dir: Path, *, budget: int = 40, seed: int = 0, fresh: bool = Tr
     with contextlib.ExitStack() as stack:
         with console.status(f"starting a local Prefect server (state in {run_dir}/.prefect)"):
             stack.enter_context(local_prefect_server(run_dir / ".prefect"))
-        return _campaigns(run_dir, budget=budget, seed=seed, fresh=fresh,
-                          time_scale=time_scale, console=console)
+        return _campaigns(
+            run_dir, budget=budget, seed=seed, fresh=fresh, time_scale=time_scale, console=console
+        )
 
 
-def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale: float,
-               console: Console) -> dict:
+def _campaigns(
+    run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale: float, console: Console
+) -> dict:
     from coorch.deployments.config import CampaignSpec, InstrumentConfig
     from coorch.flows.coorchestrate import coorchestrate
     from coorch.flows.progress import watching
@@ -75,27 +90,44 @@ def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale
     token_file = run_dir / "agent.token"
     token_file.write_text(token)
     token_file.chmod(0o600)
-    agents = {kind: start_twin(kind, "smbfo", token=token, seed=seed + k, time_scale=time_scale)
-              for k, (kind, _) in enumerate(DEMO_INSTRUMENTS)}
+    agents = {
+        kind: start_twin(kind, "smbfo", token=token, seed=seed + k, time_scale=time_scale)
+        for k, (kind, _) in enumerate(DEMO_INSTRUMENTS)
+    }
     for agent in agents.values():  # the demo's sample is already mounted: a 60 s check, not a
         agent.driver.sample_load_cost_s = 60.0  # 30-minute STEM transfer
     try:
-        instruments = [InstrumentConfig(name=agents[kind].driver.describe().id, kind=kind,
-                                        modality=mod, url=agents[kind].url,
-                                        token_file=token_file)
-                       for kind, mod in DEMO_INSTRUMENTS]
+        instruments = [
+            InstrumentConfig(
+                name=agents[kind].driver.describe().id,
+                kind=kind,
+                modality=mod,
+                url=agents[kind].url,
+                token_file=token_file,
+            )
+            for kind, mod in DEMO_INSTRUMENTS
+        ]
         results, stores = {}, {}
         for policy, store_name in (("coorchestrate", "campaign.zarr"), ("random", "random.zarr")):
             store = run_dir / store_name
             if fresh and store.exists():
                 shutil.rmtree(store)
-            spec = CampaignSpec(name=f"demo-{policy}", library="smbfo", instruments=instruments,
-                                policy=policy, budget=budget, store=str(store), seed=seed)
+            spec = CampaignSpec(
+                name=f"demo-{policy}",
+                library="smbfo",
+                instruments=instruments,
+                policy=policy,
+                budget=budget,
+                store=str(store),
+                seed=seed,
+            )
             console.rule(f"[bold]{policy}[/] campaign: {budget} measurements -> {store}")
             t0 = time.perf_counter()
             results[policy] = _run_with_progress(coorchestrate, watching, spec, console)
-            console.print(f"  done in {time.perf_counter() - t0:.1f} s, "
-                          f"{results[policy].n_fits} background GP fits on Dask")
+            console.print(
+                f"  done in {time.perf_counter() - t0:.1f} s, "
+                f"{results[policy].n_fits} background GP fits on Dask"
+            )
             stores[policy] = CampaignStore.open(str(store), create=False).read_measurements()
 
         twins = {i.name: agents[i.kind].driver for i in instruments}
@@ -103,26 +135,37 @@ def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale
         extent = geometry(spec).bounds
         truth = ground_truth(twins, modalities, extent)
         log_tasks = np.array([i.log_scale for i in instruments])
-        curves = {p: nrmse_curve(ms, truth, extent, log_tasks=log_tasks)
-                  for p, ms in stores.items()}
+        curves = {
+            p: nrmse_curve(ms, truth, extent, log_tasks=log_tasks) for p, ms in stores.items()
+        }
         from coorch.models.mtgp import aspect, fit_hyperparameters
         from coorch.tasks.report import training_arrays
 
-        hyper = fit_hyperparameters(*training_arrays(stores["coorchestrate"], truth.tasks,
-                                                     extent), len(truth.tasks),
-                                    aspect=aspect(extent), log_tasks=log_tasks)
+        hyper = fit_hyperparameters(
+            *training_arrays(stores["coorchestrate"], truth.tasks, extent),
+            len(truth.tasks),
+            aspect=aspect(extent),
+            log_tasks=log_tasks,
+        )
         png = plot_report(run_dir / "report.png", stores, curves, truth, extent, hyper)
-        summary = {p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
-                   for p, c in curves.items()}
-        cost = {i.name: agents[i.kind].driver.describe().modality(i.modality).cost_s
-                for i in instruments}
+        summary = {
+            p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
+            for p, c in curves.items()
+        }
+        cost = {
+            i.name: agents[i.kind].driver.describe().modality(i.modality).cost_s
+            for i in instruments
+        }
         console.rule("[bold]result")
         for p, errs in summary.items():
             tasks = ", ".join(f"{k} {v:.3f}" for k, v in errs.items())
             seconds = sum(cost[m.instrument] for m in stores[p])
-            console.print(f"{p:>14}: final normalised RMSE vs ground truth: {tasks} "
-                          f"(mean {np.mean(list(errs.values())):.3f}); instrument time "
-                          f"{seconds:.0f} s", soft_wrap=True)
+            console.print(
+                f"{p:>14}: final normalised RMSE vs ground truth: {tasks} "
+                f"(mean {np.mean(list(errs.values())):.3f}); instrument time "
+                f"{seconds:.0f} s",
+                soft_wrap=True,
+            )
         console.print(f"store: {run_dir / 'campaign.zarr'}   report: {png}")
         return {"summary": summary, "report": str(png)}
     finally:
@@ -131,8 +174,14 @@ def _campaigns(run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale
 
 
 def _run_with_progress(flow_fn, watching, spec, console: Console):
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=console, transient=False) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
         job = bar.add_task("measuring", total=spec.budget)
 
         def show(m, info) -> None:
@@ -140,7 +189,10 @@ def _run_with_progress(flow_fn, watching, spec, console: Console):
             bar.console.print(
                 f"  [{info['n']:>3}/{info['budget']}] {m.instrument:<10} x={m.library_x:5.2f} "
                 f"y={m.library_y:4.2f} mm  {m.modality}={d:8.2f}  why: {info['why']}",
-                overflow="ignore", crop=False, soft_wrap=True)
+                overflow="ignore",
+                crop=False,
+                soft_wrap=True,
+            )
             bar.update(job, completed=info["n"])
 
         with watching(show):

@@ -21,8 +21,9 @@ class LibraryGeometry:
     def __post_init__(self) -> None:
         b = np.atleast_2d(np.asarray(self.bounds, float))
         if b.ndim != 2 or b.shape[1] != 2 or not (b[:, 1] > b[:, 0]).all():
-            raise ValueError(f"bounds must be (d, 2) rows of (low, high) with low < high, "
-                             f"got {self.bounds!r}")
+            raise ValueError(
+                f"bounds must be (d, 2) rows of (low, high) with low < high, got {self.bounds!r}"
+            )
         object.__setattr__(self, "bounds", b)
 
     @property
@@ -53,6 +54,8 @@ class LibraryGeometry:
 
     def cell_centres(self, shape: tuple[int, ...]) -> np.ndarray:
         """Centres of a regular grid of cells, inset from the edges: held-out scoring grids."""
-        axes = [np.linspace(lo + (hi - lo) / (2 * n), hi - (hi - lo) / (2 * n), n)
-                for (lo, hi), n in zip(self.bounds, shape, strict=True)]
+        axes = [
+            np.linspace(lo + (hi - lo) / (2 * n), hi - (hi - lo) / (2 * n), n)
+            for (lo, hi), n in zip(self.bounds, shape, strict=True)
+        ]
         return np.column_stack([a.ravel() for a in np.meshgrid(*axes)])

@@ -10,9 +10,11 @@ from pathlib import Path
 import typer
 
 
-def im2spec_command(spec_file: Path = typer.Argument(
-        ..., exists=True, dir_okay=False, help="im2spec spec, YAML or JSON (an Im2SpecSpec)")
-        ) -> None:
+def im2spec_command(
+    spec_file: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="im2spec spec, YAML or JSON (an Im2SpecSpec)"
+    ),
+) -> None:
     """Run, or resume from its store, the image -> spectrum campaign in SPEC_FILE.
 
     Images the structure modality at every candidate, then measures the spectrum budget where
@@ -27,5 +29,6 @@ def im2spec_command(spec_file: Path = typer.Argument(
 
     spec = Im2SpecSpec(**yaml.safe_load(spec_file.read_text()))
     result = im2spec(spec)
-    typer.echo(f"{spec.name}: {result.n_structure} images, {result.n_spectra} spectra in "
-               f"{result.store}")
+    typer.echo(
+        f"{spec.name}: {result.n_structure} images, {result.n_spectra} spectra in {result.store}"
+    )

@@ -29,9 +29,14 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until_healthy(url: str, *, timeout_s: float, interval_s: float = 0.1,
-                       alive: Callable[[], bool] | None = None,
-                       request_timeout_s: float = 1.0) -> None:
+def wait_until_healthy(
+    url: str,
+    *,
+    timeout_s: float,
+    interval_s: float = 0.1,
+    alive: Callable[[], bool] | None = None,
+    request_timeout_s: float = 1.0,
+) -> None:
     """Poll ``GET url`` until it answers 200.
 
     Connection errors and other statuses mean "not yet". ``alive`` (for example

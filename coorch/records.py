@@ -44,8 +44,9 @@ class Signal(BaseModel):
     @classmethod
     def from_array(cls, name: str, dims: list[str], values: np.ndarray, **kw: Any) -> Signal:
         coords = {k: np.asarray(v).tolist() for k, v in kw.pop("coords", {}).items()}
-        return cls(name=name, dims=dims, values=np.asarray(values, float).tolist(), coords=coords,
-                   **kw)
+        return cls(
+            name=name, dims=dims, values=np.asarray(values, float).tolist(), coords=coords, **kw
+        )
 
 
 class ModalitySpec(BaseModel):
@@ -77,8 +78,10 @@ class InstrumentDescription(BaseModel):
         for m in self.modalities:
             if m.name == name:
                 return m
-        raise KeyError(f"instrument {self.id!r} has no modality {name!r}; "
-                       f"it has {[m.name for m in self.modalities]}")
+        raise KeyError(
+            f"instrument {self.id!r} has no modality {name!r}; "
+            f"it has {[m.name for m in self.modalities]}"
+        )
 
 
 class Measurement(BaseModel):
@@ -108,8 +111,9 @@ class Decision(BaseModel):
     """Why a measurement was asked for: enough to replay or audit the choice later."""
 
     decision_id: str = Field(default_factory=lambda: new_id("d"))
-    measurement_id: str = Field(default_factory=lambda: new_id("m"),
-                                description="the request id the measurement will carry")
+    measurement_id: str = Field(
+        default_factory=lambda: new_id("m"), description="the request id the measurement will carry"
+    )
     instrument: str
     modality: str
     library_x: float

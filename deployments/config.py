@@ -11,8 +11,16 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-POLICIES = ("coorchestrate", "single_task", "max_uncertainty", "random", "grid", "ucb", "ei",
-            "pareto")
+POLICIES = (
+    "coorchestrate",
+    "single_task",
+    "max_uncertainty",
+    "random",
+    "grid",
+    "ucb",
+    "ei",
+    "pareto",
+)
 
 
 class InstrumentConfig(BaseModel):
@@ -24,34 +32,42 @@ class InstrumentConfig(BaseModel):
     url: str = Field(description="base URL of the instrument agent, e.g. http://127.0.0.1:8101")
     token_file: Path = Field(description="file holding the bearer token for control")
     descriptor: Literal["physics", "vae"] = Field(
-        "physics", description="how signals become GP tasks: a physics fit (one task) or the "
+        "physics",
+        description="how signals become GP tasks: a physics fit (one task) or the "
         "latents of a VAE trained on this instrument's signals in the background (latent_dim "
-        "tasks)")
+        "tasks)",
+    )
     latent_dim: int = Field(2, ge=1, le=4, description="VAE latent size (descriptor='vae')")
     # The kinds of coorch.models.structured.MeanKind, spelled out: config must not import torch.
     physics_mean: Literal["peak", "step", "constant"] | None = Field(
-        None, description="structured GP for this task: a physics mean along the composition "
+        None,
+        description="structured GP for this task: a physics mean along the composition "
         "axis (library x), its parameters (centre, width, amplitude, offset) fitted with a GP "
         "in the background. 'peak': a response maximal (or minimal) at a phase boundary; "
         "'step': a property that changes across it (e.g. the PFM loop opening, which vanishes "
         "past the boundary); 'constant': a plain GP, as a baseline. The fitted centre is the "
         "campaign's estimate of the boundary. None: no structured GP (decisions always use the "
-        "multi-task GP)")
+        "multi-task GP)",
+    )
 
     log_scale: bool = Field(
-        False, description="model this instrument's task as its logarithm: for an amount that "
+        False,
+        description="model this instrument's task as its logarithm: for an amount that "
         "a deposition spreads multiplicatively over the library, such as a dopant's at.% "
         "falling off exponentially from its sputter gun (the GP then predicts a corner nobody "
         "measured from interior points). Leave it off for a linear wedge: the log of a ramp "
         "from near zero is far from the GP's trend (docs/benchmarks.md, 'Efficiency'). Needs "
         "descriptor='physics' and positive values (values at or below zero count as half the "
-        "smallest positive one)")
+        "smallest positive one)",
+    )
 
     @model_validator(mode="after")
     def _log_scale_needs_a_physics_task(self) -> InstrumentConfig:
         if self.log_scale and self.descriptor != "physics":
-            raise ValueError(f"{self.name}: log_scale needs descriptor='physics' (an amount), "
-                             f"not {self.descriptor!r}: a VAE latent has no sign to keep")
+            raise ValueError(
+                f"{self.name}: log_scale needs descriptor='physics' (an amount), "
+                f"not {self.descriptor!r}: a VAE latent has no sign to keep"
+            )
         return self
 
     @model_validator(mode="after")
@@ -60,7 +76,8 @@ class InstrumentConfig(BaseModel):
             raise ValueError(
                 f"{self.name}: physics_mean={self.physics_mean!r} needs descriptor='physics' "
                 f"(one task with a physical meaning), not {self.descriptor!r}: a VAE's "
-                "latents have no known shape across a phase boundary")
+                "latents have no known shape across a phase boundary"
+            )
         return self
 
     @property
@@ -71,8 +88,9 @@ class InstrumentConfig(BaseModel):
         try:
             return self.token_file.read_text().strip()
         except OSError as exc:
-            raise ValueError(f"cannot read token for {self.name} from {self.token_file}: {exc}"
-                             ) from exc
+            raise ValueError(
+                f"cannot read token for {self.name} from {self.token_file}: {exc}"
+            ) from exc
 
 
 class DaskConfig(BaseModel):
@@ -94,13 +112,16 @@ class CampaignSpec(BaseModel):
     instruments: list[InstrumentConfig]
     policy: str = "coorchestrate"
     policy_options: dict = Field(
-        default_factory=dict, description="keyword options of the policy, e.g. for 'pareto' "
+        default_factory=dict,
+        description="keyword options of the policy, e.g. for 'pareto' "
         "{'directions': [1, -1]} (maximise the first task, minimise the second); for "
-        "'coorchestrate' {'min_fit_values': 6, 'max_correlation': 0.7}")
+        "'coorchestrate' {'min_fit_values': 6, 'max_correlation': 0.7}",
+    )
     budget: int = Field(30, ge=1, description="total measurements, seeds included")
     seeds_per_instrument: int = Field(3, ge=0)
     extent: tuple[tuple[float, float], tuple[float, float]] | None = Field(
-        None, description="library bounds ((x0, x1), (y0, y1)) in mm; None: the twin library's")
+        None, description="library bounds ((x0, x1), (y0, y1)) in mm; None: the twin library's"
+    )
     grid: tuple[int, int] = Field((41, 5), description="candidate positions along x and y")
     refit_every: int = Field(4, ge=1, description="refit hyperparameters every N observations")
     store: str = "runs/demo/campaign.zarr"

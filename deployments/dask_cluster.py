@@ -34,9 +34,13 @@ def dask_client(config: DaskConfig | None = None) -> Iterator[Client]:
         cluster = cls(**config.jobqueue_kwargs)
         cluster.scale(jobs=config.n_workers)
     else:
-        cluster = LocalCluster(n_workers=config.n_workers,
-                               threads_per_worker=config.threads_per_worker,
-                               processes=True, dashboard_address=None,
-                               host="127.0.0.1", silence_logs=40)
+        cluster = LocalCluster(
+            n_workers=config.n_workers,
+            threads_per_worker=config.threads_per_worker,
+            processes=True,
+            dashboard_address=None,
+            host="127.0.0.1",
+            silence_logs=40,
+        )
     with cluster, Client(cluster) as client:
         yield client

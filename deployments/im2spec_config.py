@@ -28,29 +28,41 @@ class Im2SpecSpec(BaseModel):
     library: str = "smbfo"
     sample: str = "smbfo-001"
     instrument: InstrumentConfig = Field(
-        description="the instrument agent; its `modality` is the spectrum (property) modality")
-    structure_modality: str = Field("stem_haadf", description="the image modality taken at "
-                                    "every candidate (stem_haadf, afm_topo, ...)")
+        description="the instrument agent; its `modality` is the spectrum (property) modality"
+    )
+    structure_modality: str = Field(
+        "stem_haadf",
+        description="the image modality taken at every candidate (stem_haadf, afm_topo, ...)",
+    )
     descriptor: Literal["physics", "edge_ratio"] = Field(
-        "edge_ratio", description="spectrum -> property: `physics` (the modality's physics "
+        "edge_ratio",
+        description="spectrum -> property: `physics` (the modality's physics "
         "descriptor, coorch.models.descriptors) or `edge_ratio` (background-subtracted "
-        "fine-structure peak over edge step, windows in `edge_windows`)")
+        "fine-structure peak over edge step, windows in `edge_windows`)",
+    )
     edge_windows: tuple[tuple[float, float], tuple[float, float], tuple[float, float]] = Field(
         ((490.0, 528.0), (530.0, 537.0), (545.0, 570.0)),
         description="(pre-edge background fit, peak, post-edge) windows in the spectrum's axis "
-        "units; the default is the O K edge and its pre-peak in Sm-doped BiFeO3 EELS")
+        "units; the default is the O K edge and its pre-peak in Sm-doped BiFeO3 EELS",
+    )
     acquisition: Literal["max_variance", "ei"] = Field(
-        "max_variance", description="max_variance maps the property, ei seeks its optimum")
+        "max_variance", description="max_variance maps the property, ei seeks its optimum"
+    )
     maximize: bool = Field(True, description="direction of the property for ei")
     budget: int = Field(20, ge=1, description="spectra, seeds included")
-    seeds: int = Field(4, ge=0, description="seed spectra spread along x before the model "
-                       "decides")
+    seeds: int = Field(4, ge=0, description="seed spectra spread along x before the model decides")
     extent: tuple[tuple[float, float], tuple[float, float]] | None = Field(
-        None, description="library bounds ((x0, x1), (y0, y1)) in mm; None: the twin library's")
-    grid: tuple[int, int] = Field((21, 3), description="candidate positions along x and y; "
-                                  "every one is imaged")
-    refit_every: int = Field(4, ge=1, description="train the DKL network again every N spectra "
-                             "(conditioned on the new ones in between)")
+        None, description="library bounds ((x0, x1), (y0, y1)) in mm; None: the twin library's"
+    )
+    grid: tuple[int, int] = Field(
+        (21, 3), description="candidate positions along x and y; every one is imaged"
+    )
+    refit_every: int = Field(
+        4,
+        ge=1,
+        description="train the DKL network again every N spectra "
+        "(conditioned on the new ones in between)",
+    )
     feature_dim: int = Field(2, ge=1, le=8, description="learned structure features")
     dkl_steps: int = Field(80, ge=1, description="Adam steps per DKL training")
     store: str = "runs/im2spec/campaign.zarr"
@@ -72,8 +84,9 @@ class Im2SpecSpec(BaseModel):
     @model_validator(mode="after")
     def _two_modalities(self) -> Im2SpecSpec:
         if self.structure_modality == self.instrument.modality:
-            raise ValueError("structure_modality and the instrument's (spectrum) modality must "
-                             "differ")
+            raise ValueError(
+                "structure_modality and the instrument's (spectrum) modality must differ"
+            )
         if self.grid[0] * self.grid[1] <= self.budget:
             raise ValueError("the grid must have more candidates than the spectrum budget")
         return self

@@ -34,22 +34,44 @@ def local_prefect_server(home: Path, *, startup_timeout_s: float = 120.0) -> Ite
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home.resolve()),
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_SERVER_UI_ENABLED": "false",
-           "PREFECT_SERVER_LOGGING_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home.resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
     env.pop("PREFECT_API_URL", None)
     prefect = Path(sys.executable).with_name("prefect")
     log = (home / "server.log").open("ab")
-    proc = subprocess.Popen([str(prefect), "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port), "--no-ui", "--analytics-off"],
-                            env=env, stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True,
-                            preexec_fn=_die_with_parent)
+    proc = subprocess.Popen(
+        [
+            str(prefect),
+            "server",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--no-ui",
+            "--analytics-off",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        preexec_fn=_die_with_parent,
+    )
     old = os.environ.get("PREFECT_API_URL")
     try:
         try:
-            wait_until_healthy(f"{url}/health", timeout_s=startup_timeout_s, interval_s=0.25,
-                               alive=lambda: proc.poll() is None)
+            wait_until_healthy(
+                f"{url}/health",
+                timeout_s=startup_timeout_s,
+                interval_s=0.25,
+                alive=lambda: proc.poll() is None,
+            )
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}") from exc
         os.environ["PREFECT_API_URL"] = url

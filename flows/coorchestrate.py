@@ -46,17 +46,33 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
     """Run (or resume) the campaign ``spec`` until its measurement budget is spent."""
     log = get_run_logger()
     flow_run_id = str(get_run_context().flow_run.id)
-    with (Instruments.connect(spec) as instruments,
-          instruments.open_store(spec, flow_run_id) as store):
+    with (
+        Instruments.connect(spec) as instruments,
+        instruments.open_store(spec, flow_run_id) as store,
+    ):
         agent = build_agent(spec, instruments.descriptions)
-        describer = Describer({i.name: i.latent_dim for i in spec.instruments
-                               if i.descriptor == "vae"})
+        describer = Describer(
+            {i.name: i.latent_dim for i in spec.instruments if i.descriptor == "vae"}
+        )
         with background_work(spec, agent, log) as work:
-            campaign = Campaign(spec.name, store, agent, describer, instruments.modalities,
-                                spec.budget, list(work), flow_run_id, log)
+            campaign = Campaign(
+                spec.name,
+                store,
+                agent,
+                describer,
+                instruments.modalities,
+                spec.budget,
+                list(work),
+                flow_run_id,
+                log,
+            )
             done = campaign.resume()
-            log.info("campaign %s: %d measurements in the store, %d decisions to finish",
-                     spec.name, len(done), len(campaign.queue))
+            log.info(
+                "campaign %s: %d measurements in the store, %d decisions to finish",
+                spec.name,
+                len(done),
+                len(campaign.queue),
+            )
             if not done and not campaign.queue:
                 campaign.reserve(seed_plan(spec))
             in_flight: dict[str, tuple[Decision, PrefectFuture]] = {}
@@ -74,23 +90,41 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
                 decision, _ = in_flight.pop(m.instrument)
                 obs = campaign.record(m)
                 submit(m.instrument)
-                progress.report(m, n=campaign.measured, budget=spec.budget,
-                                descriptor=obs.values, why=why(decision))
+                progress.report(
+                    m,
+                    n=campaign.measured,
+                    budget=spec.budget,
+                    descriptor=obs.values,
+                    why=why(decision),
+                )
             campaign.finish()
         return result(spec, campaign, flow_run_id, work)
 
 
-def result(spec: CampaignSpec, campaign: Campaign, flow_run_id: str, work: Background
-           ) -> CampaignResult:
+def result(
+    spec: CampaignSpec, campaign: Campaign, flow_run_id: str, work: Background
+) -> CampaignResult:
     """The flow's result: counts, the agent's report, the fitted physics and hyperparameters."""
     report = campaign.agent.report()
-    campaign.log.info("campaign %s finished: %d measurements, model %s", spec.name,
-                      campaign.measured, report["model_version"])
+    campaign.log.info(
+        "campaign %s finished: %d measurements, model %s",
+        spec.name,
+        campaign.measured,
+        report["model_version"],
+    )
     model = getattr(campaign.agent, "model", None)  # a multi-task GP agent's posterior
-    hyper = None if model is None else {k: np.asarray(v).tolist()
-                                        for k, v in vars(model.post.hyper).items()}
+    hyper = (
+        None
+        if model is None
+        else {k: np.asarray(v).tolist() for k, v in vars(model.post.hyper).items()}
+    )
     return CampaignResult(
-        store=spec.store, flow_run_id=flow_run_id, n_measurements=campaign.measured,
+        store=spec.store,
+        flow_run_id=flow_run_id,
+        n_measurements=campaign.measured,
         n_fits=work.refit.fits if work.refit else 0,
-        n_vae_trainings=work.vae.trainings if work.vae else 0, policy=report,
-        physics=work.physics.physics() if work.physics else {}, hyperparameters=hyper)
+        n_vae_trainings=work.vae.trainings if work.vae else 0,
+        policy=report,
+        physics=work.physics.physics() if work.physics else {},
+        hyperparameters=hyper,
+    )

@@ -55,33 +55,66 @@ def im2spec(spec: Im2SpecSpec) -> Im2SpecResult:
     log = get_run_logger()
     flow_run_id = str(get_run_context().flow_run.id)
     name = spec.instrument.name
-    with (Instruments.connect(spec) as instruments,
-          instruments.open_store(spec, flow_run_id) as store):
+    with (
+        Instruments.connect(spec) as instruments,
+        instruments.open_store(spec, flow_run_id) as store,
+    ):
         instruments.descriptions[name].modality(spec.structure_modality)  # fail early
         client, candidates = instruments.clients[name], geometry(spec).grid(spec.grid)
         # the survey: the structure image at every candidate not imaged or decided yet
-        survey = Campaign(spec.name, store, structure_agent(spec, candidates),
-                          spectral_describer(spec), {name: spec.structure_modality},
-                          len(candidates), flow_run_id=flow_run_id, log=log)
+        survey = Campaign(
+            spec.name,
+            store,
+            structure_agent(spec, candidates),
+            spectral_describer(spec),
+            {name: spec.structure_modality},
+            len(candidates),
+            flow_run_id=flow_run_id,
+            log=log,
+        )
         images = {m.measurement_id: m for m in survey.resume()}
-        todo = np.setdiff1d(np.arange(len(candidates)),
-                            list(set().union(*survey.agent.visited.values())))
+        todo = np.setdiff1d(
+            np.arange(len(candidates)), list(set().union(*survey.agent.visited.values()))
+        )
         survey.reserve([(name, candidates[i]) for i in todo], reason=SURVEY)
         images.update({m.measurement_id: m for m in run_to_budget(survey, client, name)})
         # the spectra, where the model of "image patch -> spectrum" is least sure
-        agent = im2spec_agent(spec, instruments.descriptions[name], candidates,
-                              list(images.values()))
-        campaign = Campaign(spec.name, store, agent, spectral_describer(spec),
-                            {name: spec.property_modality}, spec.budget,
-                            flow_run_id=flow_run_id, log=log)
+        agent = im2spec_agent(
+            spec, instruments.descriptions[name], candidates, list(images.values())
+        )
+        campaign = Campaign(
+            spec.name,
+            store,
+            agent,
+            spectral_describer(spec),
+            {name: spec.property_modality},
+            spec.budget,
+            flow_run_id=flow_run_id,
+            log=log,
+        )
         spectra = campaign.resume()
         if not spectra and not campaign.queue:
             campaign.reserve(seed_plan(spec))
-        log.info("im2spec %s: %d images, %d spectra in the store, %d decisions to finish",
-                 spec.name, len(candidates), len(spectra), len(campaign.queue))
+        log.info(
+            "im2spec %s: %d images, %d spectra in the store, %d decisions to finish",
+            spec.name,
+            len(candidates),
+            len(spectra),
+            len(campaign.queue),
+        )
         run_to_budget(campaign, client, name)
         report = agent.report()
-        log.info("im2spec %s finished: %d spectra, model %s", spec.name, campaign.measured,
-                 report["model_version"])
-    return Im2SpecResult(store=spec.store, flow_run_id=flow_run_id, n_structure=len(candidates),
-                         n_spectra=campaign.measured, n_fits=agent.n_fits, policy=report)
+        log.info(
+            "im2spec %s finished: %d spectra, model %s",
+            spec.name,
+            campaign.measured,
+            report["model_version"],
+        )
+    return Im2SpecResult(
+        store=spec.store,
+        flow_run_id=flow_run_id,
+        n_structure=len(candidates),
+        n_spectra=campaign.measured,
+        n_fits=agent.n_fits,
+        policy=report,
+    )

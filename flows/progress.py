@@ -22,8 +22,13 @@ Watcher = Callable[[Measurement, dict], None]
 def report(m: Measurement, **info) -> None:
     """Announce a recorded measurement ``m`` (``info``: n, budget, descriptor, why)."""
     if LOGGER.isEnabledFor(logging.DEBUG):
-        LOGGER.debug("%s: %d of %d", m.instrument, info.get("n", 0), info.get("budget", 0),
-                     extra={"coorch_progress": {"measurement": m, **info}})
+        LOGGER.debug(
+            "%s: %d of %d",
+            m.instrument,
+            info.get("n", 0),
+            info.get("budget", 0),
+            extra={"coorch_progress": {"measurement": m, **info}},
+        )
 
 
 class _Call(logging.Handler):

@@ -17,8 +17,9 @@ from coorch.instrument_agents.replay import ReplayDriver
 from coorch.instrument_agents.server import create_app
 from coorch.instrument_agents.twins import make_twin
 
-agent_app = typer.Typer(help="Instrument agents: digital twins and replay over HTTP.",
-                        no_args_is_help=True)
+agent_app = typer.Typer(
+    help="Instrument agents: digital twins and replay over HTTP.", no_args_is_help=True
+)
 
 
 class Instrument(StrEnum):
@@ -53,15 +54,18 @@ def serve(
     library: Library = typer.Option(Library.smbfo, help="virtual library under the twin"),
     port: int = typer.Option(8101, help="TCP port (0 picks a free one)"),
     host: str = typer.Option("127.0.0.1", help="bind address; loopback unless you mean it"),
-    token_file: Path = typer.Option(..., exists=True, dir_okay=False,
-                                    help="file holding the control bearer token"),
-    readonly_token_file: Path | None = typer.Option(None, exists=True, dir_okay=False,
-                                                    help="file holding a read-only token"),
+    token_file: Path = typer.Option(
+        ..., exists=True, dir_okay=False, help="file holding the control bearer token"
+    ),
+    readonly_token_file: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="file holding a read-only token"
+    ),
     time_scale: float = typer.Option(1.0, help="instrument seconds -> wall seconds factor"),
     fault_rate: float = typer.Option(0.0, help="probability of a fault per measurement"),
     seed: int = typer.Option(0, help="seed of noise, drift and faults"),
-    replay: Path | None = typer.Option(None, exists=True, dir_okay=False,
-                                       help="serve this xarray dataset instead of a twin"),
+    replay: Path | None = typer.Option(
+        None, exists=True, dir_okay=False, help="serve this xarray dataset instead of a twin"
+    ),
     replay_noise: float = typer.Option(0.0, help="Gaussian noise added to replayed values"),
     log_level: str = typer.Option("warning"),
 ) -> None:
@@ -70,10 +74,12 @@ def serve(
     if replay is not None:
         driver = ReplayDriver(replay, noise=replay_noise, seed=seed)
     else:
-        driver = make_twin(instrument.value, library.value, seed=seed, time_scale=time_scale,
-                           fault_rate=fault_rate)
-    app = create_app(driver, token=_read_token(token_file) or "",
-                     readonly_token=_read_token(readonly_token_file))
+        driver = make_twin(
+            instrument.value, library.value, seed=seed, time_scale=time_scale, fault_rate=fault_rate
+        )
+    app = create_app(
+        driver, token=_read_token(token_file) or "", readonly_token=_read_token(readonly_token_file)
+    )
     typer.echo(f"serving {driver.describe().id} on http://{host}:{port} (Ctrl-C to stop)")
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 

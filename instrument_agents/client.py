@@ -63,8 +63,16 @@ def _default_client_id() -> str:
 class InstrumentClient:
     """One controller of one instrument agent (use as a context manager)."""
 
-    def __init__(self, base_url: str, token: str, *, client_id: str | None = None,
-                 timeout_s: float = 10.0, max_retries: int = 5, backoff_s: float = 0.05) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        client_id: str | None = None,
+        timeout_s: float = 10.0,
+        max_retries: int = 5,
+        backoff_s: float = 0.05,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id or _default_client_id()
         self.timeout_s = timeout_s
@@ -74,9 +82,12 @@ class InstrumentClient:
         self._description: InstrumentDescription | None = None
         # Plain http needs no TLS context; building one loads the CA bundle (~0.1 s per client).
         plain = self.base_url.startswith("http://")
-        self._http = httpx.Client(base_url=self.base_url, timeout=timeout_s, verify=not plain,
-                                  headers={"Authorization": f"Bearer {token}",
-                                           "X-Client-Id": self.client_id})
+        self._http = httpx.Client(
+            base_url=self.base_url,
+            timeout=timeout_s,
+            verify=not plain,
+            headers={"Authorization": f"Bearer {token}", "X-Client-Id": self.client_id},
+        )
 
     # ----------------------------------------------------------------- plumbing
     def __enter__(self) -> InstrumentClient:
@@ -88,16 +99,16 @@ class InstrumentClient:
     def close(self) -> None:
         self._http.close()
 
-    def _request(self, method: str, path: str, *, json: Any = None,
-                 timeout_s: float | None = None) -> Any:
+    def _request(
+        self, method: str, path: str, *, json: Any = None, timeout_s: float | None = None
+    ) -> Any:
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             self.attempts += 1
             try:
-                r = self._http.request(method, path, json=json,
-                                       timeout=timeout_s or self.timeout_s)
+                r = self._http.request(method, path, json=json, timeout=timeout_s or self.timeout_s)
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last = exc
                 continue
@@ -108,8 +119,8 @@ class InstrumentClient:
                 raise _error_for(r)
             return r.json()
         raise InstrumentUnavailable(
-            f"{method} {self.base_url}{path} failed after {self.max_retries + 1} attempts: "
-            f"{last!r}") from last
+            f"{method} {self.base_url}{path} failed after {self.max_retries + 1} attempts: {last!r}"
+        ) from last
 
     # ----------------------------------------------------------------- API
     def health(self) -> dict[str, Any]:
@@ -117,7 +128,8 @@ class InstrumentClient:
 
     def describe(self) -> InstrumentDescription:
         self._description = InstrumentDescription.model_validate(
-            self._request("GET", "/v1/describe"))
+            self._request("GET", "/v1/describe")
+        )
         return self._description
 
     def status(self) -> dict[str, Any]:
@@ -132,24 +144,40 @@ class InstrumentClient:
     def load_sample(self, sample_id: str) -> dict[str, Any]:
         """Load a sample; the timeout allows for the instrument's (scaled) load time."""
         d = self._description or self.describe()
-        return self._request("POST", "/v1/sample", json={"sample_id": sample_id},
-                             timeout_s=self.timeout_s + d.sample_load_cost_s * d.time_scale)
+        return self._request(
+            "POST",
+            "/v1/sample",
+            json={"sample_id": sample_id},
+            timeout_s=self.timeout_s + d.sample_load_cost_s * d.time_scale,
+        )
 
     def move(self, x: float, y: float, frame: str = "library") -> dict[str, float]:
         """Absolute move (so a retry is harmless). Returns stage and library coordinates."""
         if not (math.isfinite(x) and math.isfinite(y)):
-            raise OutOfLimits(f"move target ({x}, {y}) is not finite; nothing moved", status=422,
-                              error="out_of_limits")
-        return self._request("POST", "/v1/move", json={"x": x, "y": y, "frame": frame},
-                             timeout_s=self.timeout_s + self._move_allowance(x, y))
+            raise OutOfLimits(
+                f"move target ({x}, {y}) is not finite; nothing moved",
+                status=422,
+                error="out_of_limits",
+            )
+        return self._request(
+            "POST",
+            "/v1/move",
+            json={"x": x, "y": y, "frame": frame},
+            timeout_s=self.timeout_s + self._move_allowance(x, y),
+        )
 
-    def measure(self, modality: str, request_id: str | None = None,
-                params: dict[str, Any] | None = None) -> Measurement:
+    def measure(
+        self, modality: str, request_id: str | None = None, params: dict[str, Any] | None = None
+    ) -> Measurement:
         """Acquire once. Every retry reuses ``request_id`` (generated if None)."""
         rid = request_id or new_id("m")
         body = {"modality": modality, "request_id": rid, "params": params or {}}
-        data = self._request("POST", "/v1/measure", json=body,
-                             timeout_s=self.timeout_s + self._cost_allowance(modality))
+        data = self._request(
+            "POST",
+            "/v1/measure",
+            json=body,
+            timeout_s=self.timeout_s + self._cost_allowance(modality),
+        )
         return Measurement.model_validate(data)
 
     def abort(self) -> None:
@@ -159,12 +187,15 @@ class InstrumentClient:
         """Clear a latched fault (``POST /v1/reset``)."""
         return self._request("POST", "/v1/reset")
 
-    def set_frame(self, library_pts: Sequence[Sequence[float]],
-                  stage_pts: Sequence[Sequence[float]]) -> dict[str, Any]:
+    def set_frame(
+        self, library_pts: Sequence[Sequence[float]], stage_pts: Sequence[Sequence[float]]
+    ) -> dict[str, Any]:
         """Fit the agent's library->stage frame from >= 3 fiducial pairs; returns the residual."""
-        return self._request("POST", "/v1/frame",
-                             json={"library": [list(p) for p in library_pts],
-                                   "stage": [list(p) for p in stage_pts]})
+        return self._request(
+            "POST",
+            "/v1/frame",
+            json={"library": [list(p) for p in library_pts], "stage": [list(p) for p in stage_pts]},
+        )
 
     # ----------------------------------------------------------------- time model
     def _cost_allowance(self, modality: str) -> float:

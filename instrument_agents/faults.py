@@ -23,15 +23,20 @@ from coorch.instrument_agents.protocol import ResponseLost
 
 __all__ = ["DEFAULT_FAULT_WEIGHTS", "FaultInjector", "ResponseLost"]
 
-DEFAULT_FAULT_WEIGHTS: dict[str, float] = {"transient": 0.5, "hang": 0.15, "disconnect": 0.25,
-                                           "latch": 0.1}
+DEFAULT_FAULT_WEIGHTS: dict[str, float] = {
+    "transient": 0.5,
+    "hang": 0.15,
+    "disconnect": 0.25,
+    "latch": 0.1,
+}
 
 
 class FaultInjector:
     """Draws at most one fault per call, with probability ``rate``, from a seeded stream."""
 
-    def __init__(self, rate: float = 0.0, *, seed: int = 0,
-                 weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self, rate: float = 0.0, *, seed: int = 0, weights: Mapping[str, float] | None = None
+    ) -> None:
         if not 0.0 <= rate <= 1.0:
             raise ValueError("fault rate must be within [0, 1]")
         weights = dict(DEFAULT_FAULT_WEIGHTS if weights is None else weights)

@@ -34,16 +34,18 @@ class AffineFrame:
         return cls()
 
     @classmethod
-    def from_rotation(cls, angle_deg: float = 0.0, offset: Sequence[float] = (0.0, 0.0),
-                      scale: float = 1.0) -> AffineFrame:
+    def from_rotation(
+        cls, angle_deg: float = 0.0, offset: Sequence[float] = (0.0, 0.0), scale: float = 1.0
+    ) -> AffineFrame:
         """A rigid mount: rotate by ``angle_deg``, scale, then shift by ``offset``."""
         a = np.deg2rad(angle_deg)
         rot = scale * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
         return cls(rot, np.asarray(offset, float))
 
     @classmethod
-    def fit(cls, library_pts: Sequence[Sequence[float]],
-            stage_pts: Sequence[Sequence[float]]) -> AffineFrame:
+    def fit(
+        cls, library_pts: Sequence[Sequence[float]], stage_pts: Sequence[Sequence[float]]
+    ) -> AffineFrame:
         """Least-squares affine map from >= 3 fiducial pairs; ``residual_mm`` is the RMS miss."""
         lib = np.asarray(library_pts, float).reshape(-1, 2)
         stg = np.asarray(stage_pts, float).reshape(-1, 2)
@@ -74,13 +76,17 @@ class AffineFrame:
         return _unwrap(inv[0, 0] * dx + inv[0, 1] * dy), _unwrap(inv[1, 0] * dx + inv[1, 1] * dy)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"matrix": self.matrix.tolist(), "offset": self.offset.tolist(),
-                "residual_mm": self.residual_mm}
+        return {
+            "matrix": self.matrix.tolist(),
+            "offset": self.offset.tolist(),
+            "residual_mm": self.residual_mm,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> AffineFrame:
-        return cls(np.asarray(d["matrix"]), np.asarray(d["offset"]),
-                   float(d.get("residual_mm", 0.0)))
+        return cls(
+            np.asarray(d["matrix"]), np.asarray(d["offset"]), float(d.get("residual_mm", 0.0))
+        )
 
 
 def _unwrap(a: np.ndarray) -> Any:

@@ -25,8 +25,14 @@ from coorch.net import wait_until_healthy
 class RunningAgent:
     """A served driver: ``url``, ``driver``, ``stop()``; a context manager."""
 
-    def __init__(self, driver: Driver, server: uvicorn.Server, thread: threading.Thread,
-                 url: str, sock: socket.socket) -> None:
+    def __init__(
+        self,
+        driver: Driver,
+        server: uvicorn.Server,
+        thread: threading.Thread,
+        url: str,
+        sock: socket.socket,
+    ) -> None:
         self.driver, self.url = driver, url
         self._server, self._thread, self._sock = server, thread, sock
 
@@ -55,9 +61,17 @@ class RunningAgent:
         self._sock.close()
 
 
-def serve_driver(driver: Driver, *, token: str, readonly_token: str | None = None,
-                 frame: AffineFrame | None = None, host: str = "127.0.0.1", port: int = 0,
-                 startup_timeout_s: float = 10.0, **app_kw: Any) -> RunningAgent:
+def serve_driver(
+    driver: Driver,
+    *,
+    token: str,
+    readonly_token: str | None = None,
+    frame: AffineFrame | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    startup_timeout_s: float = 10.0,
+    **app_kw: Any,
+) -> RunningAgent:
     """Serve ``driver`` on ``host:port`` (0 = a free port) and return once it answers health."""
     app = create_app(driver, token=token, readonly_token=readonly_token, frame=frame, **app_kw)
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are
@@ -66,27 +80,48 @@ def serve_driver(driver: Driver, *, token: str, readonly_token: str | None = Non
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     bound_port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                            timeout_graceful_shutdown=1, timeout_keep_alive=5)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        lifespan="off",
+        access_log=False,
+        timeout_graceful_shutdown=1,
+        timeout_keep_alive=5,
+    )
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True,
-                              name=f"agent-{bound_port}")
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"agent-{bound_port}"
+    )
     thread.start()
     url = f"http://{host}:{bound_port}"
     agent = RunningAgent(driver, server, thread, url, sock)
     try:
-        wait_until_healthy(f"{url}/v1/health", timeout_s=startup_timeout_s, interval_s=0.01,
-                           alive=thread.is_alive, request_timeout_s=0.5)
+        wait_until_healthy(
+            f"{url}/v1/health",
+            timeout_s=startup_timeout_s,
+            interval_s=0.01,
+            alive=thread.is_alive,
+            request_timeout_s=0.5,
+        )
     except (TimeoutError, RuntimeError) as exc:
         agent.stop()
         raise RuntimeError(f"agent on {url} did not start") from exc
     return agent
 
 
-def start_twin(instrument: str, library: str = "smbfo", *, token: str, seed: int = 0,
-               time_scale: float = 0.0, fault_rate: float = 0.0,
-               readonly_token: str | None = None, **twin_kw: Any) -> RunningAgent:
+def start_twin(
+    instrument: str,
+    library: str = "smbfo",
+    *,
+    token: str,
+    seed: int = 0,
+    time_scale: float = 0.0,
+    fault_rate: float = 0.0,
+    readonly_token: str | None = None,
+    **twin_kw: Any,
+) -> RunningAgent:
     """Build a twin with :func:`make_twin` and serve it on a free loopback port."""
-    twin = make_twin(instrument, library, seed=seed, time_scale=time_scale,
-                     fault_rate=fault_rate, **twin_kw)
+    twin = make_twin(
+        instrument, library, seed=seed, time_scale=time_scale, fault_rate=fault_rate, **twin_kw
+    )
     return serve_driver(twin, token=token, readonly_token=readonly_token)

@@ -172,10 +172,24 @@ class SmBFOLibrary(VirtualLibrary):
         one = np.ones_like(s)
         # R3c BiFeO3 modes (A1-1..3, E) stiffen as light Sm replaces Bi; in the orthorhombic
         # phase the A1 modes split and the low-frequency doublet is replaced by a triplet.
-        r = [(140 + 60 * s, 9, 1.0), (172 + 50 * s, 10, 0.9), (220 + 30 * s, 14, 0.55),
-             (265, 18, 0.3), (350, 25, 0.2), (470, 30, 0.15), (550, 35, 0.12)]
-        o = [(150 + 50 * s, 12, 0.5), (167 + 40 * s, 10, 0.55), (190 + 40 * s, 12, 0.45),
-             (245 + 20 * s, 16, 0.35), (290, 20, 0.25), (410, 28, 0.2), (610, 40, 0.18)]
+        r = [
+            (140 + 60 * s, 9, 1.0),
+            (172 + 50 * s, 10, 0.9),
+            (220 + 30 * s, 14, 0.55),
+            (265, 18, 0.3),
+            (350, 25, 0.2),
+            (470, 30, 0.15),
+            (550, 35, 0.12),
+        ]
+        o = [
+            (150 + 50 * s, 12, 0.5),
+            (167 + 40 * s, 10, 0.55),
+            (190 + 40 * s, 12, 0.45),
+            (245 + 20 * s, 16, 0.35),
+            (290, 20, 0.25),
+            (410, 28, 0.2),
+            (610, 40, 0.18),
+        ]
         centres = np.stack([c * one for c, _, _ in r] + [c * one for c, _, _ in o])
         widths = np.stack([w * one for _, w, _ in r] + [w * one for _, w, _ in o])
         amps = np.stack([a * f for _, _, a in r] + [a * (1 - f) for _, _, a in o])
@@ -192,8 +206,11 @@ class SmBFOLibrary(VirtualLibrary):
         s = self.sm(x, y)
         # O K (532 eV): pre-peak from O2p-Fe3d hybridisation, stronger in the polar phase.
         # Fe L3/L2 (708/721 eV): white lines. Sm M4,5 (1080 eV) is outside the window.
-        return [(532.0, 1.0 + 0 * s, 0.6 + 0.5 * f), (708.0, 0.35 + 0 * s, 2.5 + 0 * s),
-                (721.0, 0.2 + 0 * s, 1.2 + 0.2 * f)]
+        return [
+            (532.0, 1.0 + 0 * s, 0.6 + 0.5 * f),
+            (708.0, 0.35 + 0 * s, 2.5 + 0 * s),
+            (721.0, 0.2 + 0 * s, 1.2 + 0.2 * f),
+        ]
 
 
 class AlScBNLibrary(VirtualLibrary):
@@ -216,8 +233,10 @@ class AlScBNLibrary(VirtualLibrary):
 
     def composition(self, x: ArrayLike, y: ArrayLike) -> dict[str, np.ndarray]:
         xx, yy = self.clip(x, y)
-        w = {k: self.weight[k] / (1.0 + ((xx - gx) ** 2 + (yy - gy) ** 2) / self.plume_mm**2) ** 2
-             for k, (gx, gy) in self.guns.items()}
+        w = {
+            k: self.weight[k] / (1.0 + ((xx - gx) ** 2 + (yy - gy) ** 2) / self.plume_mm**2) ** 2
+            for k, (gx, gy) in self.guns.items()
+        }
         total = sum(w.values())
         return {k: v / total for k, v in w.items()}
 
@@ -232,8 +251,9 @@ class AlScBNLibrary(VirtualLibrary):
 
     def polar_fraction(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
         g = self.flattening(x, y)
-        return (_sigmoid((g - self.g_switch) / self.width)
-                * (1.0 - _sigmoid((g - self.g_unstable) / self.width)))
+        return _sigmoid((g - self.g_switch) / self.width) * (
+            1.0 - _sigmoid((g - self.g_unstable) / self.width)
+        )
 
     def phase(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
         g = self.flattening(x, y)
@@ -260,10 +280,13 @@ class AlScBNLibrary(VirtualLibrary):
         one = np.ones_like(sc)
         # Wurtzite AlN: E2(low) 248, A1(TO) 611, E2(high) 657, E1(TO) 670; Sc softens and
         # broadens them, B stiffens E2(high). The non-polar phase shows one broad band.
-        modes = [(248 - 40 * sc, 6 + 40 * sc, 0.5 * wz), (611 - 120 * sc, 10 + 60 * sc, 0.6 * wz),
-                 (657 - 150 * sc + 80 * b, 8 + 60 * sc, 1.0 * wz),
-                 (670 - 110 * sc, 12 + 50 * sc, 0.4 * wz),
-                 (480 + 0 * sc, 90 + 0 * sc, 0.25 * (1 - wz))]
+        modes = [
+            (248 - 40 * sc, 6 + 40 * sc, 0.5 * wz),
+            (611 - 120 * sc, 10 + 60 * sc, 0.6 * wz),
+            (657 - 150 * sc + 80 * b, 8 + 60 * sc, 1.0 * wz),
+            (670 - 110 * sc, 12 + 50 * sc, 0.4 * wz),
+            (480 + 0 * sc, 90 + 0 * sc, 0.25 * (1 - wz)),
+        ]
         centres = np.stack([m[0] * one for m in modes])
         widths = np.stack([m[1] * one for m in modes])
         amps = np.stack([m[2] * one for m in modes])
@@ -280,8 +303,12 @@ class AlScBNLibrary(VirtualLibrary):
         c = self.composition(x, y)
         f = self.polar_fraction(x, y)
         # B K (188 eV, sharp pi* in sp2 BN), N K (401 eV), Sc L2,3 (402/407 eV) white lines.
-        return [(188.0, 2.0 * c["B"], 1.0 + 2.0 * (1 - f)), (401.0, 1.0 + 0 * f, 0.4 + 0.4 * f),
-                (402.0, 0.6 * c["Sc"], 4.0 + 0 * f), (407.0, 0.4 * c["Sc"], 3.0 + 0 * f)]
+        return [
+            (188.0, 2.0 * c["B"], 1.0 + 2.0 * (1 - f)),
+            (401.0, 1.0 + 0 * f, 0.4 + 0.4 * f),
+            (402.0, 0.6 * c["Sc"], 4.0 + 0 * f),
+            (407.0, 0.4 * c["Sc"], 3.0 + 0 * f),
+        ]
 
 
 _LIBRARIES: dict[str, type[VirtualLibrary]] = {"smbfo": SmBFOLibrary, "alscbn": AlScBNLibrary}

@@ -46,8 +46,11 @@ def _open(path_or_ds: str | Path | xr.Dataset) -> xr.Dataset:
     return xr.open_dataset(path_or_ds).load()
 
 
-def replay_positions(path_or_ds: str | Path | xr.Dataset, pitch_mm: float = DEFAULT_PITCH_MM,
-                     y_mm: float = DEFAULT_Y_MM) -> np.ndarray:
+def replay_positions(
+    path_or_ds: str | Path | xr.Dataset,
+    pitch_mm: float = DEFAULT_PITCH_MM,
+    y_mm: float = DEFAULT_Y_MM,
+) -> np.ndarray:
     """Library (x, y) in mm of every position of a replay dataset, shape ``(n_positions, 2)``."""
     ds = _open(path_or_ds)
     if "position" not in ds.dims:
@@ -55,8 +58,11 @@ def replay_positions(path_or_ds: str | Path | xr.Dataset, pitch_mm: float = DEFA
     for xn, yn in (("library_x", "library_y"), ("x", "y")):
         if xn in ds.coords and ds[xn].dims == ("position",):
             x = ds[xn].values.astype(float)
-            y = (ds[yn].values.astype(float) if yn in ds.coords and ds[yn].dims == ("position",)
-                 else np.full_like(x, y_mm))
+            y = (
+                ds[yn].values.astype(float)
+                if yn in ds.coords and ds[yn].dims == ("position",)
+                else np.full_like(x, y_mm)
+            )
             return np.column_stack([x, y])
     x = np.arange(ds.sizes["position"], dtype=float) * pitch_mm
     return np.column_stack([x, np.full_like(x, y_mm)])
@@ -66,10 +72,15 @@ def _modalities(ds: xr.Dataset) -> dict[str, xr.DataArray]:
     """Modality name -> DataArray with ``position`` first."""
     if "descriptor" in ds.data_vars and "modality" in ds["descriptor"].dims:
         da = ds["descriptor"]
-        return {str(m): da.sel(modality=m).drop_vars("modality").transpose("position", ...)
-                for m in da["modality"].values}
-    return {str(k): v.transpose("position", ...) for k, v in ds.data_vars.items()
-            if "position" in v.dims}
+        return {
+            str(m): da.sel(modality=m).drop_vars("modality").transpose("position", ...)
+            for m in da["modality"].values
+        }
+    return {
+        str(k): v.transpose("position", ...)
+        for k, v in ds.data_vars.items()
+        if "position" in v.dims
+    }
 
 
 class ReplayDriver:
@@ -77,11 +88,20 @@ class ReplayDriver:
 
     kind = "replay"
 
-    def __init__(self, path: str | Path | xr.Dataset, modality: str | list[str] | None = None,
-                 noise: float = 0.0, seed: int = 0, *, pitch_mm: float = DEFAULT_PITCH_MM,
-                 y_mm: float = DEFAULT_Y_MM, cost_s: float | Mapping[str, float] = 1.0,
-                 instrument_id: str | None = None, frame: AffineFrame | None = None,
-                 margin_mm: tuple[float, float] = (0.5, 1.0)) -> None:
+    def __init__(
+        self,
+        path: str | Path | xr.Dataset,
+        modality: str | list[str] | None = None,
+        noise: float = 0.0,
+        seed: int = 0,
+        *,
+        pitch_mm: float = DEFAULT_PITCH_MM,
+        y_mm: float = DEFAULT_Y_MM,
+        cost_s: float | Mapping[str, float] = 1.0,
+        instrument_id: str | None = None,
+        frame: AffineFrame | None = None,
+        margin_mm: tuple[float, float] = (0.5, 1.0),
+    ) -> None:
         ds = _open(path)
         self.positions = replay_positions(ds, pitch_mm, y_mm)
         mods = _modalities(ds)
@@ -102,10 +122,13 @@ class ReplayDriver:
         self.frame = frame or AffineFrame.identity()
         margin = np.asarray(margin_mm, float)
         lo, hi = self.positions.min(0) - margin, self.positions.max(0) + margin
-        sx, sy = self.frame.to_stage(np.array([lo[0], hi[0], lo[0], hi[0]]),
-                                     np.array([lo[1], lo[1], hi[1], hi[1]]))
-        self.limits = {"x": (float(sx.min()), float(sx.max())),
-                       "y": (float(sy.min()), float(sy.max()))}
+        sx, sy = self.frame.to_stage(
+            np.array([lo[0], hi[0], lo[0], hi[0]]), np.array([lo[1], lo[1], hi[1], hi[1]])
+        )
+        self.limits = {
+            "x": (float(sx.min()), float(sx.max())),
+            "y": (float(sy.min()), float(sy.max())),
+        }
         self._rng = np.random.default_rng(seed)
         self._pos = np.array(self.frame.to_stage(*self.positions[0]), float)
         self._sample: str | None = name
@@ -117,17 +140,37 @@ class ReplayDriver:
         specs = []
         for k, da in self._arrays.items():
             dims = [str(d) for d in da.dims[1:]]
-            specs.append(ModalitySpec(name=k, signal=k, dims=dims,
-                                      shape=[int(s) for s in da.shape[1:]],
-                                      units=str(da.attrs.get("units", "")), cost_s=self.cost[k]))
-        return InstrumentDescription(id=self.id, kind=self.kind, modalities=specs,
-                                     move_cost_s_per_mm=0.0, stage_limits=self.limits,
-                                     frame="stage", library=None, time_scale=0.0)
+            specs.append(
+                ModalitySpec(
+                    name=k,
+                    signal=k,
+                    dims=dims,
+                    shape=[int(s) for s in da.shape[1:]],
+                    units=str(da.attrs.get("units", "")),
+                    cost_s=self.cost[k],
+                )
+            )
+        return InstrumentDescription(
+            id=self.id,
+            kind=self.kind,
+            modalities=specs,
+            move_cost_s_per_mm=0.0,
+            stage_limits=self.limits,
+            frame="stage",
+            library=None,
+            time_scale=0.0,
+        )
 
     def status(self) -> dict[str, Any]:
-        return {"stage_x": float(self._pos[0]), "stage_y": float(self._pos[1]),
-                "sample": self._sample, "busy": self._lock.locked(), "fault": None,
-                "n_measured": self.n_measured, "position_index": self.nearest(*self._library())}
+        return {
+            "stage_x": float(self._pos[0]),
+            "stage_y": float(self._pos[1]),
+            "sample": self._sample,
+            "busy": self._lock.locked(),
+            "fault": None,
+            "n_measured": self.n_measured,
+            "position_index": self.nearest(*self._library()),
+        }
 
     def load_sample(self, sample_id: str) -> None:
         self._sample = sample_id
@@ -146,9 +189,14 @@ class ReplayDriver:
             self.n_measured += 1
         da = self._arrays[modality]
         coords = {str(d): da[d].values.tolist() for d in da.dims[1:] if d in da.coords}
-        return Signal.from_array(modality, [str(d) for d in da.dims[1:]], values,
-                                 units=str(da.attrs.get("units", "")),
-                                 long_name=str(da.attrs.get("long_name", "")), coords=coords)
+        return Signal.from_array(
+            modality,
+            [str(d) for d in da.dims[1:]],
+            values,
+            units=str(da.attrs.get("units", "")),
+            long_name=str(da.attrs.get("long_name", "")),
+            coords=coords,
+        )
 
     def abort(self) -> None:
         """Nothing runs long enough to stop; present so the replay passes the same suite."""

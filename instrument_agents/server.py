@@ -156,11 +156,14 @@ class _DroppedResponse(Response):
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         _DROP_FILTER.expect()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-length", b"4096"),
-                                (b"content-type", b"application/json")]})
-        await send({"type": "http.response.body", "body": b'{"measurement_id"',
-                    "more_body": True})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-length", b"4096"), (b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": b'{"measurement_id"', "more_body": True})
 
 
 class _MeasureCache:
@@ -243,16 +246,20 @@ def _same(a: str | None, b: str | None) -> bool:
 OptionalHeader = Annotated[str | None, Header()]
 
 
-def reader(agent: Annotated[_Agent, Depends(get_agent)],
-           authorization: OptionalHeader = None) -> None:
+def reader(
+    agent: Annotated[_Agent, Depends(get_agent)], authorization: OptionalHeader = None
+) -> None:
     """Any valid token (control or read-only): describe and status."""
     tok = _bearer(authorization)
     if not (_same(tok, agent.token) or _same(tok, agent.readonly_token)):
         raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
 
-def operator(agent: Annotated[_Agent, Depends(get_agent)],
-             authorization: OptionalHeader = None, x_client_id: OptionalHeader = None) -> str:
+def operator(
+    agent: Annotated[_Agent, Depends(get_agent)],
+    authorization: OptionalHeader = None,
+    x_client_id: OptionalHeader = None,
+) -> str:
     """The control token; returns the client id (``X-Client-Id``, else ``anonymous``)."""
     tok = _bearer(authorization)
     if _same(tok, agent.token):
@@ -296,28 +303,34 @@ def status(agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
 
 
 @leases.post("/lease")
-def take_lease(body: LeaseBody | None = None, client_id: str = Depends(operator),
-               agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+def take_lease(
+    body: LeaseBody | None = None,
+    client_id: str = Depends(operator),
+    agent: _Agent = Depends(get_agent),
+) -> dict[str, Any]:
     return agent.lease.acquire(client_id, body.ttl_s if body else None)
 
 
 @leases.delete("/lease")
-def drop_lease(client_id: str = Depends(operator),
-               agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+def drop_lease(
+    client_id: str = Depends(operator), agent: _Agent = Depends(get_agent)
+) -> dict[str, Any]:
     agent.lease.release(client_id)
     return {"holder": None}
 
 
 @controls.post("/sample")
-def load_sample(body: SampleBody, _: str = Depends(controller),
-                agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+def load_sample(
+    body: SampleBody, _: str = Depends(controller), agent: _Agent = Depends(get_agent)
+) -> dict[str, Any]:
     agent.driver.load_sample(body.sample_id)
     return {"sample": agent.driver.status().get("sample")}
 
 
 @controls.post("/move")
-def move(body: MoveBody, _: str = Depends(controller),
-         agent: _Agent = Depends(get_agent)) -> dict[str, float]:
+def move(
+    body: MoveBody, _: str = Depends(controller), agent: _Agent = Depends(get_agent)
+) -> dict[str, float]:
     if not (math.isfinite(body.x) and math.isfinite(body.y)):
         raise ApiError(422, "out_of_limits", "target is not a finite number")
     if body.frame == "library":
@@ -328,16 +341,19 @@ def move(body: MoveBody, _: str = Depends(controller),
     for axis, value in (("x", sx), ("y", sy)):
         lo, hi = limits[axis]
         if not lo <= value <= hi:
-            raise ApiError(422, "out_of_limits",
-                           f"stage {axis}={value:.4f} mm outside limits [{lo}, {hi}]; "
-                           "nothing moved")
+            raise ApiError(
+                422,
+                "out_of_limits",
+                f"stage {axis}={value:.4f} mm outside limits [{lo}, {hi}]; nothing moved",
+            )
     agent.driver.move(float(sx), float(sy))
     return agent.where()
 
 
 @controls.post("/measure", response_model=None)
-def measure(body: MeasureBody, _: str = Depends(controller),
-            agent: _Agent = Depends(get_agent)) -> Measurement | Response:
+def measure(
+    body: MeasureBody, _: str = Depends(controller), agent: _Agent = Depends(get_agent)
+) -> Measurement | Response:
     names = [m.name for m in agent.driver.describe().modalities]
     if body.modality not in names:
         raise ApiError(422, "unknown_modality", f"no modality {body.modality!r}; have {names}")
@@ -346,8 +362,9 @@ def measure(body: MeasureBody, _: str = Depends(controller),
     if done is None:
         return _acquire(agent, rid, body)
     if done.modality != body.modality:
-        raise ApiError(422, "request_id_reused",
-                       f"request id {rid!r} was used for {done.modality!r}")
+        raise ApiError(
+            422, "request_id_reused", f"request id {rid!r} was used for {done.modality!r}"
+        )
     return done
 
 
@@ -363,9 +380,16 @@ def _acquire(agent: _Agent, rid: str, body: MeasureBody) -> Measurement | Respon
             signal = driver.measure(body.modality, body.params)
         except ResponseLost as exc:
             signal, lost = exc.signal, True
-        m = Measurement(measurement_id=rid, instrument=driver.describe().id,
-                        modality=body.modality, sample=str(sample), started=started,
-                        ended=time.time(), signal=signal, **pos)
+        m = Measurement(
+            measurement_id=rid,
+            instrument=driver.describe().id,
+            modality=body.modality,
+            sample=str(sample),
+            started=started,
+            ended=time.time(),
+            signal=signal,
+            **pos,
+        )
         agent.cache.put(rid, m)
     finally:
         agent.cache.finish(rid)
@@ -388,8 +412,9 @@ def reset(_: str = Depends(controller), agent: _Agent = Depends(get_agent)) -> d
 
 
 @controls.post("/frame")
-def set_frame(body: FrameBody, _: str = Depends(controller),
-              agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+def set_frame(
+    body: FrameBody, _: str = Depends(controller), agent: _Agent = Depends(get_agent)
+) -> dict[str, Any]:
     try:
         agent.frame = AffineFrame.fit(body.library, body.stage)
     except ValueError as exc:
@@ -411,13 +436,21 @@ async def _driver_error(_: Request, exc: DriverError) -> JSONResponse:
         status, code = 503, "transient"
     else:
         status, code = 500, "fault"
-    return JSONResponse({"error": code, "detail": str(exc), "transient": exc.transient},
-                        status_code=status)
+    return JSONResponse(
+        {"error": code, "detail": str(exc), "transient": exc.transient}, status_code=status
+    )
 
 
-def create_app(driver: Driver, *, token: str, readonly_token: str | None = None,
-               frame: AffineFrame | None = None, lease_ttl_s: float = 30.0,
-               inflight_wait_s: float = 5.0, cache_size: int = 10_000) -> FastAPI:
+def create_app(
+    driver: Driver,
+    *,
+    token: str,
+    readonly_token: str | None = None,
+    frame: AffineFrame | None = None,
+    lease_ttl_s: float = 30.0,
+    inflight_wait_s: float = 5.0,
+    cache_size: int = 10_000,
+) -> FastAPI:
     """Serve ``driver`` over HTTP.
 
     ``frame`` maps library mm to this instrument's stage mm; it defaults to the driver's own
@@ -428,10 +461,14 @@ def create_app(driver: Driver, *, token: str, readonly_token: str | None = None,
         raise ValueError("a control token is required")
     app = FastAPI(title="coorch instrument agent", version="1")
     app.state.agent = _Agent(
-        driver=driver, token=token, readonly_token=readonly_token,
+        driver=driver,
+        token=token,
+        readonly_token=readonly_token,
         frame=frame or getattr(driver, "frame", None) or AffineFrame.identity(),
-        lease=Lease(lease_ttl_s), cache=_MeasureCache(cache_size),
-        inflight_wait_s=inflight_wait_s)
+        lease=Lease(lease_ttl_s),
+        cache=_MeasureCache(cache_size),
+        inflight_wait_s=inflight_wait_s,
+    )
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(DriverError, _driver_error)
     for router in (reads, leases, controls):

@@ -50,8 +50,15 @@ class Mode:
         return [len(self.coords[d]) for d in self.dims]
 
     def spec(self) -> ModalitySpec:
-        return ModalitySpec(name=self.name, signal=self.signal, dims=self.dims, shape=self.shape,
-                            units=self.units, coord_units=self.coord_units, cost_s=self.cost_s)
+        return ModalitySpec(
+            name=self.name,
+            signal=self.signal,
+            dims=self.dims,
+            shape=self.shape,
+            units=self.units,
+            coord_units=self.coord_units,
+            cost_s=self.cost_s,
+        )
 
 
 @dataclass
@@ -68,13 +75,16 @@ class Drift:
         return self.offset
 
 
-def stage_limits_for(library: VirtualLibrary, frame: AffineFrame,
-                     margin_mm: float = 0.5) -> dict[str, tuple[float, float]]:
+def stage_limits_for(
+    library: VirtualLibrary, frame: AffineFrame, margin_mm: float = 0.5
+) -> dict[str, tuple[float, float]]:
     """Soft limits: the library's footprint on the stage plus a margin (never off the sample)."""
     (x0, x1), (y0, y1) = library.extent
     sx, sy = frame.to_stage(np.array([x0, x1, x0, x1]), np.array([y0, y0, y1, y1]))
-    return {"x": (float(sx.min() - margin_mm), float(sx.max() + margin_mm)),
-            "y": (float(sy.min() - margin_mm), float(sy.max() + margin_mm))}
+    return {
+        "x": (float(sx.min() - margin_mm), float(sx.max() + margin_mm)),
+        "y": (float(sy.min() - margin_mm), float(sy.max() + margin_mm)),
+    }
 
 
 class TwinDriver:
@@ -85,11 +95,18 @@ class TwinDriver:
     sample_load_cost_s: float = 60.0
     latch_message: str = "instrument fault latched"
 
-    def __init__(self, library: str | VirtualLibrary = "smbfo", *, seed: int = 0,
-                 time_scale: float = 0.0, fault_rate: float = 0.0,
-                 instrument_id: str | None = None, frame: AffineFrame | None = None,
-                 hang_s: float | None = None,
-                 fault_weights: Mapping[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        library: str | VirtualLibrary = "smbfo",
+        *,
+        seed: int = 0,
+        time_scale: float = 0.0,
+        fault_rate: float = 0.0,
+        instrument_id: str | None = None,
+        frame: AffineFrame | None = None,
+        hang_s: float | None = None,
+        fault_weights: Mapping[str, float] | None = None,
+    ) -> None:
         self.library = get_library(library) if isinstance(library, str) else library
         self.seed = seed
         self.time_scale = float(time_scale)
@@ -123,15 +140,26 @@ class TwinDriver:
     # ----------------------------------------------------------------- Driver protocol
     def describe(self) -> InstrumentDescription:
         return InstrumentDescription(
-            id=self.id, kind=self.kind, modalities=[m.spec() for m in self.modes.values()],
+            id=self.id,
+            kind=self.kind,
+            modalities=[m.spec() for m in self.modes.values()],
             move_cost_s_per_mm=self.move_cost_s_per_mm,
-            sample_load_cost_s=self.sample_load_cost_s, stage_limits=self.limits, frame="stage",
-            library=self.library.name, time_scale=self.time_scale)
+            sample_load_cost_s=self.sample_load_cost_s,
+            stage_limits=self.limits,
+            frame="stage",
+            library=self.library.name,
+            time_scale=self.time_scale,
+        )
 
     def status(self) -> dict[str, Any]:
-        return {"stage_x": float(self._pos[0]), "stage_y": float(self._pos[1]),
-                "sample": self._sample, "busy": self._lock.locked(), "fault": self._fault,
-                "n_measured": self.n_measured}
+        return {
+            "stage_x": float(self._pos[0]),
+            "stage_y": float(self._pos[1]),
+            "sample": self._sample,
+            "busy": self._lock.locked(),
+            "fault": self._fault,
+            "n_measured": self.n_measured,
+        }
 
     def load_sample(self, sample_id: str) -> None:
         with self._busy():
@@ -168,9 +196,15 @@ class TwinDriver:
             clean = mode.render(np.asarray(lx + dx), np.asarray(ly + dy))
             values = mode.noise(clean, self._rng)
             self.n_measured += 1
-            signal = Signal.from_array(mode.signal, mode.dims, values, units=mode.units,
-                                       long_name=mode.long_name, coords=mode.coords,
-                                       coord_units=mode.coord_units)
+            signal = Signal.from_array(
+                mode.signal,
+                mode.dims,
+                values,
+                units=mode.units,
+                long_name=mode.long_name,
+                coords=mode.coords,
+                coord_units=mode.coord_units,
+            )
             if fault == "disconnect":
                 raise ResponseLost(signal)
             return signal

@@ -49,13 +49,30 @@ class AFMTwin(TwinDriver):
         bias = np.linspace(-vmax, vmax, N_BIAS)
         px = np.arange(N_IMAGE) * self.topo_pixel_nm
         return [
-            Mode("pfm_loop", "piezoresponse", ["branch", "bias"],
-                 {"branch": ["forward", "reverse"], "bias": bias.tolist()}, "pm/V",
-                 {"bias": "V"}, 30.0, lambda x, y: self._loop(bias, x, y), self._loop_noise,
-                 long_name="band-excitation piezoresponse hysteresis loop"),
-            Mode("afm_topo", "height", ["y", "x"], {"y": px.tolist(), "x": px.tolist()}, "nm",
-                 {"y": "nm", "x": "nm"}, 240.0, self._topo, self._topo_noise,
-                 long_name="AFM topography"),
+            Mode(
+                "pfm_loop",
+                "piezoresponse",
+                ["branch", "bias"],
+                {"branch": ["forward", "reverse"], "bias": bias.tolist()},
+                "pm/V",
+                {"bias": "V"},
+                30.0,
+                lambda x, y: self._loop(bias, x, y),
+                self._loop_noise,
+                long_name="band-excitation piezoresponse hysteresis loop",
+            ),
+            Mode(
+                "afm_topo",
+                "height",
+                ["y", "x"],
+                {"y": px.tolist(), "x": px.tolist()},
+                "nm",
+                {"y": "nm", "x": "nm"},
+                240.0,
+                self._topo,
+                self._topo_noise,
+                long_name="AFM topography",
+            ),
         ]
 
     def _loop(self, bias: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -111,9 +128,20 @@ class RamanTwin(TwinDriver):
 
     def _modes(self) -> list[Mode]:
         wn = np.linspace(100.0, 800.0, N_RAMAN)
-        return [Mode("raman", "intensity", ["wavenumber"], {"wavenumber": wn.tolist()}, "counts",
-                     {"wavenumber": "cm^-1"}, 20.0, lambda x, y: self._spectrum(wn, x, y),
-                     self._noise, long_name="Raman scattered intensity")]
+        return [
+            Mode(
+                "raman",
+                "intensity",
+                ["wavenumber"],
+                {"wavenumber": wn.tolist()},
+                "counts",
+                {"wavenumber": "cm^-1"},
+                20.0,
+                lambda x, y: self._spectrum(wn, x, y),
+                self._noise,
+                long_name="Raman scattered intensity",
+            )
+        ]
 
     def _spectrum(self, wn: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         lib = self.library
@@ -147,8 +175,20 @@ class WDSTwin(TwinDriver):
 
     def _modes(self) -> list[Mode]:
         elements = list(self.library.elements)
-        return [Mode("wds", "concentration", ["element"], {"element": elements}, "at.%", {},
-                     60.0, self._conc, self._noise, long_name="element concentration")]
+        return [
+            Mode(
+                "wds",
+                "concentration",
+                ["element"],
+                {"element": elements},
+                "at.%",
+                {},
+                60.0,
+                self._conc,
+                self._noise,
+                long_name="element concentration",
+            )
+        ]
 
     def _conc(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         at = self.library.atomic_percent(x, y)
@@ -179,12 +219,30 @@ class STEMTwin(TwinDriver):
         e0, e1 = self.library.eels_range_ev
         energy = np.linspace(e0, e1, N_EELS)
         return [
-            Mode("stem_haadf", "haadf", ["y", "x"], {"y": px.tolist(), "x": px.tolist()},
-                 "counts", {"y": "nm", "x": "nm"}, 5.0, lambda x, y: self._haadf(px, x, y),
-                 self._haadf_noise, long_name="HAADF-STEM intensity"),
-            Mode("eels", "eels", ["energy_loss"], {"energy_loss": energy.tolist()}, "counts",
-                 {"energy_loss": "eV"}, 8.0, lambda x, y: self._eels(energy, x, y),
-                 self._eels_noise, long_name="core-loss EELS"),
+            Mode(
+                "stem_haadf",
+                "haadf",
+                ["y", "x"],
+                {"y": px.tolist(), "x": px.tolist()},
+                "counts",
+                {"y": "nm", "x": "nm"},
+                5.0,
+                lambda x, y: self._haadf(px, x, y),
+                self._haadf_noise,
+                long_name="HAADF-STEM intensity",
+            ),
+            Mode(
+                "eels",
+                "eels",
+                ["energy_loss"],
+                {"energy_loss": energy.tolist()},
+                "counts",
+                {"energy_loss": "eV"},
+                8.0,
+                lambda x, y: self._eels(energy, x, y),
+                self._eels_noise,
+                long_name="core-loss EELS",
+            ),
         ]
 
     def _haadf(self, px: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -200,8 +258,9 @@ class STEMTwin(TwinDriver):
         ax, ay = i * a + origin[0], j * a + origin[1]
         # Polar phase: two domains split by a wall, B-site columns displaced in opposite senses.
         theta, c0 = rng.uniform(0, np.pi), rng.uniform(0.3, 0.7) * fov
-        side = np.sign((ax - fov / 2) * np.sin(theta) - (ay - fov / 2) * np.cos(theta) + 1e-9
-                       + c0 - fov / 2)
+        side = np.sign(
+            (ax - fov / 2) * np.sin(theta) - (ay - fov / 2) * np.cos(theta) + 1e-9 + c0 - fov / 2
+        )
         disp = 0.045 * f * side
         # Non-polar phase: antipolar A-site shifts doubling the cell along x, with a weak
         # intensity superstructure from octahedral tilts.
@@ -227,9 +286,14 @@ class STEMTwin(TwinDriver):
     @staticmethod
     def _haadf_noise(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         jitter = rng.normal(0.0, 0.3, (clean.shape[0], 1))  # scan-line jitter, in pixels
-        rows = np.array([np.interp(np.arange(clean.shape[1]) + jitter[r, 0],
-                                   np.arange(clean.shape[1]), clean[r])
-                         for r in range(clean.shape[0])])
+        rows = np.array(
+            [
+                np.interp(
+                    np.arange(clean.shape[1]) + jitter[r, 0], np.arange(clean.shape[1]), clean[r]
+                )
+                for r in range(clean.shape[0])
+            ]
+        )
         return rng.poisson(np.clip(rows, 0, None)).astype(float)
 
     def _eels(self, energy: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -247,13 +311,24 @@ class STEMTwin(TwinDriver):
         return rng.poisson(np.clip(clean, 0, None)).astype(float) + rng.normal(0, 3.0, clean.shape)
 
 
-TWINS: dict[str, type[TwinDriver]] = {"afm": AFMTwin, "raman": RamanTwin, "wds": WDSTwin,
-                                      "stem": STEMTwin}
+TWINS: dict[str, type[TwinDriver]] = {
+    "afm": AFMTwin,
+    "raman": RamanTwin,
+    "wds": WDSTwin,
+    "stem": STEMTwin,
+}
 
 
-def make_twin(instrument: str, library: str = "smbfo", *, seed: int = 0,
-              time_scale: float = 0.0, fault_rate: float = 0.0,
-              instrument_id: str | None = None, **kw: object) -> TwinDriver:
+def make_twin(
+    instrument: str,
+    library: str = "smbfo",
+    *,
+    seed: int = 0,
+    time_scale: float = 0.0,
+    fault_rate: float = 0.0,
+    instrument_id: str | None = None,
+    **kw: object,
+) -> TwinDriver:
     """A digital twin of ``instrument`` (afm, raman, wds, stem) over virtual ``library``.
 
     Extra keywords (``frame``, ``hang_s``, ``fault_weights``) go to :class:`TwinDriver`.
@@ -262,5 +337,11 @@ def make_twin(instrument: str, library: str = "smbfo", *, seed: int = 0,
         cls = TWINS[instrument]
     except KeyError:
         raise KeyError(f"unknown instrument {instrument!r}; known: {list(TWINS)}") from None
-    return cls(library, seed=seed, time_scale=time_scale, fault_rate=fault_rate,
-               instrument_id=instrument_id, **kw)  # type: ignore[arg-type]
+    return cls(
+        library,
+        seed=seed,
+        time_scale=time_scale,
+        fault_rate=fault_rate,
+        instrument_id=instrument_id,
+        **kw,
+    )  # type: ignore[arg-type]

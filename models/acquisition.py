@@ -25,8 +25,9 @@ import numpy as np
 from coorch.models.incremental import IncrementalPosterior
 
 
-def local_variance_reduction(post: IncrementalPosterior, tasks: list[int],
-                             weights: np.ndarray) -> np.ndarray:
+def local_variance_reduction(
+    post: IncrementalPosterior, tasks: list[int], weights: np.ndarray
+) -> np.ndarray:
     """Weighted variance reduction at each candidate's own position, shape (M,);
     ``weights`` (M, T)."""
     c = post.C  # (M, T, T)
@@ -39,8 +40,9 @@ def local_variance_reduction(post: IncrementalPosterior, tasks: list[int],
     return np.einsum("mto,mot,mt->m", c_to, sol, weights)
 
 
-def integrated_variance_reduction_at(post: IncrementalPosterior, idx: np.ndarray, tasks: list[int],
-                    weights: np.ndarray) -> np.ndarray:
+def integrated_variance_reduction_at(
+    post: IncrementalPosterior, idx: np.ndarray, tasks: list[int], weights: np.ndarray
+) -> np.ndarray:
     """Weighted integrated variance reduction over the posterior's reference positions for
     candidates ``idx``, shape (K,); ``weights`` (M, T) over all candidates."""
     cov = post.cross_covariance(idx, tasks)  # (K, O, R, T)
@@ -51,9 +53,14 @@ def integrated_variance_reduction_at(post: IncrementalPosterior, idx: np.ndarray
     return (red * weights[ref][None]).sum(2).mean(1)
 
 
-def integrated_variance_reduction(post: IncrementalPosterior, tasks: list[int], weights: np.ndarray,
-                   *, top_k: int = 32,
-                   exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def integrated_variance_reduction(
+    post: IncrementalPosterior,
+    tasks: list[int],
+    weights: np.ndarray,
+    *,
+    top_k: int = 32,
+    exclude: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Candidate indices (k,) and their integrated gain (k,), best first; ``weights`` (M, T)
     per candidate and task, or (T,) the same everywhere."""
     weights = np.broadcast_to(weights, post.C.shape[:2])

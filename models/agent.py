@@ -57,8 +57,14 @@ class Agent:
     name = "agent"
     model_version = "none"
 
-    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
-                 instruments: Sequence[InstrumentCost], *, seed: int = 0) -> None:
+    def __init__(
+        self,
+        candidates: np.ndarray,
+        bounds: np.ndarray,
+        instruments: Sequence[InstrumentCost],
+        *,
+        seed: int = 0,
+    ) -> None:
         self.geometry = LibraryGeometry(bounds)
         self.bounds = self.geometry.bounds
         self.candidates = np.atleast_2d(np.asarray(candidates, float))
@@ -110,20 +116,31 @@ class Agent:
         inst, cand, value = best
         return self._pend(inst, cand, value, self.name, new_id("m"))
 
-    def reserve(self, instrument: str, x: np.ndarray, *, reason: str = "seed",
-                measurement_id: str | None = None) -> Suggestion:
+    def reserve(
+        self,
+        instrument: str,
+        x: np.ndarray,
+        *,
+        reason: str = "seed",
+        measurement_id: str | None = None,
+    ) -> Suggestion:
         """Make a position chosen outside the agent pending, at the nearest candidate."""
         inst = self.instrument(instrument)
-        return self._pend(inst, self.nearest(x), float("nan"), reason,
-                          measurement_id or new_id("m"))
+        return self._pend(
+            inst, self.nearest(x), float("nan"), reason, measurement_id or new_id("m")
+        )
 
     def relabel(self, values: dict[str, np.ndarray]) -> None:
         """Replace the values of measurements already told (positions do not change)."""
         self.log.relabel(values)
 
     def report(self) -> dict:
-        return {"policy": self.name, "n_observations": len(self.log),
-                "n_pending": len(self.pending), "model_version": self.model_version}
+        return {
+            "policy": self.name,
+            "n_observations": len(self.log),
+            "n_pending": len(self.pending),
+            "model_version": self.model_version,
+        }
 
     # -- what subclasses supply -----------------------------------------------------------
     def _score(self, inst: InstrumentCost, free: np.ndarray) -> np.ndarray:
@@ -163,17 +180,25 @@ class Agent:
         best = int(np.argmax(score))
         return int(free[best]), float(score[best])
 
-    def _pend(self, inst: InstrumentCost, cand: int, value: float, reason: str,
-                 mid: str) -> Suggestion:
+    def _pend(
+        self, inst: InstrumentCost, cand: int, value: float, reason: str, mid: str
+    ) -> Suggestion:
         pending = tuple(self.pending)
         self.pending[mid] = (inst.name, cand)
         self.visited[inst.name].add(cand)
         self._condition(self.unit[cand], inst)
         self.position[inst.name] = self.candidates[cand]
         return Suggestion(
-            instrument=inst.name, x=self.candidates[cand].copy(), measurement_id=mid,
-            acquisition_value=float(value), policy=reason, model_version=self.model_version,
-            trained_on=self._trained_on(), pending=pending, n_candidates=len(self.candidates))
+            instrument=inst.name,
+            x=self.candidates[cand].copy(),
+            measurement_id=mid,
+            acquisition_value=float(value),
+            policy=reason,
+            model_version=self.model_version,
+            trained_on=self._trained_on(),
+            pending=pending,
+            n_candidates=len(self.candidates),
+        )
 
     def space_filling(self, inst: InstrumentCost, free: np.ndarray) -> int:
         """The free candidate farthest from everything measured or pending (any instrument);
@@ -218,8 +243,9 @@ class GridAgent(Agent):
         fresh = next((int(c) for c in self.order if int(c) not in seen), None)
         # once every candidate is done the survey starts over; when several instruments are
         # free, the one with the least done so far wins
-        cand = fresh if fresh is not None else int(self.order[self.asked[inst.name]
-                                                              % len(self.order)])
+        cand = (
+            fresh if fresh is not None else int(self.order[self.asked[inst.name] % len(self.order)])
+        )
         return cand, -float(len(seen))
 
 

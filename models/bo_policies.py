@@ -46,6 +46,7 @@ def least_loaded(agent: Agent) -> str:
     """The instrument with the fewest observations (of its first task, told with or without a
     value) plus pending suggestions; the first in order wins ties. Agents whose values are not
     comparable across instruments take turns by it."""
+
     def load(name: str) -> int:
         told = len(agent.log.data(known=False, tasks=agent.instruments[name].tasks[:1])[2])
         return told + sum(1 for n, _ in agent.pending.values() if n == name)
@@ -66,10 +67,17 @@ class BOPolicy(Agent):
 
     name = "bo"
 
-    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
-                 instruments: Sequence[InstrumentCost], *, refit_every: int = 1,
-                 exclude_measured: bool = False, seed: int = 0,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        candidates: np.ndarray,
+        bounds: np.ndarray,
+        instruments: Sequence[InstrumentCost],
+        *,
+        refit_every: int = 1,
+        exclude_measured: bool = False,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(candidates, bounds, instruments, seed=seed)
         if name is not None:
             self.name = name
@@ -118,13 +126,18 @@ class BOPolicy(Agent):
         gp = self.model(task)
         _, y = self.gps.data(task)
         with torch_scope():
-            return evaluate_in_chunks(self._acqf(gp, float(y.max())),
-                                      self._unit_t[torch.as_tensor(free)], _CHUNK)
+            return evaluate_in_chunks(
+                self._acqf(gp, float(y.max())), self._unit_t[torch.as_tensor(free)], _CHUNK
+            )
 
     def report(self) -> dict:
         out = super().report()
-        out.update(acquisition=self.name, refit_every=self.refit_every, n_fits=self.n_fits,
-                   lengthscale=self.gps.lengthscales())
+        out.update(
+            acquisition=self.name,
+            refit_every=self.refit_every,
+            n_fits=self.n_fits,
+            lengthscale=self.gps.lengthscales(),
+        )
         return out
 
 
@@ -133,12 +146,27 @@ class UCBPolicy(BOPolicy):
 
     name = "ucb"
 
-    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
-                 instruments: Sequence[InstrumentCost], *, beta: float = 2.0,
-                 refit_every: int = 1, exclude_measured: bool = False, seed: int = 0,
-                 name: str | None = None) -> None:
-        super().__init__(candidates, bounds, instruments, refit_every=refit_every,
-                         exclude_measured=exclude_measured, seed=seed, name=name)
+    def __init__(
+        self,
+        candidates: np.ndarray,
+        bounds: np.ndarray,
+        instruments: Sequence[InstrumentCost],
+        *,
+        beta: float = 2.0,
+        refit_every: int = 1,
+        exclude_measured: bool = False,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(
+            candidates,
+            bounds,
+            instruments,
+            refit_every=refit_every,
+            exclude_measured=exclude_measured,
+            seed=seed,
+            name=name,
+        )
         self.beta = float(beta)
 
     def _acqf(self, gp: SingleTaskGP, y_best: float) -> AcquisitionFunction:

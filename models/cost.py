@@ -23,8 +23,9 @@ class InstrumentCost:
     log_scale: bool = False  # its tasks are amounts, modelled as their log (models/mtgp.py)
 
 
-def instrument_seconds(inst: InstrumentCost, candidates_mm: np.ndarray,
-                       here_mm: np.ndarray | None) -> np.ndarray:
+def instrument_seconds(
+    inst: InstrumentCost, candidates_mm: np.ndarray, here_mm: np.ndarray | None
+) -> np.ndarray:
     """(M,) seconds to measure at each candidate: the modality's cost plus the stage move from
     ``here_mm`` (where the instrument is, or will be once its pending point is measured)."""
     if here_mm is None or inst.move_cost_s_per_mm == 0:
@@ -33,8 +34,9 @@ def instrument_seconds(inst: InstrumentCost, candidates_mm: np.ndarray,
     return inst.cost_s + inst.move_cost_s_per_mm * dist
 
 
-def unit_cost(inst: InstrumentCost, candidates_mm: np.ndarray,
-              here_mm: np.ndarray | None) -> np.ndarray:
+def unit_cost(
+    inst: InstrumentCost, candidates_mm: np.ndarray, here_mm: np.ndarray | None
+) -> np.ndarray:
     """Every measurement costs the same (the published agent ignored cost)."""
     return np.ones(len(candidates_mm))
 

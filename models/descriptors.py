@@ -75,8 +75,13 @@ def latent_component(sig: Signal, component: int = 1) -> np.ndarray:
     return np.array([sig.array().reshape(-1)[component]])
 
 
-def edge_peak_ratio(sig: Signal, pre: Window = (490.0, 528.0), peak: Window = (530.0, 537.0),
-                    post: Window = (545.0, 570.0), axis: str | None = None) -> np.ndarray:
+def edge_peak_ratio(
+    sig: Signal,
+    pre: Window = (490.0, 528.0),
+    peak: Window = (530.0, 537.0),
+    post: Window = (545.0, 570.0),
+    axis: str | None = None,
+) -> np.ndarray:
     """Fine-structure peak over edge step of a core-loss edge, background removed (1 value).
 
     Why: the spectral centroid of a whole EELS window is dominated by the power-law background
@@ -91,8 +96,9 @@ def edge_peak_ratio(sig: Signal, pre: Window = (490.0, 528.0), peak: Window = (5
     e = np.asarray(sig.coords[axis or sig.dims[0]], float)
     windows = [(e >= lo) & (e <= hi) for lo, hi in (pre, peak, post)]
     if any(w.sum() < 2 for w in windows):
-        raise ValueError(f"each window needs two samples of {axis or sig.dims[0]} "
-                         f"in [{e.min()}, {e.max()}]")
+        raise ValueError(
+            f"each window needs two samples of {axis or sig.dims[0]} in [{e.min()}, {e.max()}]"
+        )
     m = windows[0] & (e > 0)
     slope, intercept = np.polyfit(np.log(e[m]), np.log(np.clip(y[m], 1e-12, None)), 1)
     net = y - np.exp(intercept + slope * np.log(np.clip(e, 1e-12, None)))

@@ -41,8 +41,9 @@ __all__ = ["Im2SpecPolicy", "expected_improvement"]
 ACQUISITIONS = ("max_variance", "ei")
 
 
-def expected_improvement(mean: np.ndarray, std: np.ndarray, best: float, *,
-                         maximize: bool = True, xi: float = 0.0) -> np.ndarray:
+def expected_improvement(
+    mean: np.ndarray, std: np.ndarray, best: float, *, maximize: bool = True, xi: float = 0.0
+) -> np.ndarray:
     """Closed-form EI of a Gaussian belief over ``best`` (larger is better unless
     ``maximize=False``); ``xi`` trades exploitation for exploration."""
     sign = 1.0 if maximize else -1.0
@@ -73,13 +74,25 @@ class Im2SpecPolicy(Agent):
 
     name = "im2spec"
 
-    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
-                 instruments: Sequence[InstrumentCost], *, structure: np.ndarray,
-                 structure_ids: Sequence[str] = (), acquisition: str = "max_variance",
-                 maximize: bool = True, refit_every: int = 4, n_initial: int = 4,
-                 feature_dim: int = 2,
-                 steps: int = 80, extractor: Extractor = "cnn", xi: float = 0.0,
-                 seed: int = 0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        candidates: np.ndarray,
+        bounds: np.ndarray,
+        instruments: Sequence[InstrumentCost],
+        *,
+        structure: np.ndarray,
+        structure_ids: Sequence[str] = (),
+        acquisition: str = "max_variance",
+        maximize: bool = True,
+        refit_every: int = 4,
+        n_initial: int = 4,
+        feature_dim: int = 2,
+        steps: int = 80,
+        extractor: Extractor = "cnn",
+        xi: float = 0.0,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(candidates, bounds, instruments, seed=seed)
         self.structure = np.asarray(structure, float)
         if self.structure.ndim != 3 or len(self.structure) != len(self.candidates):
@@ -127,14 +140,21 @@ class Im2SpecPolicy(Agent):
         n = len(y)
         if n < self.n_initial:
             return None
-        if (self.dkl is not None and self._data is not None and len(self._data[1]) == n
-                and np.array_equal(self._data[0], idx) and np.array_equal(self._data[1], y)):
+        if (
+            self.dkl is not None
+            and self._data is not None
+            and len(self._data[1]) == n
+            and np.array_equal(self._data[0], idx)
+            and np.array_equal(self._data[1], y)
+        ):
             return self.dkl
         relabelled = self._data is not None and not np.array_equal(
-            self._data[1], y[:len(self._data[1])])
+            self._data[1], y[: len(self._data[1])]
+        )
         if self.dkl is None or relabelled or self.cadence.due(self.n_fit, n):
-            self.dkl = fit_dkl(self.structure[idx], y, seed=fit_seed(self.seed, 0, n),
-                               **self.fit_kw)
+            self.dkl = fit_dkl(
+                self.structure[idx], y, seed=fit_seed(self.seed, 0, n), **self.fit_kw
+            )
             self.n_fit = n
             self.n_fits += 1
         else:
@@ -175,8 +195,9 @@ class Im2SpecPolicy(Agent):
             return std
         idx, _ = self.training_data()
         best = mean[idx].max() if self.maximize else mean[idx].min()
-        return expected_improvement(mean[free], std, float(best), maximize=self.maximize,
-                                    xi=self.xi)
+        return expected_improvement(
+            mean[free], std, float(best), maximize=self.maximize, xi=self.xi
+        )
 
     # -- beliefs -------------------------------------------------------------------------
     def report(self) -> dict:
@@ -184,11 +205,23 @@ class Im2SpecPolicy(Agent):
         (``mean``, ``std`` at every candidate ``x``; None before the first fit)."""
         out = super().report()
         idx, y = self.training_data()
-        out.update(acquisition=self.acquisition, n_fits=self.n_fits, refit_every=self.refit_every,
-                   measured=idx.tolist(), measured_values=y.tolist(),
-                   x=self.candidates.tolist(), mean=None, std=None, noise=None)
+        out.update(
+            acquisition=self.acquisition,
+            n_fits=self.n_fits,
+            refit_every=self.refit_every,
+            measured=idx.tolist(),
+            measured_values=y.tolist(),
+            x=self.candidates.tolist(),
+            mean=None,
+            std=None,
+            noise=None,
+        )
         pred = self.predict_map()
         if pred is not None:
-            out.update(mean=pred[0].tolist(), std=np.sqrt(pred[1]).tolist(),
-                       noise=self.dkl.noise(), model_version=self.model_version)
+            out.update(
+                mean=pred[0].tolist(),
+                std=np.sqrt(pred[1]).tolist(),
+                noise=self.dkl.noise(),
+                model_version=self.model_version,
+            )
         return out

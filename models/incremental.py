@@ -28,9 +28,15 @@ class IncrementalPosterior:
     """Posterior covariance of an ICM GP at ``candidates`` (M, d, unit box), conditioned on
     rows added one at a time by :meth:`add`. Values ``y`` never enter: see module docstring."""
 
-    def __init__(self, candidates: np.ndarray, hyper: MTGPHyperparameters, *,
-                 reference: np.ndarray | None = None, capacity: int = 256,
-                 dtype: type = np.float32) -> None:
+    def __init__(
+        self,
+        candidates: np.ndarray,
+        hyper: MTGPHyperparameters,
+        *,
+        reference: np.ndarray | None = None,
+        capacity: int = 256,
+        dtype: type = np.float32,
+    ) -> None:
         self.candidates = np.ascontiguousarray(candidates, dtype=float)
         self.hyper = hyper
         self.dtype = dtype
@@ -110,8 +116,9 @@ class IncrementalPosterior:
         return prior - (vp.T @ vr).reshape(prior.shape)
 
 
-def exact_posterior(hyper: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray,
-                    y: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def exact_posterior(
+    hyper: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray, y: np.ndarray, query: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and latent variance (Q, T) at ``query`` in the targets' own units
     (for a task modelled as its log: the log-normal's mean and variance).
 

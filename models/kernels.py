@@ -102,10 +102,15 @@ class LinearTrend:
 Kernel = Matern52 | LinearTrend
 
 
-def components(lengthscale: Array, task_covariance: Array, *,
-               task_lengthscale: Array | None = None, task_variance: Array | None = None,
-               trend_weight: Array | None = None,
-               centre: Array | float = 0.5) -> list[tuple[Kernel, Array]]:
+def components(
+    lengthscale: Array,
+    task_covariance: Array,
+    *,
+    task_lengthscale: Array | None = None,
+    task_variance: Array | None = None,
+    trend_weight: Array | None = None,
+    centre: Array | float = 0.5,
+) -> list[tuple[Kernel, Array]]:
     """The covariance as ``[(kernel over position, B_q (T, T)), ...]``, summed over ``q``: the
     shared part first, then each task's own part (``task_lengthscale`` (T, d) and
     ``task_variance`` (T,), None: plain ICM) and each task's trend (``trend_weight`` (T, d),
@@ -114,16 +119,22 @@ def components(lengthscale: Array, task_covariance: Array, *,
     eye = xp.eye(task_covariance.shape[0], dtype=task_covariance.dtype)
     out: list[tuple[Kernel, Array]] = [(Matern52(lengthscale), task_covariance)]
     if task_variance is not None:
-        out += [(Matern52(ls), xp.diag(s * eye[i]))
-                for i, (ls, s) in enumerate(zip(task_lengthscale, task_variance, strict=True))]
+        out += [
+            (Matern52(ls), xp.diag(s * eye[i]))
+            for i, (ls, s) in enumerate(zip(task_lengthscale, task_variance, strict=True))
+        ]
     if trend_weight is not None:
-        out += [(LinearTrend(w, centre), xp.diag(eye[i])) for i, w in enumerate(trend_weight)
-                if (w != 0).any()]
+        out += [
+            (LinearTrend(w, centre), xp.diag(eye[i]))
+            for i, w in enumerate(trend_weight)
+            if (w != 0).any()
+        ]
     return out
 
 
-def covariance(parts: list[tuple[Kernel, Array]], xa: Array, ta: Array, xb: Array,
-               tb: Array) -> Array:
+def covariance(
+    parts: list[tuple[Kernel, Array]], xa: Array, ta: Array, xb: Array, tb: Array
+) -> Array:
     """Prior covariance (n, m) between rows (``xa`` (n, d), tasks ``ta`` (n,)) and (``xb``
     (m, d), ``tb`` (m,)) of the components ``parts``; a component whose task matrix is zero
     on these tasks is not evaluated."""

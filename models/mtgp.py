@@ -50,6 +50,7 @@ Fitting is the slow part (a second or more at n = 500), so it runs in the backgr
 cheap to ship) and its result, a small :class:`MTGPHyperparameters`, is swapped into the
 decision path when ready.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -119,16 +120,25 @@ class MTGPHyperparameters:
         the shared part first, then each task's own part and its trend (at ``[i, i]``, zero
         elsewhere); :func:`coorch.models.kernels.components`. Every covariance in the
         posterior code is built from this one list."""
-        return kernels.components(self.lengthscale, self.task_covariance,
-                                  task_lengthscale=self.task_lengthscale,
-                                  task_variance=self.task_variance,
-                                  trend_weight=self.trend_weight)
+        return kernels.components(
+            self.lengthscale,
+            self.task_covariance,
+            task_lengthscale=self.task_lengthscale,
+            task_variance=self.task_variance,
+            trend_weight=self.trend_weight,
+        )
 
-    def covariance(self, xa: np.ndarray, ta: np.ndarray, xb: np.ndarray,
-                   tb: np.ndarray) -> np.ndarray:
+    def covariance(
+        self, xa: np.ndarray, ta: np.ndarray, xb: np.ndarray, tb: np.ndarray
+    ) -> np.ndarray:
         """Prior covariance between rows (``xa`` (n, d), task ``ta`` (n,)) and (``xb``, ``tb``)."""
-        return kernels.covariance(self.components(), np.atleast_2d(xa), np.asarray(ta, int),
-                                  np.atleast_2d(xb), np.asarray(tb, int))
+        return kernels.covariance(
+            self.components(),
+            np.atleast_2d(xa),
+            np.asarray(ta, int),
+            np.atleast_2d(xb),
+            np.asarray(tb, int),
+        )
 
     def prior_diagonal(self, x: np.ndarray) -> np.ndarray:
         """Prior covariance between the tasks at each position ``x`` (n, d): (n, T, T)."""
@@ -138,9 +148,16 @@ class MTGPHyperparameters:
     def version(self) -> str:
         """A short content hash: the ``model_version`` a decision records."""
         h = hashlib.sha256()
-        for a in (self.lengthscale, self.task_covariance, self.noise, self.task_mean,
-                  self.task_lengthscale, self.task_variance, self.trend_weight,
-                  self.log_tasks):
+        for a in (
+            self.lengthscale,
+            self.task_covariance,
+            self.noise,
+            self.task_mean,
+            self.task_lengthscale,
+            self.task_variance,
+            self.trend_weight,
+            self.log_tasks,
+        ):
             if a is None:
                 continue
             h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
@@ -176,8 +193,9 @@ class MTGPHyperparameters:
             b[off] = 0.0
         return dataclasses.replace(self, task_covariance=b)
 
-    def with_prior_for(self, tasks: list[int] | np.ndarray, *, noise: float = 0.05,
-                       trend: np.ndarray | None = None) -> MTGPHyperparameters:
+    def with_prior_for(
+        self, tasks: list[int] | np.ndarray, *, noise: float = 0.05, trend: np.ndarray | None = None
+    ) -> MTGPHyperparameters:
         """The same model with ``tasks`` put back to the prior guess: uncoupled, unit
         variance, all of it in their own part, with the shared part's lengthscales (fitted on
         every task's data, so the one thing about them worth keeping), ``noise`` and slope
@@ -195,34 +213,56 @@ class MTGPHyperparameters:
         b = self.task_covariance.copy()
         b[tasks, :] = 0.0
         b[:, tasks] = 0.0
-        own_ls = (np.tile(self.lengthscale, (t, 1)) if self.task_lengthscale is None
-                  else self.task_lengthscale.copy())
+        own_ls = (
+            np.tile(self.lengthscale, (t, 1))
+            if self.task_lengthscale is None
+            else self.task_lengthscale.copy()
+        )
         own_var = np.zeros(t) if self.task_variance is None else self.task_variance.copy()
         own_ls[tasks], own_var[tasks] = self.lengthscale, 1.0
         nz = self.noise.copy()
         nz[tasks] = noise
-        tw = (np.zeros((t, len(self.lengthscale))) if self.trend_weight is None
-              else self.trend_weight.copy())
+        tw = (
+            np.zeros((t, len(self.lengthscale)))
+            if self.trend_weight is None
+            else self.trend_weight.copy()
+        )
         tw[tasks] = 0.0 if trend is None else trend
-        return dataclasses.replace(self, task_covariance=b, task_lengthscale=own_ls,
-                                   task_variance=own_var, noise=nz, trend_weight=tw)
+        return dataclasses.replace(
+            self,
+            task_covariance=b,
+            task_lengthscale=own_ls,
+            task_variance=own_var,
+            noise=nz,
+            trend_weight=tw,
+        )
 
     def independent(self) -> MTGPHyperparameters:
         """The same model with the tasks decoupled (the single-modality baseline)."""
         return dataclasses.replace(self, task_covariance=np.diag(np.diag(self.task_covariance)))
 
 
-def default_hyperparameters(num_tasks: int, dim: int, *, lengthscale: float | np.ndarray = 0.2,
-                            noise: float = 0.05, correlation: float = 0.0,
-                            trend: np.ndarray | None = None) -> MTGPHyperparameters:
+def default_hyperparameters(
+    num_tasks: int,
+    dim: int,
+    *,
+    lengthscale: float | np.ndarray = 0.2,
+    noise: float = 0.05,
+    correlation: float = 0.0,
+    trend: np.ndarray | None = None,
+) -> MTGPHyperparameters:
     """A prior guess used before there are enough data to fit (no coupling assumed; slope
     variances ``trend`` (d,) for every task, None: no trend)."""
     b = np.full((num_tasks, num_tasks), correlation) + (1 - correlation) * np.eye(num_tasks)
     return MTGPHyperparameters(
-        lengthscale=np.full(dim, lengthscale), task_covariance=b,
-        noise=np.full(num_tasks, noise), task_mean=np.zeros(num_tasks),
-        y_offset=np.zeros(num_tasks), y_scale=np.ones(num_tasks),
-        trend_weight=None if trend is None else np.tile(trend, (num_tasks, 1)))
+        lengthscale=np.full(dim, lengthscale),
+        task_covariance=b,
+        noise=np.full(num_tasks, noise),
+        task_mean=np.zeros(num_tasks),
+        y_offset=np.zeros(num_tasks),
+        y_scale=np.ones(num_tasks),
+        trend_weight=None if trend is None else np.tile(trend, (num_tasks, 1)),
+    )
 
 
 #: Values a task modelled as its log needs before a fit may couple it to the others: about
@@ -274,7 +314,6 @@ def aspect(bounds: np.ndarray) -> np.ndarray:
     """Side lengths of a box ``bounds`` (d, 2) relative to its longest side, (d,)."""
     span = np.asarray(bounds, float)[:, 1] - np.asarray(bounds, float)[:, 0]
     return span / span.max()
-
 
 
 def __getattr__(name: str):

@@ -47,8 +47,9 @@ class DecisionModel:
     max_correlation: float | None = None
     min_fit_values: int = 0
 
-    def trusted(self, h: MTGPHyperparameters, counts: np.ndarray,
-                trend: np.ndarray) -> MTGPHyperparameters:
+    def trusted(
+        self, h: MTGPHyperparameters, counts: np.ndarray, trend: np.ndarray
+    ) -> MTGPHyperparameters:
         """``h`` with every task that has fewer than ``min_fit_values`` values on the prior."""
         return h.with_prior_for(np.flatnonzero(counts < self.min_fit_values), trend=trend)
 
@@ -84,21 +85,24 @@ class IntegratedVarianceReduction:
     task_weights: tuple[float, ...] | None = None
     weight_power: float = 0.0
 
-    def __call__(self, model: Posterior, tasks: list[int], exclude: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, model: Posterior, tasks: list[int], exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         h = model.post.hyper
         w = np.ones(h.num_tasks) if self.task_weights is None else np.asarray(self.task_weights)
-        w = w * h.y_scale ** self.weight_power / h.prior_variance
-        return integrated_variance_reduction(model.post, tasks, model.value_scale * w[None],
-                                             top_k=self.top_k, exclude=exclude)
+        w = w * h.y_scale**self.weight_power / h.prior_variance
+        return integrated_variance_reduction(
+            model.post, tasks, model.value_scale * w[None], top_k=self.top_k, exclude=exclude
+        )
 
 
 @dataclasses.dataclass(frozen=True)
 class MaxVariance:
     """The largest standardised predictive variance among the instrument's tasks."""
 
-    def __call__(self, model: Posterior, tasks: list[int], exclude: np.ndarray
-                 ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(
+        self, model: Posterior, tasks: list[int], exclude: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         score = max_variance(model.post, tasks)
         score[exclude] = -np.inf
         return np.arange(len(score)), score
@@ -123,23 +127,38 @@ class MTGPAgent(Agent):
         n_reference: positions the integrated variance is averaged over.
     """
 
-    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
-                 instruments: Sequence[InstrumentCost], *,
-                 acquisition: Acquisition = IntegratedVarianceReduction(),
-                 cost: Cost = instrument_seconds, model: DecisionModel = DecisionModel(),
-                 revisit: bool = True, hyperparameters: MTGPHyperparameters | None = None,
-                 n_reference: int = 512, seed: int = 0, name: str = "mtgp") -> None:
+    def __init__(
+        self,
+        candidates: np.ndarray,
+        bounds: np.ndarray,
+        instruments: Sequence[InstrumentCost],
+        *,
+        acquisition: Acquisition = IntegratedVarianceReduction(),
+        cost: Cost = instrument_seconds,
+        model: DecisionModel = DecisionModel(),
+        revisit: bool = True,
+        hyperparameters: MTGPHyperparameters | None = None,
+        n_reference: int = 512,
+        seed: int = 0,
+        name: str = "mtgp",
+    ) -> None:
         super().__init__(candidates, bounds, instruments, seed=seed)
         self.name, self.acquisition, self.cost = name, acquisition, cost
         self.decision, self.revisit = model, revisit
         m = len(self.candidates)
-        self.reference = (np.arange(m) if m <= n_reference
-                          else np.sort(self.rng.choice(m, n_reference, replace=False)))
+        self.reference = (
+            np.arange(m)
+            if m <= n_reference
+            else np.sort(self.rng.choice(m, n_reference, replace=False))
+        )
         span = self.geometry.span
         self.trend = trend_prior(self.bounds)
         h = hyperparameters or default_hyperparameters(
-            self.num_tasks, self.unit.shape[1], lengthscale=0.2 * span.max() / span,
-            trend=self.trend)
+            self.num_tasks,
+            self.unit.shape[1],
+            lengthscale=0.2 * span.max() / span,
+            trend=self.trend,
+        )
         self.rows: list[tuple[np.ndarray, tuple[int, ...]]] = []  # every conditioned point
         self.install(self._build(self.decision.shaped(h), [], None))
 
@@ -153,12 +172,13 @@ class MTGPAgent(Agent):
         """The work of building the posterior for fitted ``h`` on everything reserved so far:
         run it anywhere (it reads a snapshot), then :meth:`install` its result."""
         trusted = self.decision.trusted(h, self.log.counts(), self.trend)
-        return functools.partial(self._build, self.decision.shaped(trusted), list(self.rows),
-                                 self.log.data())
+        return functools.partial(
+            self._build, self.decision.shaped(trusted), list(self.rows), self.log.data()
+        )
 
     def install(self, built: Posterior) -> None:
         """Use ``built`` from now on, conditioned on the rows reserved since its snapshot."""
-        for u, tasks in self.rows[built.n_rows:]:
+        for u, tasks in self.rows[built.n_rows :]:
             built.post.add(u, list(tasks))
         self.model = built
         self.model_version = built.post.hyper.version
@@ -168,8 +188,9 @@ class MTGPAgent(Agent):
         self.install(self.propose(h)())
 
     def _build(self, h: MTGPHyperparameters, rows, data) -> Posterior:
-        post = IncrementalPosterior(self.unit, h, reference=self.reference,
-                                    capacity=max(64, 2 * len(rows)))
+        post = IncrementalPosterior(
+            self.unit, h, reference=self.reference, capacity=max(64, 2 * len(rows))
+        )
         for u, tasks in rows:
             post.add(u, list(tasks))
         return Posterior(post, value_scale(h, data, self.unit), len(rows))
@@ -194,14 +215,16 @@ class MTGPAgent(Agent):
     # -- beliefs --------------------------------------------------------------------------
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance (Q, T) at library positions ``x``, targets' units."""
-        return exact_posterior(self.model.post.hyper, *self.log.data(),
-                               self.geometry.to_unit(x))
+        return exact_posterior(self.model.post.hyper, *self.log.data(), self.geometry.to_unit(x))
 
     def report(self) -> dict:
         out = super().report()
         h = self.model.post.hyper
-        out.update(lengthscale=h.lengthscale.tolist(), task_correlation=h.correlation().tolist(),
-                   noise=h.noise.tolist())
+        out.update(
+            lengthscale=h.lengthscale.tolist(),
+            task_correlation=h.correlation().tolist(),
+            noise=h.noise.tolist(),
+        )
         if h.task_variance is not None:
             own = h.task_variance / h.prior_variance
             out.update(task_lengthscale=h.task_lengthscale.tolist(), own_share=own.tolist())

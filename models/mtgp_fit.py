@@ -90,12 +90,24 @@ class HadamardMTGP(gpytorch.models.ExactGP):
     task_variance = _Positive()  # (T,) s, each task's own part
     trend_variance = _Positive()  # (T,) r, each task's slope variance
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, num_tasks: int, *, rank: int,
-                 coupled: bool = True, own: bool = True, centre: torch.Tensor,
-                 couple: torch.Tensor | None = None) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        num_tasks: int,
+        *,
+        rank: int,
+        coupled: bool = True,
+        own: bool = True,
+        centre: torch.Tensor,
+        couple: torch.Tensor | None = None,
+    ) -> None:
         likelihood = gpytorch.likelihoods.HadamardGaussianLikelihood(
-            num_tasks, noise_constraint=GreaterThan(1e-4), noise_prior=GammaPrior(1.1, 0.05),
-            task_feature_index=-1)
+            num_tasks,
+            noise_constraint=GreaterThan(1e-4),
+            noise_prior=GammaPrior(1.1, 0.05),
+            task_feature_index=-1,
+        )
         super().__init__(x, y, likelihood)
         d, self.num_tasks, self.own = x.shape[-1] - 1, num_tasks, own
         self.task_mean = torch.nn.Parameter(torch.zeros(num_tasks, dtype=x.dtype))
@@ -117,8 +129,7 @@ class HadamardMTGP(gpytorch.models.ExactGP):
             self.register_constraint(f"raw_{name}", Positive())
         self.register_prior("lengthscale_prior", GammaPrior(3.0, 6.0), "lengthscale")
         if own:
-            self.register_prior("task_lengthscale_prior", GammaPrior(3.0, 6.0),
-                                "task_lengthscale")
+            self.register_prior("task_lengthscale_prior", GammaPrior(3.0, 6.0), "task_lengthscale")
 
     @property
     def task_covariance(self) -> torch.Tensor:
@@ -129,10 +140,13 @@ class HadamardMTGP(gpytorch.models.ExactGP):
         """The covariance's components, as :meth:`MTGPHyperparameters.components` gives them."""
         d = self.centre.shape[-1]
         return kernels.components(
-            self.lengthscale, self.task_covariance,
+            self.lengthscale,
+            self.task_covariance,
             task_lengthscale=self.task_lengthscale if self.own else None,
             task_variance=self.task_variance if self.own else None,
-            trend_weight=self.trend_variance[:, None].expand(-1, d), centre=self.centre)
+            trend_weight=self.trend_variance[:, None].expand(-1, d),
+            centre=self.centre,
+        )
 
     def transform_inputs(self, X: torch.Tensor) -> torch.Tensor:
         """None: botorch's loss closure asks a model for its transformed inputs, which it
@@ -144,8 +158,9 @@ class HadamardMTGP(gpytorch.models.ExactGP):
         covar = kernels.covariance(self.components(), xs, idx, xs, idx)
         # Kept a linear operator: a plain tensor makes the prior MVN factorise the noiseless
         # covariance, singular as soon as a point is measured twice.
-        return gpytorch.distributions.MultivariateNormal(self.task_mean[idx],
-                                                         to_linear_operator(covar))
+        return gpytorch.distributions.MultivariateNormal(
+            self.task_mean[idx], to_linear_operator(covar)
+        )
 
 
 def initialise(model: HadamardMTGP, trend: float) -> None:
@@ -157,6 +172,7 @@ def initialise(model: HadamardMTGP, trend: float) -> None:
     50 iterations are not always enough to converge, and on one ill-conditioned data set a
     start 1e-8 away ended 1.5e-3 nats per value apart (both reach the same MAP at 300).
     """
+
     def single(value: float) -> torch.Tensor:
         return torch.tensor(value, dtype=torch.float32)
 
@@ -210,22 +226,29 @@ def optimise(mll: ExactMarginalLogLikelihood, max_iter: int) -> float:
     mll.train()
     params = get_parameters(mll, requires_grad=True)
     best = _BestIterate(get_loss_closure_with_grads(mll, params), mll)
-    lbfgs = torch.optim.LBFGS(list(params.values()), lr=1.0, max_iter=max_iter,
-                              line_search_fn="strong_wolfe")
+    lbfgs = torch.optim.LBFGS(
+        list(params.values()), lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe"
+    )
     try:
         lbfgs.step(lambda: best()[0])
     except SINGULAR:
         best.restore()
         with contextlib.suppress(SINGULAR):
-            fit_gpytorch_mll_torch(mll, parameters=params, closure=best, step_limit=max_iter,
-                                   stopping_criterion=None,
-                                   optimizer=partial(torch.optim.Adam, lr=0.05))
+            fit_gpytorch_mll_torch(
+                mll,
+                parameters=params,
+                closure=best,
+                step_limit=max_iter,
+                stopping_criterion=None,
+                optimizer=partial(torch.optim.Adam, lr=0.05),
+            )
     best.restore()
     return best.loss
 
 
-def best_of_starts(fit_from: Callable[[float], tuple[float, HadamardMTGP]],
-                   starts: Sequence[float]) -> HadamardMTGP:
+def best_of_starts(
+    fit_from: Callable[[float], tuple[float, HadamardMTGP]], starts: Sequence[float]
+) -> HadamardMTGP:
     """The model of the lowest loss over ``fit_from(start)`` for each start.
 
     With a handful of values per task the posterior over hyperparameters has separate modes (a
@@ -246,8 +269,9 @@ def best_of_starts(fit_from: Callable[[float], tuple[float, HadamardMTGP]],
     return min(runs, key=lambda run: run[0])[1]
 
 
-def coupling(x: np.ndarray, tasks: np.ndarray, num_tasks: int,
-             log_tasks: np.ndarray | None) -> np.ndarray:
+def coupling(
+    x: np.ndarray, tasks: np.ndarray, num_tasks: int, log_tasks: np.ndarray | None
+) -> np.ndarray:
     """Which tasks (T,) bool a fit may couple to the others.
 
     A task modelled as its log is not coupled while it has a handful of values: the MAP task
@@ -259,14 +283,20 @@ def coupling(x: np.ndarray, tasks: np.ndarray, num_tasks: int,
     PFM map read as noise where Raman's shape had predicted it). Positions, not values: a
     repeat at one spot says nothing about the map's shape.
     """
-    few = np.array([len(np.unique(x[tasks == t], axis=0)) < MIN_COUPLING_VALUES
-                    for t in range(num_tasks)])
+    few = np.array(
+        [len(np.unique(x[tasks == t], axis=0)) < MIN_COUPLING_VALUES for t in range(num_tasks)]
+    )
     logs = np.zeros(num_tasks, bool) if log_tasks is None else log_tasks
     return ~(few & logs)
 
 
-def hyperparameters(model: HadamardMTGP, stretch: np.ndarray, y_offset: np.ndarray,
-                    y_scale: np.ndarray, log_tasks: np.ndarray | None) -> MTGPHyperparameters:
+def hyperparameters(
+    model: HadamardMTGP,
+    stretch: np.ndarray,
+    y_offset: np.ndarray,
+    y_scale: np.ndarray,
+    log_tasks: np.ndarray | None,
+) -> MTGPHyperparameters:
     """The model's hyperparameters in the unit box (the fit's frame is stretched by ``stretch``
     (d,)), with the standardisation and log tasks the fit used."""
 
@@ -279,17 +309,30 @@ def hyperparameters(model: HadamardMTGP, stretch: np.ndarray, y_offset: np.ndarr
             task_covariance=numpy(model.task_covariance),
             noise=numpy(model.likelihood.noise).ravel(),
             task_mean=numpy(model.task_mean),
-            y_offset=y_offset, y_scale=y_scale, n_train=len(model.train_targets),
+            y_offset=y_offset,
+            y_scale=y_scale,
+            n_train=len(model.train_targets),
             task_lengthscale=numpy(model.task_lengthscale) / stretch if model.own else None,
             task_variance=numpy(model.task_variance) if model.own else None,
             trend_weight=np.outer(numpy(model.trend_variance), stretch**2),
-            log_tasks=log_tasks)
+            log_tasks=log_tasks,
+        )
 
 
-def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tasks: int, *,
-                        rank: int | None = None, coupled: bool = True, own: bool = True,
-                        aspect: np.ndarray | None = None, log_tasks: np.ndarray | None = None,
-                        max_iter: int = 50, seed: int = 0) -> MTGPHyperparameters:
+def fit_hyperparameters(
+    x: np.ndarray,
+    tasks: np.ndarray,
+    y: np.ndarray,
+    num_tasks: int,
+    *,
+    rank: int | None = None,
+    coupled: bool = True,
+    own: bool = True,
+    aspect: np.ndarray | None = None,
+    log_tasks: np.ndarray | None = None,
+    max_iter: int = 50,
+    seed: int = 0,
+) -> MTGPHyperparameters:
     """Maximum a-posteriori hyperparameters of the Hadamard MTGP, with each task's own part
     (``own``, :mod:`coorch.models.mtgp`) or as the plain ICM; the better of two starts, one
     without much trend and one with a strong one (:func:`best_of_starts`).
@@ -314,10 +357,17 @@ def fit_hyperparameters(x: np.ndarray, tasks: np.ndarray, y: np.ndarray, num_tas
     stretch = np.ones(x.shape[1]) if aspect is None else np.asarray(aspect, float)
     xi = torch.as_tensor(np.column_stack([x * stretch, tasks]), dtype=torch.float64)
     yt = torch.as_tensor((y - off[tasks]) / scale[tasks], dtype=torch.float64)
-    build = partial(HadamardMTGP, xi, yt, num_tasks, rank=rank or min(num_tasks, 2),
-                    coupled=coupled, own=own,
-                    centre=torch.as_tensor(0.5 * stretch, dtype=torch.float64),
-                    couple=torch.as_tensor(coupling(x, tasks, num_tasks, log_tasks)))
+    build = partial(
+        HadamardMTGP,
+        xi,
+        yt,
+        num_tasks,
+        rank=rank or min(num_tasks, 2),
+        coupled=coupled,
+        own=own,
+        centre=torch.as_tensor(0.5 * stretch, dtype=torch.float64),
+        couple=torch.as_tensor(coupling(x, tasks, num_tasks, log_tasks)),
+    )
 
     def fit_from(trend: float) -> tuple[float, HadamardMTGP]:
         torch.manual_seed(seed)

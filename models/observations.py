@@ -46,8 +46,9 @@ class ObservationLog:
         """Number of measurements logged."""
         return len(self.ids)
 
-    def add(self, measurement_id: str, u: np.ndarray, tasks: tuple[int, ...],
-            values: np.ndarray) -> None:
+    def add(
+        self, measurement_id: str, u: np.ndarray, tasks: tuple[int, ...], values: np.ndarray
+    ) -> None:
         """Log one measurement of ``tasks`` at unit position ``u``."""
         rows = []
         for task, value in zip(tasks, np.atleast_1d(values), strict=True):
@@ -65,8 +66,9 @@ class ObservationLog:
                 self._y[row] = float(v)
         self.revision += 1
 
-    def data(self, *, known: bool = True, tasks: tuple[int, ...] | None = None
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def data(
+        self, *, known: bool = True, tasks: tuple[int, ...] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(x unit box (n, d), task (n,), y (n,)); ``known``: only rows with a value;
         ``tasks``: only rows of these tasks."""
         x = np.asarray(self._x, float).reshape(-1, self.dim)

@@ -84,12 +84,22 @@ class ParetoPolicy(Agent):
 
     name = "pareto"
 
-    def __init__(self, candidates: np.ndarray, bounds: np.ndarray,
-                 instruments: Sequence[InstrumentCost], *,
-                 directions: Sequence[float] | None = None,
-                 ref_point: Sequence[float] | None = None, refit_every: int = 3,
-                 refit_all_below: int = 20, mc_samples: int = 64, cost_aware: bool = True,
-                 n_initial: int = 2, seed: int = 0, name: str | None = None) -> None:
+    def __init__(
+        self,
+        candidates: np.ndarray,
+        bounds: np.ndarray,
+        instruments: Sequence[InstrumentCost],
+        *,
+        directions: Sequence[float] | None = None,
+        ref_point: Sequence[float] | None = None,
+        refit_every: int = 3,
+        refit_all_below: int = 20,
+        mc_samples: int = 64,
+        cost_aware: bool = True,
+        n_initial: int = 2,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
         super().__init__(candidates, bounds, instruments, seed=seed)
         if name is not None:
             self.name = name
@@ -106,14 +116,19 @@ class ParetoPolicy(Agent):
         if self.n_initial < 2:
             raise ValueError("n_initial must be >= 2 (a GP needs two values to standardise)")
         self.refit_every, self.refit_all_below = int(refit_every), int(refit_all_below)
-        self.gps = TaskGPs(self.log, RefitCadence(self.refit_every, self.refit_all_below),
-                           seed=seed, name=self.name)
+        self.gps = TaskGPs(
+            self.log,
+            RefitCadence(self.refit_every, self.refit_all_below),
+            seed=seed,
+            name=self.name,
+        )
         self.mc_samples, self.cost_aware = int(mc_samples), bool(cost_aware)
         self.cost = instrument_seconds if self.cost_aware else unit_cost
         self.n_decisions = 0
         self._unit_t = torch.as_tensor(self.unit, dtype=torch.float64)
-        self._sobol_engine = torch.quasirandom.SobolEngine(self.unit.shape[1], scramble=True,
-                                                           seed=seed)
+        self._sobol_engine = torch.quasirandom.SobolEngine(
+            self.unit.shape[1], scramble=True, seed=seed
+        )
         self._sobol = np.zeros((0, self.unit.shape[1]))
         self.model_version = f"{self.name}-none"
 
@@ -131,8 +146,9 @@ class ParetoPolicy(Agent):
         """One GP per task on its own values (cached; refitted at the cadence)."""
         with torch_scope():
             gps = [self.gps.model(t) for t in range(self.num_tasks)]
-        self.model_version = self.name + "-n" + "-".join(
-            str(self.gps.n_fit(t)) for t in range(self.num_tasks))
+        self.model_version = (
+            self.name + "-n" + "-".join(str(self.gps.n_fit(t)) for t in range(self.num_tasks))
+        )
         return ModelListGP(*gps)
 
     def _reference(self) -> np.ndarray:
@@ -146,19 +162,28 @@ class ParetoPolicy(Agent):
             ref[t] = float(v.min()) - 0.1 * span
         return ref
 
-    def _acquisition(self, inst: InstrumentCost, seed: int
-                     ) -> qLogNoisyExpectedHypervolumeImprovement:
+    def _acquisition(
+        self, inst: InstrumentCost, seed: int
+    ) -> qLogNoisyExpectedHypervolumeImprovement:
         model = self.model_list()
         pending = [self.unit[c] for _, c in self.pending.values()]
         x_pending = torch.as_tensor(np.asarray(pending, float)) if pending else None
-        objective = (None if np.all(self.directions == 1)
-                     else WeightedMCMultiOutputObjective(torch.as_tensor(self.directions)))
+        objective = (
+            None
+            if np.all(self.directions == 1)
+            else WeightedMCMultiOutputObjective(torch.as_tensor(self.directions))
+        )
         baseline = np.unique(self.log.data(tasks=inst.tasks)[0], axis=0)
         return qLogNoisyExpectedHypervolumeImprovement(
-            model=model, ref_point=self._reference().tolist(),
-            X_baseline=torch.as_tensor(baseline), X_pending=x_pending, objective=objective,
+            model=model,
+            ref_point=self._reference().tolist(),
+            X_baseline=torch.as_tensor(baseline),
+            X_pending=x_pending,
+            objective=objective,
             sampler=SobolQMCNormalSampler(torch.Size([self.mc_samples]), seed=seed),
-            prune_baseline=True, cache_pending=True)
+            prune_baseline=True,
+            cache_pending=True,
+        )
 
     # -- deciding ------------------------------------------------------------------------
     def _contenders(self, instrument: str | None) -> list[str]:
@@ -229,19 +254,27 @@ class ParetoPolicy(Agent):
 
     def report(self) -> dict:
         out = super().report()
-        out.update(acquisition=self.name, refit_every=self.refit_every, n_fits=self.n_fits,
-                   lengthscale=self.gps.lengthscales(), directions=self.directions.tolist(),
-                   pareto_front=None, pareto_observed=None, ref_point=None)
+        out.update(
+            acquisition=self.name,
+            refit_every=self.refit_every,
+            n_fits=self.n_fits,
+            lengthscale=self.gps.lengthscales(),
+            directions=self.directions.tolist(),
+            pareto_front=None,
+            pareto_observed=None,
+            ref_point=None,
+        )
         if not self.ready():
             return out
         mean, _ = self.predict(self.candidates)
         mask = pareto_front(mean * self.directions)
-        out["pareto_front"] = {"x": self.candidates[mask].tolist(),
-                               "values": mean[mask].tolist()}
+        out["pareto_front"] = {"x": self.candidates[mask].tolist(), "values": mean[mask].tolist()}
         out["ref_point"] = (self._reference() * self.directions).tolist()
         idx, values = self.observed_objectives()
         if len(idx):
             keep = pareto_front(values * self.directions)
-            out["pareto_observed"] = {"x": self.candidates[idx[keep]].tolist(),
-                                      "values": values[keep].tolist()}
+            out["pareto_observed"] = {
+                "x": self.candidates[idx[keep]].tolist(),
+                "values": values[keep].tolist(),
+            }
         return out

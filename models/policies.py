@@ -34,35 +34,71 @@ COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
 Recipe = Callable[..., Agent]
 
 
-def coorchestrate(candidates: np.ndarray, bounds: np.ndarray,
-                  instruments: Sequence[InstrumentCost], *, seed: int = 0,
-                  max_correlation: float | None = COORCHESTRATE_MAX_CORRELATION,
-                  min_fit_values: int = COORCHESTRATE_MIN_FIT_VALUES,
-                  task_weights: Sequence[float] | None = None, weight_power: float = 0.0,
-                  revisit: bool = False) -> MTGPAgent:
+def coorchestrate(
+    candidates: np.ndarray,
+    bounds: np.ndarray,
+    instruments: Sequence[InstrumentCost],
+    *,
+    seed: int = 0,
+    max_correlation: float | None = COORCHESTRATE_MAX_CORRELATION,
+    min_fit_values: int = COORCHESTRATE_MIN_FIT_VALUES,
+    task_weights: Sequence[float] | None = None,
+    weight_power: float = 0.0,
+    revisit: bool = False,
+) -> MTGPAgent:
     """Co-orchestration: integrated variance reduction over every task per instrument-second,
     on the coupled multi-task GP, never twice at one spot."""
     ivr = IntegratedVarianceReduction(
         task_weights=None if task_weights is None else tuple(task_weights),
-        weight_power=weight_power)
-    return MTGPAgent(candidates, bounds, instruments, acquisition=ivr, revisit=revisit,
-                     model=DecisionModel(max_correlation=max_correlation,
-                                         min_fit_values=min_fit_values),
-                     seed=seed, name="coorchestrate")
+        weight_power=weight_power,
+    )
+    return MTGPAgent(
+        candidates,
+        bounds,
+        instruments,
+        acquisition=ivr,
+        revisit=revisit,
+        model=DecisionModel(max_correlation=max_correlation, min_fit_values=min_fit_values),
+        seed=seed,
+        name="coorchestrate",
+    )
 
 
-def single_task(candidates: np.ndarray, bounds: np.ndarray,
-                instruments: Sequence[InstrumentCost], *, seed: int = 0) -> MTGPAgent:
+def single_task(
+    candidates: np.ndarray,
+    bounds: np.ndarray,
+    instruments: Sequence[InstrumentCost],
+    *,
+    seed: int = 0,
+) -> MTGPAgent:
     """The same acquisition and cost on decoupled tasks: each instrument learns alone."""
-    return MTGPAgent(candidates, bounds, instruments, model=DecisionModel(coupled=False),
-                     seed=seed, name="single_task")
+    return MTGPAgent(
+        candidates,
+        bounds,
+        instruments,
+        model=DecisionModel(coupled=False),
+        seed=seed,
+        name="single_task",
+    )
 
 
-def max_uncertainty(candidates: np.ndarray, bounds: np.ndarray,
-                    instruments: Sequence[InstrumentCost], *, seed: int = 0) -> MTGPAgent:
+def max_uncertainty(
+    candidates: np.ndarray,
+    bounds: np.ndarray,
+    instruments: Sequence[InstrumentCost],
+    *,
+    seed: int = 0,
+) -> MTGPAgent:
     """The published agent: the largest standardised variance, cost ignored."""
-    return MTGPAgent(candidates, bounds, instruments, acquisition=MaxVariance(), cost=unit_cost,
-                     seed=seed, name="max_uncertainty")
+    return MTGPAgent(
+        candidates,
+        bounds,
+        instruments,
+        acquisition=MaxVariance(),
+        cost=unit_cost,
+        seed=seed,
+        name="max_uncertainty",
+    )
 
 
 def _bo(kind: str) -> Recipe:
@@ -76,8 +112,14 @@ def _bo(kind: str) -> Recipe:
     return recipe
 
 
-def pareto(candidates: np.ndarray, bounds: np.ndarray, instruments: Sequence[InstrumentCost],
-           *, seed: int = 0, **options) -> Agent:
+def pareto(
+    candidates: np.ndarray,
+    bounds: np.ndarray,
+    instruments: Sequence[InstrumentCost],
+    *,
+    seed: int = 0,
+    **options,
+) -> Agent:
     """Multi-objective: the Pareto front of the tasks (botorch qLogNEHVI)."""
     from coorch.models.pareto_policy import ParetoPolicy
 
@@ -105,8 +147,15 @@ RECIPES: dict[str, Recipe] = {
 POLICIES = tuple(RECIPES)
 
 
-def make_policy(name: str, candidates: np.ndarray, bounds: np.ndarray,
-                instruments: Sequence[InstrumentCost], *, seed: int = 0, **options) -> Agent:
+def make_policy(
+    name: str,
+    candidates: np.ndarray,
+    bounds: np.ndarray,
+    instruments: Sequence[InstrumentCost],
+    *,
+    seed: int = 0,
+    **options,
+) -> Agent:
     """The agent of policy ``name`` with its keyword ``options``."""
     try:
         recipe = RECIPES[name]

@@ -233,8 +233,9 @@ def _log_joint_per_start(model_args: tuple, values: dict[str, torch.Tensor]) -> 
     return total
 
 
-def _checked(x: np.ndarray, y: np.ndarray, mean: MeanKind,
-             feature_index: int) -> tuple[np.ndarray, np.ndarray]:
+def _checked(
+    x: np.ndarray, y: np.ndarray, mean: MeanKind, feature_index: int
+) -> tuple[np.ndarray, np.ndarray]:
     """``x`` as (n, d) and ``y`` as (n,) float arrays, or a ValueError saying what is wrong."""
     xa = np.asarray(x, dtype=np.float64)
     if xa.ndim == 1:
@@ -262,8 +263,9 @@ def _input_box(xa: np.ndarray, bounds: np.ndarray | None) -> tuple[np.ndarray, n
     return lower, np.where(upper > lower, upper, lower + 1.0)
 
 
-def _map_values(args: tuple, init: dict[str, torch.Tensor],
-                steps: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def _map_values(
+    args: tuple, init: dict[str, torch.Tensor], steps: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """MAP values of every site, per start, and each start's log joint (n_starts,): an
     ``AutoDelta`` guide from ``init``, at most ``steps`` L-BFGS iterations on the negative ELBO
     (the negative log joint for Delta guides)."""

@@ -70,8 +70,9 @@ class TaskGPs:
     is stale whatever the cadence says, so it is refitted at once.
     """
 
-    def __init__(self, log: ObservationLog, cadence: RefitCadence, *, seed: int = 0,
-                 name: str = "gp") -> None:
+    def __init__(
+        self, log: ObservationLog, cadence: RefitCadence, *, seed: int = 0, name: str = "gp"
+    ) -> None:
         self.log, self.cadence, self.seed, self.name = log, cadence, int(seed), name
         self._cache: dict[int, _Cached] = {}
         self.n_fits = 0  # hyperparameter fits so far, all tasks
@@ -93,11 +94,17 @@ class TaskGPs:
         if cached is not None and torch.equal(cached.y, y):
             return cached.gp
         gp = SingleTaskGP(x, y, outcome_transform=Standardize(m=1))
-        if (cached is not None and not self.cadence.due(cached.n_fit, n)
-                and torch.equal(y[:cached.n_fit], cached.y[:cached.n_fit])):
+        if (
+            cached is not None
+            and not self.cadence.due(cached.n_fit, n)
+            and torch.equal(y[: cached.n_fit], cached.y[: cached.n_fit])
+        ):
             # the outcome transform's statistics belong to the new values and are kept
-            state = {k: v for k, v in cached.gp.state_dict().items()
-                     if not k.startswith("outcome_transform")}
+            state = {
+                k: v
+                for k, v in cached.gp.state_dict().items()
+                if not k.startswith("outcome_transform")
+            }
             gp.load_state_dict(state, strict=False)
             n_fit = cached.n_fit
         else:
@@ -112,8 +119,11 @@ class TaskGPs:
             try:
                 fit_gpytorch_mll(ExactMarginalLogLikelihood(gp.likelihood, gp))
             except ModelFittingError as err:  # keep the default hyperparameters
-                warnings.warn(f"{self.name}: GP fit of task {task} failed ({err}); "
-                              "using default hyperparameters", stacklevel=3)
+                warnings.warn(
+                    f"{self.name}: GP fit of task {task} failed ({err}); "
+                    "using default hyperparameters",
+                    stacklevel=3,
+                )
         self.n_fits += 1
 
     def n_fit(self, task: int) -> int:
@@ -124,12 +134,15 @@ class TaskGPs:
     def lengthscales(self) -> dict[int, list[float]]:
         """Per task with a model, its fitted lengthscales (botorch >= 0.12: ARD RBF, no
         outputscale)."""
-        return {task: c.gp.covar_module.lengthscale.detach().reshape(-1).tolist()
-                for task, c in self._cache.items()}
+        return {
+            task: c.gp.covar_module.lengthscale.detach().reshape(-1).tolist()
+            for task, c in self._cache.items()
+        }
 
 
-def evaluate_in_chunks(acqf: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
-                       chunk: int) -> np.ndarray:
+def evaluate_in_chunks(
+    acqf: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, chunk: int
+) -> np.ndarray:
     """(len(x),) acquisition values of single points (q = 1), ``chunk`` at a time: one batch
     over tens of thousands of candidates would hold their joint covariance blocks at once."""
     with torch.no_grad():

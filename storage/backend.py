@@ -181,8 +181,13 @@ def _write_all(fd: int, data: bytes) -> None:
 class FsspecBackend:
     """Any fsspec file system; the lock needs S3-style conditional PUT (``mode='create'``)."""
 
-    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None,
-                 *, lock_lease_s: float = 60.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        lock_lease_s: float = 60.0,
+    ) -> None:
         self.url = url.rstrip("/")
         self.fs, path = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
         self.root = path.rstrip("/")
@@ -217,7 +222,7 @@ class FsspecBackend:
         if not items:
             return
         if len(items) == 1:
-            (key, data), = items.items()
+            ((key, data),) = items.items()
             self.fs.pipe_file(self._p(key), data)
         else:
             self.fs.pipe({self._p(k): v for k, v in items.items()})
@@ -286,8 +291,9 @@ class FsspecBackend:
         path = self._p(LOCK_KEY)
         delay = 0.005
         while True:
-            body = json.dumps({"owner": self._owner,
-                               "expires": time.time() + self.lock_lease_s}).encode()
+            body = json.dumps(
+                {"owner": self._owner, "expires": time.time() + self.lock_lease_s}
+            ).encode()
             try:
                 self.fs.pipe_file(path, body, mode="create")
                 return
@@ -306,12 +312,16 @@ class FsspecBackend:
             delay = min(delay * 1.5, 0.1)
 
 
-def open_backend(url: str | os.PathLike[str], storage_options: Mapping[str, Any] | None = None,
-                 *, durable: bool = False) -> Backend:
+def open_backend(
+    url: str | os.PathLike[str],
+    storage_options: Mapping[str, Any] | None = None,
+    *,
+    durable: bool = False,
+) -> Backend:
     """A local path (or ``file://``) gives :class:`LocalBackend`; anything else fsspec."""
     s = os.fspath(url)
     if s.startswith("file://"):
-        s = s[len("file://"):]
+        s = s[len("file://") :]
     if "://" not in s:
         return LocalBackend(s, durable=durable)
     return FsspecBackend(s, storage_options)

@@ -35,8 +35,10 @@ class _Console:
 
 console = _Console()
 
-OptionsArg = Annotated[list[str] | None, typer.Option(
-    "--option", "-o", help="storage option key=value (e.g. endpoint_url=http://...)")]
+OptionsArg = Annotated[
+    list[str] | None,
+    typer.Option("--option", "-o", help="storage option key=value (e.g. endpoint_url=http://...)"),
+]
 
 
 def _options(opts: list[str] | None) -> dict[str, Any] | None:
@@ -72,19 +74,29 @@ def ls(url: str, option: OptionsArg = None) -> None:
         ds = store.read_modality(g)
         sig = ds.attrs.get("signal", "")
         sub = mt[mt["modality"] == g]
-        table.add_row(g, str(ds.sizes["measurement"]), sig,
-                      " x ".join(f"{d}={ds.sizes[d]}" for d in ds[sig].dims),
-                      ", ".join(sorted(set(sub["instrument"]))))
+        table.add_row(
+            g,
+            str(ds.sizes["measurement"]),
+            sig,
+            " x ".join(f"{d}={ds.sizes[d]}" for d in ds[sig].dims),
+            ", ".join(sorted(set(sub["instrument"]))),
+        )
     table.add_row("decisions", str(len(store.decisions())), "", "", "")
     console.print(table)
     cv = md.get("code_version", {})
-    console.print(f"code: coorch {cv.get('version')} commit {cv.get('git_commit') or '-'}; "
-                  f"metadata keys: {', '.join(sorted(md))}")
+    console.print(
+        f"code: coorch {cv.get('version')} commit {cv.get('git_commit') or '-'}; "
+        f"metadata keys: {', '.join(sorted(md))}"
+    )
 
 
 @store_app.command("show")
-def show(url: str, modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
-         rows: int = 10, option: OptionsArg = None) -> None:
+def show(
+    url: str,
+    modality: Annotated[str | None, typer.Option("--modality", "-m")] = None,
+    rows: int = 10,
+    option: OptionsArg = None,
+) -> None:
     """Campaign metadata, or one modality as xarray sees it plus its latest measurements."""
     store = _open(url, option)
     if modality is None:
@@ -98,19 +110,29 @@ def show(url: str, modality: Annotated[str | None, typer.Option("--modality", "-
     mt = store.measurements_table()
     sub = mt[mt["modality"] == modality].tail(rows)
     table = Table(title=f"last {len(sub)} measurements of {modality}")
-    cols = ["measurement_id", "instrument", "library_x", "library_y", "end_time",
-            "decision_id", "content_hash"]
+    cols = [
+        "measurement_id",
+        "instrument",
+        "library_x",
+        "library_y",
+        "end_time",
+        "decision_id",
+        "content_hash",
+    ]
     for c in cols:
         table.add_column(c)
     for _, r in sub.iterrows():
-        table.add_row(*(str(r[c])[:19] if c != "content_hash" else str(r[c])[:12]
-                        for c in cols))
+        table.add_row(*(str(r[c])[:19] if c != "content_hash" else str(r[c])[:12] for c in cols))
     console.print(table)
 
 
 @store_app.command("lineage")
-def lineage_cmd(url: str, measurement_id: str, as_json: Annotated[
-        bool, typer.Option("--json")] = False, option: OptionsArg = None) -> None:
+def lineage_cmd(
+    url: str,
+    measurement_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    option: OptionsArg = None,
+) -> None:
     """Where a measurement came from (decision, its training data) and what it influenced."""
     store = _open(url, option)
     try:
@@ -122,8 +144,10 @@ def lineage_cmd(url: str, measurement_id: str, as_json: Annotated[
         console.print_json(json.dumps(lin, default=str))
         return
     m = lin["measurement"]
-    tree = Tree(f"[bold]{measurement_id}[/bold] {m['modality']} by {m['instrument']} at "
-                f"({m['library_x']:.3g}, {m['library_y']:.3g}) mm")
+    tree = Tree(
+        f"[bold]{measurement_id}[/bold] {m['modality']} by {m['instrument']} at "
+        f"({m['library_x']:.3g}, {m['library_y']:.3g}) mm"
+    )
     back = tree.add("[cyan]back[/cyan]")
     d = lin["back"]["decision"]
     if d is None:
@@ -131,17 +155,25 @@ def lineage_cmd(url: str, measurement_id: str, as_json: Annotated[
     elif d.get("missing"):
         back.add(f"[red]decision {d['decision_id']} is missing from the store[/red]")
     else:
-        node = back.add(f"decision {d['decision_id']}: policy {d['policy']} model "
-                        f"{d['model_version'] or '-'} acquisition {d['acquisition_value']:.4g} "
-                        f"over {d['n_candidates']} candidates")
-        node.add(f"trained on {len(lin['back']['trained_on'])} measurements: "
-                 + ", ".join(lin["back"]["trained_on"][:8])
-                 + (" ..." if len(lin["back"]["trained_on"]) > 8 else ""))
+        node = back.add(
+            f"decision {d['decision_id']}: policy {d['policy']} model "
+            f"{d['model_version'] or '-'} acquisition {d['acquisition_value']:.4g} "
+            f"over {d['n_candidates']} candidates"
+        )
+        node.add(
+            f"trained on {len(lin['back']['trained_on'])} measurements: "
+            + ", ".join(lin["back"]["trained_on"][:8])
+            + (" ..." if len(lin["back"]["trained_on"]) > 8 else "")
+        )
     fwd = tree.add("[magenta]forward[/magenta]")
-    fwd.add(f"{len(lin['forward']['decisions'])} decisions trained on it: "
-            + ", ".join(lin["forward"]["decisions"][:8]))
-    fwd.add(f"{len(lin['forward']['measurements'])} measurements they caused: "
-            + ", ".join(lin["forward"]["measurements"][:8]))
+    fwd.add(
+        f"{len(lin['forward']['decisions'])} decisions trained on it: "
+        + ", ".join(lin["forward"]["decisions"][:8])
+    )
+    fwd.add(
+        f"{len(lin['forward']['measurements'])} measurements they caused: "
+        + ", ".join(lin["forward"]["measurements"][:8])
+    )
     console.print(tree)
 
 
@@ -152,8 +184,9 @@ def verify_cmd(url: str, option: OptionsArg = None) -> None:
     problems = store.verify()
     if not problems:
         n = len(store.measurement_ids())
-        console.print(f"[green]OK[/green] {store.url}: {n} measurements, "
-                      f"{len(store.decisions())} decisions")
+        console.print(
+            f"[green]OK[/green] {store.url}: {n} measurements, {len(store.decisions())} decisions"
+        )
         return
     for p in problems:
         console.print(f"[red]PROBLEM[/red] {p}")
@@ -162,10 +195,12 @@ def verify_cmd(url: str, option: OptionsArg = None) -> None:
 
 
 @store_app.command("export")
-def export_cmd(url: str, to: Annotated[str, typer.Option(
-        "--to", help="netcdf | parquet")] = "netcdf",
-        out: Annotated[Path | None, typer.Option("--out")] = None,
-        option: OptionsArg = None) -> None:
+def export_cmd(
+    url: str,
+    to: Annotated[str, typer.Option("--to", help="netcdf | parquet")] = "netcdf",
+    out: Annotated[Path | None, typer.Option("--out")] = None,
+    option: OptionsArg = None,
+) -> None:
     """Export to one NetCDF-4 file (a group per modality + decisions) or a Parquet folder."""
     from .export import export_netcdf, export_parquet
 

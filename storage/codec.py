@@ -46,12 +46,17 @@ def measurement_row(m: Measurement) -> tuple[dict[str, Any], np.ndarray]:
     values = m.signal.array()
     row = {
         "measurement_id": m.measurement_id,
-        "library_x": float(m.library_x), "library_y": float(m.library_y),
-        "stage_x": float(m.stage_x), "stage_y": float(m.stage_y),
-        "instrument": m.instrument, "sample": m.sample,
-        "start_time": float(m.started), "end_time": float(m.ended),
+        "library_x": float(m.library_x),
+        "library_y": float(m.library_y),
+        "stage_x": float(m.stage_x),
+        "stage_y": float(m.stage_y),
+        "instrument": m.instrument,
+        "sample": m.sample,
+        "start_time": float(m.started),
+        "end_time": float(m.ended),
         "content_hash": content_hash(values),
-        "decision_id": m.decision_id or "", "flow_run_id": m.flow_run_id or "",
+        "decision_id": m.decision_id or "",
+        "flow_run_id": m.flow_run_id or "",
     }
     return row, values
 
@@ -76,42 +81,65 @@ class SignalGrid:
         """The grid of a measurement's signal, as the store keeps it."""
         sig = m.signal
         coords = {k: np.asarray(v).tolist() for k, v in sig.coords.items()}
-        return cls(sig.name, tuple(sig.dims), sig.units,
-                   "" if sig.long_name == sig.name else sig.long_name, coords,
-                   {k: u for k, u in sig.coord_units.items() if k in coords})
+        return cls(
+            sig.name,
+            tuple(sig.dims),
+            sig.units,
+            "" if sig.long_name == sig.name else sig.long_name,
+            coords,
+            {k: u for k, u in sig.coord_units.items() if k in coords},
+        )
 
     @classmethod
-    def from_metadata(cls, group_attrs: Mapping[str, Any],
-                      arrays: Mapping[str, Mapping[str, Any]],
-                      coords: Mapping[str, np.ndarray]) -> SignalGrid:
+    def from_metadata(
+        cls,
+        group_attrs: Mapping[str, Any],
+        arrays: Mapping[str, Mapping[str, Any]],
+        coords: Mapping[str, np.ndarray],
+    ) -> SignalGrid:
         """Decode a modality group: its attrs, its arrays' zarr metadata (name -> zarr.json
         document) and the values of its signal coordinates (name -> array)."""
         name = str(group_attrs["signal"])
         data_attrs = arrays[name].get("attributes", {})
         long_name = str(data_attrs.get("long_name", ""))
-        units = {k: str(arrays[k]["attributes"]["units"]) for k in coords
-                 if "units" in arrays.get(k, {}).get("attributes", {})}
-        return cls(name, tuple(group_attrs["signal_dims"]), str(data_attrs.get("units", "")),
-                   "" if long_name == name else long_name,
-                   {k: np.asarray(v).tolist() for k, v in coords.items()}, units)
+        units = {
+            k: str(arrays[k]["attributes"]["units"])
+            for k in coords
+            if "units" in arrays.get(k, {}).get("attributes", {})
+        }
+        return cls(
+            name,
+            tuple(group_attrs["signal_dims"]),
+            str(data_attrs.get("units", "")),
+            "" if long_name == name else long_name,
+            {k: np.asarray(v).tolist() for k, v in coords.items()},
+            units,
+        )
 
     def signal(self, values: Any) -> Signal:
         """A validated signal on this grid (coords and units copied, not shared)."""
         coords = {k: list(v) for k, v in self.coords.items()}
-        return Signal(name=self.name, dims=list(self.dims), values=values, units=self.units,
-                      long_name=self.long_name, coords=coords,
-                      coord_units=dict(self.coord_units))
+        return Signal(
+            name=self.name,
+            dims=list(self.dims),
+            values=values,
+            units=self.units,
+            long_name=self.long_name,
+            coords=coords,
+            coord_units=dict(self.coord_units),
+        )
 
 
-def measurement_from_row(row: Mapping[str, Any], values: np.ndarray, modality: str,
-                         grid: SignalGrid) -> Measurement:
+def measurement_from_row(
+    row: Mapping[str, Any], values: np.ndarray, modality: str, grid: SignalGrid
+) -> Measurement:
     """Inverse of :func:`measurement_row` (the hash is dropped: ``verify`` checks it)."""
-    return _measurement(row, np.asarray(values, dtype=float).tolist(), modality,
-                        grid.signal([]))
+    return _measurement(row, np.asarray(values, dtype=float).tolist(), modality, grid.signal([]))
 
 
-def measurements_from_columns(columns: Mapping[str, np.ndarray], modality: str,
-                              grid: SignalGrid) -> list[Measurement]:
+def measurements_from_columns(
+    columns: Mapping[str, np.ndarray], modality: str, grid: SignalGrid
+) -> list[Measurement]:
     """Every row of a modality's columns (name -> array over the measurement dim), in order.
 
     The signal coordinates are validated once; the records of one modality share them.
@@ -120,36 +148,51 @@ def measurements_from_columns(columns: Mapping[str, np.ndarray], modality: str,
     scalars = {name: np.asarray(columns[name]).tolist() for name in names}
     data = np.asarray(columns[grid.name], dtype=float)
     template = grid.signal([])
-    return [_measurement({k: scalars[k][i] for k in names}, data[i].tolist(), modality,
-                         template) for i in range(len(data))]
+    return [
+        _measurement({k: scalars[k][i] for k in names}, data[i].tolist(), modality, template)
+        for i in range(len(data))
+    ]
 
 
-def _measurement(row: Mapping[str, Any], values: list[Any], modality: str,
-                 template: Signal) -> Measurement:
+def _measurement(
+    row: Mapping[str, Any], values: list[Any], modality: str, template: Signal
+) -> Measurement:
     return Measurement(
-        measurement_id=str(row["measurement_id"]), instrument=str(row["instrument"]),
-        modality=modality, sample=str(row["sample"]),
-        library_x=float(row["library_x"]), library_y=float(row["library_y"]),
-        stage_x=float(row["stage_x"]), stage_y=float(row["stage_y"]),
-        started=float(row["start_time"]), ended=float(row["end_time"]),
+        measurement_id=str(row["measurement_id"]),
+        instrument=str(row["instrument"]),
+        modality=modality,
+        sample=str(row["sample"]),
+        library_x=float(row["library_x"]),
+        library_y=float(row["library_y"]),
+        stage_x=float(row["stage_x"]),
+        stage_y=float(row["stage_y"]),
+        started=float(row["start_time"]),
+        ended=float(row["end_time"]),
         signal=template.model_copy(update={"values": values}),
         decision_id=str(row["decision_id"]) or None,
-        flow_run_id=str(row["flow_run_id"]) or None)
+        flow_run_id=str(row["flow_run_id"]) or None,
+    )
 
 
 # -- decisions ------------------------------------------------------------------------------------
 def decision_row(d: Decision) -> dict[str, Any]:
     acq = d.acquisition_value
     return {
-        "decision_id": d.decision_id, "measurement_id": d.measurement_id,
-        "instrument": d.instrument, "modality": d.modality,
-        "library_x": float(d.library_x), "library_y": float(d.library_y),
-        "policy": d.policy, "model_version": d.model_version,
-        "trained_on": json.dumps(list(d.trained_on)), "pending": json.dumps(list(d.pending)),
+        "decision_id": d.decision_id,
+        "measurement_id": d.measurement_id,
+        "instrument": d.instrument,
+        "modality": d.modality,
+        "library_x": float(d.library_x),
+        "library_y": float(d.library_y),
+        "policy": d.policy,
+        "model_version": d.model_version,
+        "trained_on": json.dumps(list(d.trained_on)),
+        "pending": json.dumps(list(d.pending)),
         "acquisition_value": float(acq) if acq is not None else float("nan"),
         "n_candidates": int(d.n_candidates),
         "human_input": json.dumps(d.human_input),
-        "created": float(d.created), "flow_run_id": d.flow_run_id or "",
+        "created": float(d.created),
+        "flow_run_id": d.flow_run_id or "",
         "task_run_id": d.task_run_id or "",
         "campaign": d.campaign or "",
     }
@@ -181,6 +224,13 @@ def decisions_from_columns(columns: Mapping[str, np.ndarray]) -> list[Decision]:
     return [decision_from_row({k: lists[k][i] for k in names}) for i in range(n)]
 
 
-__all__ = ["SignalGrid", "content_hash", "decision_from_row", "decision_row",
-           "decisions_from_columns", "measurement_from_row", "measurement_row",
-           "measurements_from_columns"]
+__all__ = [
+    "SignalGrid",
+    "content_hash",
+    "decision_from_row",
+    "decision_row",
+    "decisions_from_columns",
+    "measurement_from_row",
+    "measurement_row",
+    "measurements_from_columns",
+]

@@ -28,19 +28,25 @@ def _plain_strings(ds: xr.Dataset) -> xr.Dataset:
 def export_netcdf(store: CampaignStore, path: Path) -> Path:
     path = Path(path)
     path.unlink(missing_ok=True)
-    root = xr.Dataset(attrs={"title": f"coorch campaign exported from {store.url}",
-                             "coorch_metadata": json.dumps(store.metadata()),
-                             "Conventions": "CF-1.10"})
+    root = xr.Dataset(
+        attrs={
+            "title": f"coorch campaign exported from {store.url}",
+            "coorch_metadata": json.dumps(store.metadata()),
+            "Conventions": "CF-1.10",
+        }
+    )
     root.to_netcdf(path, mode="w", engine="netcdf4")
     for g in store.modalities():
         ds = _plain_strings(store.read_modality(g).load())
-        ds.attrs = {k: (json.dumps(v) if isinstance(v, list | dict) else v)
-                    for k, v in ds.attrs.items()}
+        ds.attrs = {
+            k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in ds.attrs.items()
+        }
         ds.to_netcdf(path, mode="a", group=g, engine="netcdf4")
     if not store.decisions().empty:
         dec = store.read_dataset(schema.DECISIONS_GROUP).load()
-        _plain_strings(dec).to_netcdf(path, mode="a", group=schema.DECISIONS_GROUP,
-                                      engine="netcdf4")
+        _plain_strings(dec).to_netcdf(
+            path, mode="a", group=schema.DECISIONS_GROUP, engine="netcdf4"
+        )
     return path
 
 
@@ -54,10 +60,15 @@ def export_parquet(store: CampaignStore, folder: Path) -> Path:
         values = np.asarray(ds[sig].values)
         df = mt[mt["modality"] == g].reset_index(drop=True).copy()
         df[sig] = [row.ravel().tolist() for row in values]
-        meta = {"signal": sig, "dims": list(ds[sig].dims[1:]),
-                "shape": list(values.shape[1:]), "units": ds[sig].attrs.get("units", ""),
-                "coords": {d: np.asarray(ds[d].values).tolist() for d in ds[sig].dims[1:]
-                           if d in ds.coords}}
+        meta = {
+            "signal": sig,
+            "dims": list(ds[sig].dims[1:]),
+            "shape": list(values.shape[1:]),
+            "units": ds[sig].attrs.get("units", ""),
+            "coords": {
+                d: np.asarray(ds[d].values).tolist() for d in ds[sig].dims[1:] if d in ds.coords
+            },
+        }
         df.attrs = {}
         table_path = folder / f"{g}.parquet"
         df.to_parquet(table_path, index=False)
@@ -65,7 +76,8 @@ def export_parquet(store: CampaignStore, folder: Path) -> Path:
     dec = store.decisions()
     if not dec.empty:
         dec.assign(human_input=[json.dumps(v) for v in dec["human_input"]]).to_parquet(
-            folder / "decisions.parquet", index=False)
+            folder / "decisions.parquet", index=False
+        )
     (folder / "metadata.json").write_text(json.dumps(store.metadata(), indent=1))
     return folder
 

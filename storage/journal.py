@@ -75,7 +75,7 @@ def decode_measurement(blob: bytes) -> tuple[int, Measurement]:
     offset = nbytes
     coords = dict(sig.pop("coords"))
     for name, size in header.pop("binary_coords", []):
-        coords[name] = np.frombuffer(data[offset:offset + 8 * size], dtype="<f8")
+        coords[name] = np.frombuffer(data[offset : offset + 8 * size], dtype="<f8")
         offset += 8 * size
     ordered = {k: coords[k] for k in sorted(coords, key=lambda k: k not in sig["dims"])}
     # model_construct: the entry was written from a validated record; validating 512-float
@@ -99,7 +99,7 @@ def _split(blob: bytes) -> tuple[dict, bytes]:
     if blob[:8] != MAGIC:
         raise ValueError("not a coorch journal entry")
     (n,) = struct.unpack("<Q", blob[8:16])
-    return json.loads(blob[16:16 + n]), blob[16 + n:]
+    return json.loads(blob[16 : 16 + n]), blob[16 + n :]
 
 
 class Journal:
@@ -109,12 +109,12 @@ class Journal:
         self.backend = backend
 
     def put_measurement(self, m: Measurement, values: np.ndarray) -> bool:
-        return self.backend.create_exclusive(_key("measurements", m.measurement_id),
-                                             encode_measurement(m, values))
+        return self.backend.create_exclusive(
+            _key("measurements", m.measurement_id), encode_measurement(m, values)
+        )
 
     def put_decision(self, d: Decision) -> bool:
-        return self.backend.create_exclusive(_key("decisions", d.decision_id),
-                                             encode_decision(d))
+        return self.backend.create_exclusive(_key("decisions", d.decision_id), encode_decision(d))
 
     def has(self, kind: str, record_id: str) -> bool:
         return self.backend.read(_key(kind, record_id)) is not None
@@ -139,8 +139,9 @@ class Journal:
         except OSError:
             pass
 
-    def read(self, keys: list[str]) -> tuple[list[tuple[str, Measurement]],
-                                             list[tuple[str, Decision]], list[str]]:
+    def read(
+        self, keys: list[str]
+    ) -> tuple[list[tuple[str, Measurement]], list[tuple[str, Decision]], list[str]]:
         """Decode entries, as (key, record), in the order they were acknowledged; keys of
         undecodable entries are returned separately (to be rejected, never silently lost)."""
         blobs = self.backend.read_many(keys)
@@ -172,13 +173,15 @@ class Journal:
         modality, a corrupt entry) to ``.coorch-rejected/`` so they stop blocking the journal;
         ``verify`` reports them."""
         blobs = self.backend.read_many(keys)
-        self.backend.write_many({REJECTED + k[len(PREFIX):]: b for k, b in blobs.items()
-                                 if b is not None})
+        self.backend.write_many(
+            {REJECTED + k[len(PREFIX) :]: b for k, b in blobs.items() if b is not None}
+        )
         self.remove(keys)
 
     def rejected(self) -> list[str]:
-        return [k for k in self.backend.list_keys(REJECTED)
-                if not k.rsplit("/", 1)[-1].startswith(".")]
+        return [
+            k for k in self.backend.list_keys(REJECTED) if not k.rsplit("/", 1)[-1].startswith(".")
+        ]
 
 
 def record_id(key: str) -> str:

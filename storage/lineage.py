@@ -16,8 +16,9 @@ def _decision_record(row: pd.Series) -> dict[str, Any]:
     return rec
 
 
-def lineage(measurements: pd.DataFrame, decisions: pd.DataFrame,
-            measurement_id: str) -> dict[str, Any]:
+def lineage(
+    measurements: pd.DataFrame, decisions: pd.DataFrame, measurement_id: str
+) -> dict[str, Any]:
     """One hop each way from ``measurement_id``.
 
     back: the decision that requested it (``None`` if it was not requested by a stored
@@ -28,8 +29,9 @@ def lineage(measurements: pd.DataFrame, decisions: pd.DataFrame,
     if hit.empty:
         raise KeyError(f"no measurement {measurement_id!r} in the store")
     m = hit.iloc[0]
-    record = {k: (v.isoformat() if isinstance(v, pd.Timestamp) else v)
-              for k, v in m.to_dict().items()}
+    record = {
+        k: (v.isoformat() if isinstance(v, pd.Timestamp) else v) for k, v in m.to_dict().items()
+    }
     by_decision = measurements.groupby("decision_id")["measurement_id"].apply(list).to_dict()
 
     back: dict[str, Any] = {"decision": None, "trained_on": [], "pending": []}
@@ -49,5 +51,8 @@ def lineage(measurements: pd.DataFrame, decisions: pd.DataFrame,
         for _, d in decisions[mask].iterrows():
             forward_decisions.append(d["decision_id"])
             caused.extend(by_decision.get(d["decision_id"], []))
-    return {"measurement": record, "back": back,
-            "forward": {"decisions": forward_decisions, "measurements": caused}}
+    return {
+        "measurement": record,
+        "back": back,
+        "forward": {"decisions": forward_decisions, "measurements": caused},
+    }

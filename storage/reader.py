@@ -25,8 +25,12 @@ from .tables import Tables
 class StoreReader:
     """Views of one store's committed data (thread-safe; shares ``Tables`` with the writer)."""
 
-    def __init__(self, tables: Tables, settle: Callable[[], None],
-                 storage_options: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        tables: Tables,
+        settle: Callable[[], None],
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.tables = tables
         self.settle = settle
         self.url = tables.backend.url
@@ -75,9 +79,12 @@ class StoreReader:
         """``xr.open_zarr(url, group=group)`` of any table group (decisions included), lazy."""
         backend = self.tables.backend
         local = isinstance(backend, LocalBackend)
-        return xr.open_zarr(str(backend.root) if local else self.url, group=group,
-                            consolidated=True,
-                            storage_options=None if local else (self.storage_options or None))
+        return xr.open_zarr(
+            str(backend.root) if local else self.url,
+            group=group,
+            consolidated=True,
+            storage_options=None if local else (self.storage_options or None),
+        )
 
     def read_modality(self, modality: str) -> xr.Dataset:
         """``xr.open_zarr(url, group=modality)``: lazy, and everything acknowledged is in it."""
@@ -85,8 +92,7 @@ class StoreReader:
             raise KeyError(f"no modality {modality!r} in {self.url}; have {self.modalities()}")
         return self.read_dataset(modality)
 
-    def read_table(self, group: str, columns: Iterable[str] | None = None
-                   ) -> dict[str, np.ndarray]:
+    def read_table(self, group: str, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """All committed rows of the row-dimension columns of one group, as numpy arrays."""
         t = self.tables
         with t.mutex:
@@ -110,8 +116,15 @@ class StoreReader:
         if not frames:
             return pd.DataFrame(columns=["measurement_id", "modality", *cols[1:]])
         df = pd.concat(frames, ignore_index=True)
-        for c in ("measurement_id", "modality", "instrument", "sample", "content_hash",
-                  "decision_id", "flow_run_id"):
+        for c in (
+            "measurement_id",
+            "modality",
+            "instrument",
+            "sample",
+            "content_hash",
+            "decision_id",
+            "flow_run_id",
+        ):
             df[c] = df[c].astype(str)
         for c in ("start_time", "end_time"):
             df[c] = pd.to_datetime(df[c].astype(float), unit="s", utc=True)
@@ -126,8 +139,17 @@ class StoreReader:
         df = pd.DataFrame({c: t[c] for c in names})
         for c in ("trained_on", "pending", "human_input"):
             df[c] = [json.loads(v) if v else None for v in df[c]]
-        for c in ("decision_id", "measurement_id", "instrument", "modality", "policy",
-                  "model_version", "flow_run_id", "task_run_id", "campaign"):
+        for c in (
+            "decision_id",
+            "measurement_id",
+            "instrument",
+            "modality",
+            "policy",
+            "model_version",
+            "flow_run_id",
+            "task_run_id",
+            "campaign",
+        ):
             df[c] = df[c].astype(str)
         df["created"] = pd.to_datetime(df["created"].astype(float), unit="s", utc=True)
         return df
@@ -138,9 +160,11 @@ class StoreReader:
         t = self.tables
         with t.mutex:
             t.hierarchy.load()
-            return codec.SignalGrid.from_metadata(t.hierarchy.nodes[modality]["attributes"],
-                                                  t.hierarchy.arrays(modality),
-                                                  t.static_coords(modality))
+            return codec.SignalGrid.from_metadata(
+                t.hierarchy.nodes[modality]["attributes"],
+                t.hierarchy.arrays(modality),
+                t.static_coords(modality),
+            )
 
     def read_measurements(self) -> list[Measurement]:
         """Every stored measurement as a record (all modalities), sorted by ``ended`` (stable:

@@ -38,8 +38,11 @@ MEASUREMENT_COORDS: list[tuple[str, str, dict[str, Any]]] = [
     ("start_time", "float64", {**TIME_ATTRS, "long_name": "acquisition start"}),
     ("end_time", "float64", {**TIME_ATTRS, "long_name": "acquisition end"}),
     ("content_hash", "string", {"long_name": HASH_DESCRIPTION}),
-    ("decision_id", "string", {"long_name": "decision that requested this measurement "
-                                            "('' if none)"}),
+    (
+        "decision_id",
+        "string",
+        {"long_name": "decision that requested this measurement ('' if none)"},
+    ),
     ("flow_run_id", "string", {"long_name": "Prefect flow run id ('' if none)"}),
 ]
 
@@ -53,14 +56,29 @@ DECISION_COLUMNS: list[tuple[str, str, dict[str, Any]]] = [
     ("library_y", "float64", {"units": "mm", "long_name": "chosen library y"}),
     ("policy", "string", {"long_name": "policy that decided"}),
     ("model_version", "string", {"long_name": "surrogate model version"}),
-    ("trained_on", "string", {"long_name": "measurement ids the model was trained on",
-                              "encoding": "JSON array of strings"}),
-    ("pending", "string", {"long_name": "measurement ids pending at decision time",
-                           "encoding": "JSON array of strings"}),
+    (
+        "trained_on",
+        "string",
+        {
+            "long_name": "measurement ids the model was trained on",
+            "encoding": "JSON array of strings",
+        },
+    ),
+    (
+        "pending",
+        "string",
+        {
+            "long_name": "measurement ids pending at decision time",
+            "encoding": "JSON array of strings",
+        },
+    ),
     ("acquisition_value", "float64", {"long_name": "acquisition function value", "units": "1"}),
     ("n_candidates", "int64", {"long_name": "number of candidates considered", "units": "1"}),
-    ("human_input", "string", {"long_name": "operator input, JSON (null if none)",
-                               "encoding": "JSON value"}),
+    (
+        "human_input",
+        "string",
+        {"long_name": "operator input, JSON (null if none)", "encoding": "JSON value"},
+    ),
     ("created", "float64", {**TIME_ATTRS, "long_name": "decision time"}),
     ("flow_run_id", "string", {"long_name": "Prefect flow run id ('' if none)"}),
     ("task_run_id", "string", {"long_name": "Prefect task run id that decided ('' if none)"}),
@@ -81,17 +99,33 @@ def measurement_columns(m: Measurement) -> tuple[list[Column], dict[str, Any]]:
     if len(row_shape) != len(sig.dims):
         raise ValueError(f"signal {sig.name!r}: dims {sig.dims} but values of shape {row_shape}")
     coord_names = " ".join(name for name, _, _ in MEASUREMENT_COORDS)
-    cols = [Column(name, dtype, (MEASUREMENT_DIM,), (), dict(attrs))
-            for name, dtype, attrs in MEASUREMENT_COORDS]
-    data_attrs: dict[str, Any] = {"long_name": sig.long_name or sig.name,
-                                  "coordinates": coord_names}
+    cols = [
+        Column(name, dtype, (MEASUREMENT_DIM,), (), dict(attrs))
+        for name, dtype, attrs in MEASUREMENT_COORDS
+    ]
+    data_attrs: dict[str, Any] = {
+        "long_name": sig.long_name or sig.name,
+        "coordinates": coord_names,
+    }
     if sig.units:
         data_attrs["units"] = sig.units
-    cols.append(Column(sig.name, "float64", (MEASUREMENT_DIM, *sig.dims), row_shape, data_attrs,
-                       data_chunk_rows(row_shape)))
-    group_attrs = {"modality": m.modality, "signal": sig.name, "signal_dims": list(sig.dims),
-                   "Conventions": "CF-1.10",
-                   "title": f"coorch campaign, modality {m.modality}"}
+    cols.append(
+        Column(
+            sig.name,
+            "float64",
+            (MEASUREMENT_DIM, *sig.dims),
+            row_shape,
+            data_attrs,
+            data_chunk_rows(row_shape),
+        )
+    )
+    group_attrs = {
+        "modality": m.modality,
+        "signal": sig.name,
+        "signal_dims": list(sig.dims),
+        "Conventions": "CF-1.10",
+        "title": f"coorch campaign, modality {m.modality}",
+    }
     return cols, group_attrs
 
 
@@ -108,5 +142,7 @@ def signal_coords(m: Measurement) -> dict[str, tuple[np.ndarray, dict[str, Any]]
 
 
 def decision_columns() -> list[Column]:
-    return [Column(name, dtype, (DECISION_DIM,), (), dict(attrs), 256)
-            for name, dtype, attrs in DECISION_COLUMNS]
+    return [
+        Column(name, dtype, (DECISION_DIM,), (), dict(attrs), 256)
+        for name, dtype, attrs in DECISION_COLUMNS
+    ]

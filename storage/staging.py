@@ -50,9 +50,15 @@ class Staged:
         return not self.done and not self.pre
 
 
-def create_group(tables: Tables, group: str, kind: str, row_dim: str, cols: list[Column],
-                 attrs: dict[str, Any],
-                 static: dict[str, tuple[np.ndarray, dict[str, Any]]]) -> dict[str, bytes]:
+def create_group(
+    tables: Tables,
+    group: str,
+    kind: str,
+    row_dim: str,
+    cols: list[Column],
+    attrs: dict[str, Any],
+    static: dict[str, tuple[np.ndarray, dict[str, Any]]],
+) -> dict[str, bytes]:
     """Add a group to the (uncommitted) hierarchy; return the objects to write first."""
     nodes = tables.hierarchy.nodes
     gattrs = {**attrs, ROW_DIM_ATTR: row_dim, KIND_ATTR: kind}
@@ -67,11 +73,15 @@ def create_group(tables: Tables, group: str, kind: str, row_dim: str, cols: list
         if values.size:
             writes[f"{group}/{name}/c/0"] = encode_chunk(dtype, values)
     for col in cols:
-        meta = array_metadata(col.dtype, (0, *col.row_shape),
-                              (col.chunk_rows, *col.row_shape), col.dims, col.attrs)
+        meta = array_metadata(
+            col.dtype, (0, *col.row_shape), (col.chunk_rows, *col.row_shape), col.dims, col.attrs
+        )
         nodes[f"{group}/{col.name}"] = meta
-    tables.add(group, TableWriter(tables.backend, group, cols, cols[0].name),
-               {k: v for k, (v, _) in static.items()})
+    tables.add(
+        group,
+        TableWriter(tables.backend, group, cols, cols[0].name),
+        {k: v for k, (v, _) in static.items()},
+    )
     return writes
 
 
@@ -79,22 +89,29 @@ def check_compatible(tables: Tables, group: str, m: Measurement, values: np.ndar
     """Raise ``ValueError`` unless ``m`` fits the stored signal grid of ``group``."""
     attrs = tables.hierarchy.nodes[group]["attributes"]
     if m.signal.name != attrs["signal"] or list(m.signal.dims) != attrs["signal_dims"]:
-        raise ValueError(f"modality {group!r} stores signal {attrs['signal']!r} with dims "
-                         f"{attrs['signal_dims']}; got {m.signal.name!r} {m.signal.dims}")
+        raise ValueError(
+            f"modality {group!r} stores signal {attrs['signal']!r} with dims "
+            f"{attrs['signal_dims']}; got {m.signal.name!r} {m.signal.dims}"
+        )
     col = tables.table(group).columns[attrs["signal"]]
     if tuple(values.shape) != col.row_shape:
-        raise ValueError(f"modality {group!r}: signal shape {values.shape} differs from "
-                         f"the stored {col.row_shape}")
+        raise ValueError(
+            f"modality {group!r}: signal shape {values.shape} differs from "
+            f"the stored {col.row_shape}"
+        )
     static = tables.static_coords(group)
     for name, v in m.signal.coords.items():
         stored = static.get(name)
         if stored is None or not np.array_equal(np.asarray(v, dtype=stored.dtype), stored):
-            raise ValueError(f"modality {group!r}: coordinate {name!r} differs from the "
-                             "stored one (one modality group holds one signal grid)")
+            raise ValueError(
+                f"modality {group!r}: coordinate {name!r} differs from the "
+                "stored one (one modality group holds one signal grid)"
+            )
 
 
-def stage_measurements(tables: Tables, ms: list[Measurement], rows: list[Row],
-                       n_journal: int = 0) -> tuple[Staged, list[bool], list[int]]:
+def stage_measurements(
+    tables: Tables, ms: list[Measurement], rows: list[Row], n_journal: int = 0
+) -> tuple[Staged, list[bool], list[int]]:
     """Encode the new rows of every modality: (staged, stored-now flag per record, rejected).
 
     Records ``i < n_journal`` come from the journal, and one that does not fit its modality is
@@ -114,8 +131,10 @@ def stage_measurements(tables: Tables, ms: list[Measurement], rows: list[Row],
         w = tables.table(group)
         n = tables.hierarchy.rows(group)
         signal = tables.hierarchy.nodes[group]["attributes"]["signal"]
-        cols = {name: _column_values([rows[i][0][name] for i in new], w.columns[name])
-                for name, _, _ in schema.MEASUREMENT_COORDS}
+        cols = {
+            name: _column_values([rows[i][0][name] for i in new], w.columns[name])
+            for name, _, _ in schema.MEASUREMENT_COORDS
+        }
         cols[signal] = np.stack([rows[i][1] for i in new])
         staged.chunks.update(w.stage(cols, n))
         staged.metas.update(w.set_rows(tables.hierarchy, n + len(new)))
@@ -125,8 +144,16 @@ def stage_measurements(tables: Tables, ms: list[Measurement], rows: list[Row],
     return staged, flags, rejected
 
 
-def _new_rows(tables: Tables, group: str, ms: list[Measurement], rows: list[Row],
-              idx: list[int], n_journal: int, staged: Staged, rejected: list[int]) -> list[int]:
+def _new_rows(
+    tables: Tables,
+    group: str,
+    ms: list[Measurement],
+    rows: list[Row],
+    idx: list[int],
+    n_journal: int,
+    staged: Staged,
+    rejected: list[int],
+) -> list[int]:
     """Indices (of ``idx``) to store in ``group``: not stored yet, first of their id, fitting
     the group (created from the first record if new)."""
     w = None
@@ -136,9 +163,17 @@ def _new_rows(tables: Tables, group: str, ms: list[Measurement], rows: list[Row]
         try:
             if group not in tables.hierarchy.nodes:
                 cols, gattrs = schema.measurement_columns(ms[i])
-                staged.pre.update(create_group(tables, group, "modality",
-                                               schema.MEASUREMENT_DIM, cols, gattrs,
-                                               schema.signal_coords(ms[i])))
+                staged.pre.update(
+                    create_group(
+                        tables,
+                        group,
+                        "modality",
+                        schema.MEASUREMENT_DIM,
+                        cols,
+                        gattrs,
+                        schema.signal_coords(ms[i]),
+                    )
+                )
             if w is None:
                 w = tables.table(group)
                 w.refresh(tables.hierarchy.rows(group))
@@ -164,10 +199,15 @@ def stage_decisions(tables: Tables, ds: list[Decision]) -> tuple[Staged, list[bo
     if not ds:
         return staged, flags
     if group not in tables.hierarchy.nodes:
-        staged.pre = create_group(tables, group, "decisions", schema.DECISION_DIM,
-                                  schema.decision_columns(),
-                                  {"title": "coorch campaign decisions",
-                                   "Conventions": "CF-1.10"}, {})
+        staged.pre = create_group(
+            tables,
+            group,
+            "decisions",
+            schema.DECISION_DIM,
+            schema.decision_columns(),
+            {"title": "coorch campaign decisions", "Conventions": "CF-1.10"},
+            {},
+        )
     w = tables.table(group)
     n = tables.hierarchy.rows(group)
     w.refresh(n)
@@ -181,8 +221,7 @@ def stage_decisions(tables: Tables, ds: list[Decision]) -> tuple[Staged, list[bo
     if not new:
         return staged, flags
     rows = [codec.decision_row(ds[i]) for i in new]
-    cols = {name: _column_values([r[name] for r in rows], col)
-            for name, col in w.columns.items()}
+    cols = {name: _column_values([r[name] for r in rows], col) for name, col in w.columns.items()}
     staged.chunks = w.stage(cols, n)
     staged.metas = w.set_rows(tables.hierarchy, n + len(new))
     staged.done.append((w, n + len(new), [ds[i].decision_id for i in new], n))

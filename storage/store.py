@@ -39,21 +39,34 @@ class CampaignStore:
     ``writer`` and ``reader`` are the two halves; the methods below delegate to them.
     """
 
-    def __init__(self, backend: Backend, storage_options: Mapping[str, Any] | None = None,
-                 *, flush_every: int = 64, flush_interval_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        storage_options: Mapping[str, Any] | None = None,
+        *,
+        flush_every: int = 64,
+        flush_interval_s: float = 0.5,
+    ) -> None:
         self.backend = backend
         self.url = backend.url
         self.storage_options = dict(storage_options or {})
         self.tables = Tables(backend)
-        self.writer = StoreWriter(self.tables, flush_every=flush_every,
-                                  flush_interval_s=flush_interval_s)
+        self.writer = StoreWriter(
+            self.tables, flush_every=flush_every, flush_interval_s=flush_interval_s
+        )
         self.reader = StoreReader(self.tables, self.writer.settle, storage_options)
 
     @classmethod
-    def open(cls, url: str | os.PathLike[str], *, create: bool = True,
-             storage_options: Mapping[str, Any] | None = None,
-             durable: bool = False, flush_every: int = 64,
-             flush_interval_s: float = 0.5) -> CampaignStore:
+    def open(
+        cls,
+        url: str | os.PathLike[str],
+        *,
+        create: bool = True,
+        storage_options: Mapping[str, Any] | None = None,
+        durable: bool = False,
+        flush_every: int = 64,
+        flush_interval_s: float = 0.5,
+    ) -> CampaignStore:
         """Open (and by default create) the campaign at ``url``.
 
         ``durable=True`` fsyncs every local write (survives power loss, not only a process
@@ -63,13 +76,19 @@ class CampaignStore:
         left by a writer that crashed mid-consolidation (committed data is never damaged).
         """
         backend = open_backend(url, storage_options, durable=durable)
-        store = cls(backend, storage_options, flush_every=flush_every,
-                    flush_interval_s=flush_interval_s)
+        store = cls(
+            backend, storage_options, flush_every=flush_every, flush_interval_s=flush_interval_s
+        )
         if not backend.exists():
             if not create:
                 raise FileNotFoundError(f"no campaign store at {backend.url}")
-            store.writer.create({"coorch_store_format": STORE_FORMAT, "created": time.time(),
-                                 "code_version": code_version()})
+            store.writer.create(
+                {
+                    "coorch_store_format": STORE_FORMAT,
+                    "created": time.time(),
+                    "code_version": code_version(),
+                }
+            )
         store.repair()
         if store.tables.journal.keys():
             store.flush()
@@ -151,8 +170,7 @@ class CampaignStore:
         """``xr.open_zarr(url, group=group)`` of any group, ``decisions`` included."""
         return self.reader.read_dataset(group)
 
-    def read_table(self, group: str, columns: Iterable[str] | None = None
-                   ) -> dict[str, np.ndarray]:
+    def read_table(self, group: str, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
         """All committed rows of the row-dimension columns of one group, as numpy arrays."""
         return self.reader.read_table(group, columns)
 
@@ -202,12 +220,17 @@ def code_version() -> dict[str, Any]:
     commit = None
     try:
         here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if out.returncode == 0:
             commit = out.stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
-                                   capture_output=True, text=True, timeout=5)
+            dirty = subprocess.run(
+                ["git", "-C", str(here), "status", "--porcelain"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             if dirty.returncode == 0 and dirty.stdout.strip():
                 commit += "-dirty"
     except (OSError, subprocess.SubprocessError):

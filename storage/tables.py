@@ -41,9 +41,16 @@ class Tables:
             dims = tuple(meta["dimension_names"])
             if dims[0] != row_dim:
                 continue
-            cols.append(Column(name, meta["data_type"], dims, tuple(meta["shape"][1:]),
-                               meta["attributes"], meta["chunk_grid"]["configuration"]
-                               ["chunk_shape"][0]))
+            cols.append(
+                Column(
+                    name,
+                    meta["data_type"],
+                    dims,
+                    tuple(meta["shape"][1:]),
+                    meta["attributes"],
+                    meta["chunk_grid"]["configuration"]["chunk_shape"][0],
+                )
+            )
         key = "measurement_id" if row_dim == schema.MEASUREMENT_DIM else "decision_id"
         w = TableWriter(self.backend, group, cols, key)
         self._tables[group] = w
@@ -67,8 +74,11 @@ class Tables:
                 if meta["dimension_names"][0] != row_dim:
                     raw = self.backend.read(f"{group}/{name}/c/0")
                     shape = tuple(meta["shape"])
-                    out[name] = (np.asarray([], dtype=object) if raw is None
-                                 else decode_chunk(meta["data_type"], raw, shape))
+                    out[name] = (
+                        np.asarray([], dtype=object)
+                        if raw is None
+                        else decode_chunk(meta["data_type"], raw, shape)
+                    )
             self._static[group] = out
         return self._static[group]
 

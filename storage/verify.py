@@ -22,8 +22,9 @@ def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
     problems: list[str] = []
     # partial writes: per-array metadata that disagrees with the committed root
     for group, name, n in store.partial_writes():
-        problems.append(f"partial write: {group}/{name}/zarr.json shape differs from "
-                        f"the committed length {n}")
+        problems.append(
+            f"partial write: {group}/{name}/zarr.json shape differs from the committed length {n}"
+        )
     all_ids: Counter[str] = Counter()
     decision_refs: list[tuple[str, str]] = []
     for group in store.modalities():
@@ -42,16 +43,19 @@ def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
         for i, (mid, stored) in enumerate(zip(ids, t["content_hash"], strict=True)):
             actual = codec.content_hash(data[i])
             if actual != stored:
-                problems.append(f"hash mismatch: {group} measurement {mid} (row {i}): stored "
-                                f"{str(stored)[:12]}..., data hash {actual[:12]}...")
-        decision_refs += [(mid, str(d)) for mid, d in zip(ids, t["decision_id"], strict=True)
-                          if d]
+                problems.append(
+                    f"hash mismatch: {group} measurement {mid} (row {i}): stored "
+                    f"{str(stored)[:12]}..., data hash {actual[:12]}..."
+                )
+        decision_refs += [(mid, str(d)) for mid, d in zip(ids, t["decision_id"], strict=True) if d]
         if open_with_xarray:
             try:
                 ds = store.read_modality(group)
                 if ds.sizes.get(schema.MEASUREMENT_DIM, 0) != len(ids):
-                    problems.append(f"xarray sees {ds.sizes.get(schema.MEASUREMENT_DIM)} "
-                                    f"measurements in {group}, the store {len(ids)}")
+                    problems.append(
+                        f"xarray sees {ds.sizes.get(schema.MEASUREMENT_DIM)} "
+                        f"measurements in {group}, the store {len(ids)}"
+                    )
             except Exception as exc:  # noqa: BLE001 - any failure to open is a problem
                 problems.append(f"xarray cannot open {group}: {exc}")
     for mid, c in all_ids.items():
@@ -76,14 +80,15 @@ def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
                 continue
             for ref in refs:
                 if ref not in all_ids:
-                    problems.append(f"dangling ref: decision {did} trained_on unknown "
-                                    f"measurement {ref}")
+                    problems.append(
+                        f"dangling ref: decision {did} trained_on unknown measurement {ref}"
+                    )
     for key in store.rejected():
-        problems.append(f"rejected: journal entry {key} could not be stored (it does not fit "
-                        "its modality or is corrupt); acknowledged but not in the arrays")
+        problems.append(
+            f"rejected: journal entry {key} could not be stored (it does not fit "
+            "its modality or is corrupt); acknowledged but not in the arrays"
+        )
     for mid, did in decision_refs:
         if did not in decisions:
             problems.append(f"dangling ref: measurement {mid} names unknown decision {did}")
     return problems
-
-

@@ -51,8 +51,9 @@ def check_modality(name: str) -> None:
 class StoreWriter:
     """Appends records to one store; safe across threads and processes (see ``store.py``)."""
 
-    def __init__(self, tables: Tables, *, flush_every: int = 64,
-                 flush_interval_s: float = 0.5) -> None:
+    def __init__(
+        self, tables: Tables, *, flush_every: int = 64, flush_interval_s: float = 0.5
+    ) -> None:
         self.tables = tables
         self.url = tables.backend.url
         self.flush_every = max(1, flush_every)
@@ -211,11 +212,15 @@ class StoreWriter:
         try:
             self.flush()
         except Exception:  # noqa: BLE001 - a background flush must never kill the process
-            log.warning("background flush of %s failed; entries stay in the journal",
-                        self.url, exc_info=True)
+            log.warning(
+                "background flush of %s failed; entries stay in the journal",
+                self.url,
+                exc_info=True,
+            )
 
-    def _consolidate(self, ms: list[Measurement], rows: list[Row],
-                     ds: list[Decision]) -> tuple[list[bool], list[bool]]:
+    def _consolidate(
+        self, ms: list[Measurement], rows: list[Row], ds: list[Decision]
+    ) -> tuple[list[bool], list[bool]]:
         """Journal entries + the given records -> one commit; then drop the journal entries.
 
         Caller holds the lock. Journal entries go first (they are acknowledged already), so a
@@ -230,8 +235,9 @@ class StoreWriter:
         jrows = [codec.measurement_row(m) for m in jms]
         try:
             t.hierarchy.load()
-            staged, mflags, rejected = stage_measurements(t, jms + ms, jrows + rows,
-                                                          n_journal=len(jms))
+            staged, mflags, rejected = stage_measurements(
+                t, jms + ms, jrows + rows, n_journal=len(jms)
+            )
             staged_d, dflags = stage_decisions(t, jds + ds)
             staged.merge(staged_d)
             if not staged.empty:
@@ -245,13 +251,16 @@ class StoreWriter:
             w.committed(n, ids, start)
         reject = bad + [jm[i][0] for i in rejected]
         if reject:
-            log.error("moved %d journal entries that cannot be stored to .coorch-rejected/: %s",
-                      len(reject), reject[:5])
+            log.error(
+                "moved %d journal entries that cannot be stored to .coorch-rejected/: %s",
+                len(reject),
+                reject[:5],
+            )
             t.journal.reject(reject)
         t.journal.remove([k for k in keys if k not in set(reject)])
         with self._pending_lock:
             self.pending = 0
-        return mflags[len(jms):], dflags[len(jds):]
+        return mflags[len(jms) :], dflags[len(jds) :]
 
 
 def _jsonable(v: Any) -> Any:

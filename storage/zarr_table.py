@@ -65,8 +65,11 @@ class Column:
 
 
 def _codecs(dtype: str) -> list[dict[str, Any]]:
-    first = ({"name": "vlen-utf8", "configuration": {}} if dtype == "string"
-             else {"name": "bytes", "configuration": {"endian": "little"}})
+    first = (
+        {"name": "vlen-utf8", "configuration": {}}
+        if dtype == "string"
+        else {"name": "bytes", "configuration": {"endian": "little"}}
+    )
     return [first, {"name": "zstd", "configuration": {"level": ZSTD_LEVEL, "checksum": False}}]
 
 
@@ -74,8 +77,13 @@ def _fill_json(dtype: str) -> Any:
     return {"float64": "NaN", "int64": 0, "string": ""}[dtype]
 
 
-def array_metadata(dtype: str, shape: tuple[int, ...], chunks: tuple[int, ...],
-                   dims: tuple[str, ...], attrs: dict[str, Any]) -> dict[str, Any]:
+def array_metadata(
+    dtype: str,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dims: tuple[str, ...],
+    attrs: dict[str, Any],
+) -> dict[str, Any]:
     """A zarr v3 array ``zarr.json`` document (the same fields zarr-python writes)."""
     return {
         "shape": list(shape),
@@ -132,15 +140,15 @@ class Hierarchy:
             return False
         self.raw = raw
         self.doc = json.loads(raw)
-        self.doc.setdefault("consolidated_metadata",
-                            {"kind": "inline", "must_understand": False, "metadata": {}})
+        self.doc.setdefault(
+            "consolidated_metadata", {"kind": "inline", "must_understand": False, "metadata": {}}
+        )
         return True
 
     @staticmethod
     def new_document(attrs: dict[str, Any]) -> dict[str, Any]:
         doc = group_metadata(attrs)
-        doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False,
-                                        "metadata": {}}
+        doc["consolidated_metadata"] = {"kind": "inline", "must_understand": False, "metadata": {}}
         return doc
 
     @property
@@ -154,15 +162,21 @@ class Hierarchy:
     def groups(self, kind: str | None = None) -> list[str]:
         out = []
         for path, node in self.nodes.items():
-            if node.get("node_type") == "group" and "/" not in path and (
-                    kind is None or node.get("attributes", {}).get(KIND_ATTR) == kind):
+            if (
+                node.get("node_type") == "group"
+                and "/" not in path
+                and (kind is None or node.get("attributes", {}).get(KIND_ATTR) == kind)
+            ):
                 out.append(path)
         return sorted(out)
 
     def arrays(self, group: str) -> dict[str, dict[str, Any]]:
         prefix = group + "/"
-        return {p[len(prefix):]: n for p, n in self.nodes.items()
-                if p.startswith(prefix) and n.get("node_type") == "array"}
+        return {
+            p[len(prefix) :]: n
+            for p, n in self.nodes.items()
+            if p.startswith(prefix) and n.get("node_type") == "array"
+        }
 
     def rows(self, group: str) -> int:
         """Committed number of rows of a table group (0 if the group does not exist)."""
@@ -204,8 +218,11 @@ class TableWriter:
         if hit is not None and hit[0] == index:
             return hit[1]
         raw = self.backend.read(chunk_key(self.group, col.name, index, 1 + len(col.row_shape)))
-        block = (col.empty_chunk() if raw is None
-                 else decode_chunk(col.dtype, raw, (col.chunk_rows, *col.row_shape)))
+        block = (
+            col.empty_chunk()
+            if raw is None
+            else decode_chunk(col.dtype, raw, (col.chunk_rows, *col.row_shape))
+        )
         self._cache[col.name] = (index, block)
         return block
 
@@ -217,8 +234,9 @@ class TableWriter:
             hi = min(stop, (index + 1) * col.chunk_rows) - index * col.chunk_rows
             parts.append(self._block(col, index)[lo:hi])
         if not parts:
-            return np.empty((0, *col.row_shape), dtype=object if col.dtype == "string"
-                            else col.dtype)
+            return np.empty(
+                (0, *col.row_shape), dtype=object if col.dtype == "string" else col.dtype
+            )
         return np.concatenate(parts)
 
     def refresh(self, committed_rows: int) -> None:
@@ -244,10 +262,12 @@ class TableWriter:
                 block = self._block(col, index)
                 lo = max(start, index * col.chunk_rows)
                 hi = min(start + k, (index + 1) * col.chunk_rows)
-                block[lo - index * col.chunk_rows:hi - index * col.chunk_rows] = \
-                    values[lo - start:hi - start]
-                writes[chunk_key(self.group, name, index, 1 + len(col.row_shape))] = \
-                    encode_chunk(col.dtype, block)
+                block[lo - index * col.chunk_rows : hi - index * col.chunk_rows] = values[
+                    lo - start : hi - start
+                ]
+                writes[chunk_key(self.group, name, index, 1 + len(col.row_shape))] = encode_chunk(
+                    col.dtype, block
+                )
         return writes
 
     def set_rows(self, hierarchy: Hierarchy, n: int) -> dict[str, bytes]:

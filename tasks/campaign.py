@@ -62,7 +62,8 @@ class Instruments:
         with contextlib.ExitStack() as stack:
             for cfg in spec.instruments:
                 client = stack.enter_context(
-                    InstrumentClient(cfg.url, cfg.token(), client_id=f"coorch-{spec.name}"))
+                    InstrumentClient(cfg.url, cfg.token(), client_id=f"coorch-{spec.name}")
+                )
                 desc = client.describe()
                 desc.modality(cfg.modality)  # fails early on a wrong modality name
                 client.acquire_lease(ttl_s=300)
@@ -76,10 +77,14 @@ class Instruments:
     def open_store(self, spec: CampaignSpec, flow_run_id: str) -> CampaignStore:
         store = CampaignStore.open(spec.store, create=True)
         store.set_metadata(
-            campaign=spec.name, spec=spec.model_dump(mode="json"),
+            campaign=spec.name,
+            spec=spec.model_dump(mode="json"),
             code_version=code_version(),  # of this run: a resumed campaign may run newer code
-            library=spec.library, sample=spec.sample, flow_run_id=flow_run_id,
-            instruments={k: v.model_dump(mode="json") for k, v in self.descriptions.items()})
+            library=spec.library,
+            sample=spec.sample,
+            flow_run_id=flow_run_id,
+            instruments={k: v.model_dump(mode="json") for k, v in self.descriptions.items()},
+        )
         return store
 
 
@@ -97,15 +102,29 @@ def build_agent(spec: CampaignSpec, descriptions: dict[str, InstrumentDescriptio
         desc = descriptions[cfg.name]
         tasks = tuple(range(first, first + cfg.n_tasks))
         first += cfg.n_tasks
-        costs.append(InstrumentCost(cfg.name, tasks, desc.modality(cfg.modality).cost_s,
-                                    desc.move_cost_s_per_mm, cfg.log_scale))
+        costs.append(
+            InstrumentCost(
+                cfg.name,
+                tasks,
+                desc.modality(cfg.modality).cost_s,
+                desc.move_cost_s_per_mm,
+                cfg.log_scale,
+            )
+        )
     geo = geometry(spec)
     try:
-        return make_policy(spec.policy, geo.grid(spec.grid), geo.bounds, costs, seed=spec.seed,
-                           **spec.policy_options)
+        return make_policy(
+            spec.policy,
+            geo.grid(spec.grid),
+            geo.bounds,
+            costs,
+            seed=spec.seed,
+            **spec.policy_options,
+        )
     except TypeError as exc:  # an option the policy does not take
-        raise ValueError(f"policy {spec.policy!r} does not accept policy_options "
-                         f"{spec.policy_options}: {exc}") from None
+        raise ValueError(
+            f"policy {spec.policy!r} does not accept policy_options {spec.policy_options}: {exc}"
+        ) from None
 
 
 @dataclasses.dataclass
@@ -122,8 +141,9 @@ class Background:
 
 
 @contextlib.contextmanager
-def background_work(spec: CampaignSpec, agent: Agent, log: logging.Logger | logging.LoggerAdapter
-                    ) -> Iterator[Background]:
+def background_work(
+    spec: CampaignSpec, agent: Agent, log: logging.Logger | logging.LoggerAdapter
+) -> Iterator[Background]:
     """The campaign's background work: hyperparameter refits (GP agents), VAE trainings
     (instruments with ``descriptor: vae``) and physics fits (``physics_mean``), on a Dask
     cluster started only when one of them needs it; posteriors are built on a thread."""
@@ -141,8 +161,7 @@ def background_work(spec: CampaignSpec, agent: Agent, log: logging.Logger | logg
         if vae:
             work.vae = VAETraining(dask, seed=spec.seed)
         if means:
-            work.physics = PhysicsFits(dask, means, every=spec.refit_every, seed=spec.seed,
-                                       log=log)
+            work.physics = PhysicsFits(dask, means, every=spec.refit_every, seed=spec.seed, log=log)
         yield work
 
 

@@ -29,8 +29,11 @@ class Describer:
             descriptors by default; a replay of stored descriptors passes them through).
     """
 
-    def __init__(self, vae_latents: Mapping[str, int] | None = None,
-                 describe: Callable[[str, Signal], np.ndarray] = describe) -> None:
+    def __init__(
+        self,
+        vae_latents: Mapping[str, int] | None = None,
+        describe: Callable[[str, Signal], np.ndarray] = describe,
+    ) -> None:
         self.latent_dim = dict(vae_latents or {})
         self.describe = describe
         self.signals: dict[str, dict[str, np.ndarray]] = {n: {} for n in self.latent_dim}

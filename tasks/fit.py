@@ -59,9 +59,15 @@ class HyperparameterRefit:
         fit: the fitting function, ``fit(x, t, y, num_tasks, coupled=, aspect=, log_tasks=)``.
     """
 
-    def __init__(self, executor: Executor, *, every: int, min_per_task: int = 2,
-                 builder: Executor | None = None,
-                 fit: Callable[..., MTGPHyperparameters] = fit_hyperparameters) -> None:
+    def __init__(
+        self,
+        executor: Executor,
+        *,
+        every: int,
+        min_per_task: int = 2,
+        builder: Executor | None = None,
+        fit: Callable[..., MTGPHyperparameters] = fit_hyperparameters,
+    ) -> None:
         self.executor, self.builder, self.fit = executor, builder or InlineExecutor(), fit
         self.every, self.min_per_task = every, min_per_task
         self.fitting: tuple[Future, Key] | None = None
@@ -103,9 +109,16 @@ class HyperparameterRefit:
     def _start(self, agent: MTGPAgent) -> None:
         x, t, y = agent.log.data()
         self.last = _key(agent)
-        fut = self.executor.submit(self.fit, x, t, y, agent.num_tasks,
-                                   coupled=agent.decision.coupled, aspect=aspect(agent.bounds),
-                                   log_tasks=agent.log_tasks)
+        fut = self.executor.submit(
+            self.fit,
+            x,
+            t,
+            y,
+            agent.num_tasks,
+            coupled=agent.decision.coupled,
+            aspect=aspect(agent.bounds),
+            log_tasks=agent.log_tasks,
+        )
         self.fitting = (fut, self.last)
 
     def _collect(self, agent: MTGPAgent) -> None:
@@ -121,8 +134,12 @@ class HyperparameterRefit:
             (fut, key), self.fitting = self.fitting, None
             hyper, exc = outcome(fut)
             if exc is not None:
-                log.warning("hyperparameter refit on %d values failed, keeping model %s: %r",
-                            key[0], agent.model_version, exc)
+                log.warning(
+                    "hyperparameter refit on %d values failed, keeping model %s: %r",
+                    key[0],
+                    agent.model_version,
+                    exc,
+                )
                 self.failed += 1
                 return
             self.latest = (key, hyper)
@@ -147,8 +164,15 @@ class VAETraining:
     revision change). Decisions go on meanwhile: positions, not values, drive the variance.
     """
 
-    def __init__(self, executor: Executor | None, *, min_signals: int = 6, growth: float = 1.5,
-                 epochs: int = 150, seed: int = 0) -> None:
+    def __init__(
+        self,
+        executor: Executor | None,
+        *,
+        min_signals: int = 6,
+        growth: float = 1.5,
+        epochs: int = 150,
+        seed: int = 0,
+    ) -> None:
         self.executor = executor
         self.min_signals, self.growth, self.epochs, self.seed = min_signals, growth, epochs, seed
         self.running: dict[str, tuple[Future, int]] = {}
@@ -167,11 +191,19 @@ class VAETraining:
                 self.trained_on[name] = job[1]
                 self.trainings += 1
             n = len(signals)
-            if (start and name not in self.running and n >= self.min_signals
-                    and n >= self.growth * self.trained_on.get(name, 0)):
-                train = functools.partial(fit_vae, np.stack(list(signals.values())),
-                                          describer.latent_dim[name], self.epochs,
-                                          self.seed)
+            if (
+                start
+                and name not in self.running
+                and n >= self.min_signals
+                and n >= self.growth * self.trained_on.get(name, 0)
+            ):
+                train = functools.partial(
+                    fit_vae,
+                    np.stack(list(signals.values())),
+                    describer.latent_dim[name],
+                    self.epochs,
+                    self.seed,
+                )
                 self.running[name] = (self.executor.submit(train), n)
 
     def finish(self, campaign: Campaign) -> None:

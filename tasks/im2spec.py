@@ -38,8 +38,12 @@ def structure_agent(spec: Im2SpecSpec, candidates: np.ndarray) -> Agent:
     return GridAgent(candidates, geometry(spec).bounds, [inst], seed=spec.seed)
 
 
-def im2spec_agent(spec: Im2SpecSpec, desc: InstrumentDescription, candidates: np.ndarray,
-                  images: list[Measurement]) -> Im2SpecPolicy:
+def im2spec_agent(
+    spec: Im2SpecSpec,
+    desc: InstrumentDescription,
+    candidates: np.ndarray,
+    images: list[Measurement],
+) -> Im2SpecPolicy:
     """The DKL agent over the candidate grid, one structure image per candidate (the nearest
     stored one), with the instrument's spectrum cost."""
     geo = geometry(spec)
@@ -53,11 +57,20 @@ def im2spec_agent(spec: Im2SpecSpec, desc: InstrumentDescription, candidates: np
         raise RuntimeError(f"no structure image at candidates {missing}")
     ordered = [at[i] for i in range(len(candidates))]
     cfg = spec.instrument
-    inst = InstrumentCost(cfg.name, (0,), desc.modality(cfg.modality).cost_s,
-                          desc.move_cost_s_per_mm)
-    return Im2SpecPolicy(candidates, geo.bounds, [inst],
-                         structure=np.stack([m.signal.array() for m in ordered]),
-                         structure_ids=[m.measurement_id for m in ordered],
-                         acquisition=spec.acquisition, maximize=spec.maximize,
-                         refit_every=spec.refit_every, n_initial=max(3, spec.seeds),
-                         feature_dim=spec.feature_dim, steps=spec.dkl_steps, seed=spec.seed)
+    inst = InstrumentCost(
+        cfg.name, (0,), desc.modality(cfg.modality).cost_s, desc.move_cost_s_per_mm
+    )
+    return Im2SpecPolicy(
+        candidates,
+        geo.bounds,
+        [inst],
+        structure=np.stack([m.signal.array() for m in ordered]),
+        structure_ids=[m.measurement_id for m in ordered],
+        acquisition=spec.acquisition,
+        maximize=spec.maximize,
+        refit_every=spec.refit_every,
+        n_initial=max(3, spec.seeds),
+        feature_dim=spec.feature_dim,
+        steps=spec.dkl_steps,
+        seed=spec.seed,
+    )

@@ -23,15 +23,22 @@ def acquire(client: InstrumentClient, decision: Decision, store: CampaignStore) 
     """Measure ``decision`` on ``client``'s instrument and append it to ``store``."""
     client.move(decision.library_x, decision.library_y, frame="library")
     m = client.measure(decision.modality, request_id=decision.measurement_id)
-    m = m.model_copy(update={"decision_id": decision.decision_id,
-                             "flow_run_id": decision.flow_run_id,
-                             "campaign": decision.campaign})
+    m = m.model_copy(
+        update={
+            "decision_id": decision.decision_id,
+            "flow_run_id": decision.flow_run_id,
+            "campaign": decision.campaign,
+        }
+    )
     store.append_measurement(m)
     return m
 
 
-@task(name="measure", cache_policy=NO_CACHE,
-      task_run_name="measure-{decision.instrument}-{decision.measurement_id}")
+@task(
+    name="measure",
+    cache_policy=NO_CACHE,
+    task_run_name="measure-{decision.instrument}-{decision.measurement_id}",
+)
 def measure(client: InstrumentClient, store: CampaignStore, decision: Decision) -> Measurement:
     """Carry out ``decision``: move, measure, store. The task run is named after the request
     id, so the Prefect UI leads from a run to its measurement and decision in the store."""

@@ -66,9 +66,16 @@ class PhysicsFits:
         log: where skipped or failed fits are reported (the flow passes its run logger).
     """
 
-    def __init__(self, executor: Executor | None, means: Mapping[str, MeanKind], *, every: int,
-                 seed: int = 0, min_values: int = MIN_VALUES,
-                 log: logging.Logger | logging.LoggerAdapter | None = None) -> None:
+    def __init__(
+        self,
+        executor: Executor | None,
+        means: Mapping[str, MeanKind],
+        *,
+        every: int,
+        seed: int = 0,
+        min_values: int = MIN_VALUES,
+        log: logging.Logger | logging.LoggerAdapter | None = None,
+    ) -> None:
         self.executor, self.every, self.seed = executor, every, seed
         self.means = dict(means)
         self.min_values = max(min_values, _MIN_FINAL)
@@ -92,16 +99,23 @@ class PhysicsFits:
 
     def _fit(self, agent: Agent, name: str, x: np.ndarray, y: np.ndarray) -> functools.partial:
         self.last_n[name] = len(y)
-        return functools.partial(fit_structured_gp, x, y, mean=self.means[name],
-                                 feature_index=COMPOSITION_AXIS, bounds=agent.bounds.T,
-                                 seed=self.seed)
+        return functools.partial(
+            fit_structured_gp,
+            x,
+            y,
+            mean=self.means[name],
+            feature_index=COMPOSITION_AXIS,
+            bounds=agent.bounds.T,
+            seed=self.seed,
+        )
 
     def _collect(self, name: str) -> None:
         """Keep a finished fit; a failed one is logged and the next, on more data, retries."""
         model, exc = outcome(self.running.pop(name))
         if exc is not None:
-            self.log.warning("%s: structured GP fit on %d values failed: %r", name,
-                             self.last_n[name], exc)
+            self.log.warning(
+                "%s: structured GP fit on %d values failed: %r", name, self.last_n[name], exc
+            )
             return
         self.models[name] = model
         self.fits += 1
@@ -131,8 +145,11 @@ class PhysicsFits:
             if name in self.models and len(self.models[name].y) == len(y):
                 continue  # the model kept already saw every value
             if len(y) < _MIN_FINAL:
-                self.log.warning("%s: %d values, too few for a structured GP fit: no physics "
-                                 "parameters", name, len(y))
+                self.log.warning(
+                    "%s: %d values, too few for a structured GP fit: no physics parameters",
+                    name,
+                    len(y),
+                )
                 continue
             fit = self._fit(campaign.agent, name, x, y)
             final[name] = fit() if self.executor is None else self.executor.submit(fit)
@@ -153,9 +170,11 @@ class PhysicsFits:
         lines = []
         for name, p in self.physics().items():
             if "center" in p:
-                lines.append(f"{name}: phase boundary at c0={p['center']:.2f} mm (width "
-                             f"{p['width']:.2f} mm, {self.means[name]} of amplitude "
-                             f"{p['amplitude']:.3g} on {p['offset']:.3g})")
+                lines.append(
+                    f"{name}: phase boundary at c0={p['center']:.2f} mm (width "
+                    f"{p['width']:.2f} mm, {self.means[name]} of amplitude "
+                    f"{p['amplitude']:.3g} on {p['offset']:.3g})"
+                )
             else:
                 lines.append(f"{name}: constant mean {p['offset']:.3g} (no physics shape)")
         return lines

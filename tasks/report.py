@@ -33,8 +33,12 @@ class GroundTruth:
     tasks: list[str]  # instrument name per task
 
 
-def ground_truth(twins: dict[str, object], modalities: dict[str, str], extent: np.ndarray,
-                 shape: tuple[int, int] = (60, 3)) -> GroundTruth:
+def ground_truth(
+    twins: dict[str, object],
+    modalities: dict[str, str],
+    extent: np.ndarray,
+    shape: tuple[int, int] = (60, 3),
+) -> GroundTruth:
     """Noiseless descriptor maps from the twins (``twin.noiseless``: benchmarks only)."""
     grid = LibraryGeometry(extent).cell_centres(shape)  # never on the candidate grid's nodes
     names = list(twins)
@@ -49,8 +53,9 @@ def ground_truth(twins: dict[str, object], modalities: dict[str, str], extent: n
     return GroundTruth(grid, values, names)
 
 
-def training_arrays(measurements: list[Measurement], tasks: list[str], extent: np.ndarray
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_arrays(
+    measurements: list[Measurement], tasks: list[str], extent: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(x in the unit box, task index, descriptor) in acquisition order."""
     x = np.array([[m.library_x, m.library_y] for m in measurements]).reshape(-1, 2)
     t = np.array([tasks.index(m.instrument) for m in measurements], dtype=int)
@@ -58,15 +63,21 @@ def training_arrays(measurements: list[Measurement], tasks: list[str], extent: n
     return LibraryGeometry(extent).to_unit(x), t, y
 
 
-def nrmse_curve(measurements: list[Measurement], truth: GroundTruth, extent: np.ndarray,
-                hyper: MTGPHyperparameters | None = None, start: int = 2,
-                log_tasks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def nrmse_curve(
+    measurements: list[Measurement],
+    truth: GroundTruth,
+    extent: np.ndarray,
+    hyper: MTGPHyperparameters | None = None,
+    start: int = 2,
+    log_tasks: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Normalised RMSE per task (n_steps, T) after each measurement, with one model fitted on
     the whole campaign (so the curve shows the value of the *data*, not of refits);
     ``log_tasks`` (T,) bool: the tasks modelled as their log (``InstrumentConfig.log_scale``)."""
     x, t, y = training_arrays(measurements, truth.tasks, extent)
-    hyper = hyper or fit_hyperparameters(x, t, y, len(truth.tasks), aspect=aspect(extent),
-                                         log_tasks=log_tasks)
+    hyper = hyper or fit_hyperparameters(
+        x, t, y, len(truth.tasks), aspect=aspect(extent), log_tasks=log_tasks
+    )
     q = LibraryGeometry(extent).to_unit(truth.grid)
     scale = truth.values.std(0)
     steps = np.arange(start, len(y) + 1)
@@ -81,13 +92,20 @@ def _restandardised(h: MTGPHyperparameters, t: np.ndarray, y: np.ndarray) -> MTG
     """Hyperparameters fitted on all data keep their shape but centre on the data seen so far."""
     off, _ = standardise(h.warp(y, t), t, h.num_tasks)
     seen = np.isin(np.arange(h.num_tasks), t)
-    return dataclasses.replace(h, y_offset=np.where(seen, off, h.y_offset),
-                               task_mean=np.zeros_like(h.task_mean))
+    return dataclasses.replace(
+        h, y_offset=np.where(seen, off, h.y_offset), task_mean=np.zeros_like(h.task_mean)
+    )
 
 
-def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str, tuple],
-                truth: GroundTruth, extent: np.ndarray, hyper: MTGPHyperparameters,
-                physics: Mapping[str, StructuredGP] | None = None) -> Path:
+def plot_report(
+    path: Path,
+    runs: dict[str, list[Measurement]],
+    curves: dict[str, tuple],
+    truth: GroundTruth,
+    extent: np.ndarray,
+    hyper: MTGPHyperparameters,
+    physics: Mapping[str, StructuredGP] | None = None,
+) -> Path:
     """One figure: where each instrument measured, GP mean and uncertainty per task against the
     truth, and error vs measurements for every run.
 
@@ -109,8 +127,13 @@ def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str
     for k, name in enumerate(truth.tasks):
         pts = np.array([[m.library_x, m.library_y] for m in ms if m.instrument == name])
         ax.scatter(pts[:, 0], pts[:, 1] + 0.05 * k, s=18, label=f"{name} ({len(pts)})")
-    ax.set(title=f"{main}: measured positions", xlabel="library x (mm)", ylabel="library y (mm)",
-           xlim=extent[0], ylim=extent[1])
+    ax.set(
+        title=f"{main}: measured positions",
+        xlabel="library x (mm)",
+        ylabel="library y (mm)",
+        xlim=extent[0],
+        ylim=extent[1],
+    )
     ax.legend(fontsize=8)
     line = truth.grid[:, 1] == truth.grid[len(truth.grid) // 2, 1]
     q = truth.grid[line]
@@ -127,8 +150,9 @@ def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str
             if centre is not None:
                 ax.axvline(centre, color="C3", lw=1, label=f"fitted centre {centre:.2f} mm")
         sd = np.sqrt(var[:, k])
-        ax.fill_between(q[:, 0], mean[:, k] - 2 * sd, mean[:, k] + 2 * sd, alpha=0.25,
-                        label=f"{label} ±2σ")
+        ax.fill_between(
+            q[:, 0], mean[:, k] - 2 * sd, mean[:, k] + 2 * sd, alpha=0.25, label=f"{label} ±2σ"
+        )
         ax.plot(q[:, 0], mean[:, k], label=f"{label} mean")
         ax.plot(q[:, 0], truth.values[line, k], "k--", label="ground truth")
         ax.plot(geo.from_unit(x[t == k])[:, 0], y[t == k], "o", ms=3, label="measured")
@@ -138,14 +162,17 @@ def plot_report(path: Path, runs: dict[str, list[Measurement]], curves: dict[str
         ax = axes[1, k]
         for run, (steps, err) in curves.items():
             ax.plot(steps, err[:, k], label=run)
-        ax.set(title=f"{name}: error vs measurements", xlabel="measurements (all instruments)",
-               ylabel="normalised RMSE", yscale="log")
+        ax.set(
+            title=f"{name}: error vs measurements",
+            xlabel="measurements (all instruments)",
+            ylabel="normalised RMSE",
+            yscale="log",
+        )
         ax.legend(fontsize=8)
     ax = axes[1, n_tasks]
     for run, (steps, err) in curves.items():
         ax.plot(steps, err.mean(1), label=run)
-    ax.set(title="mean over tasks", xlabel="measurements", ylabel="normalised RMSE",
-           yscale="log")
+    ax.set(title="mean over tasks", xlabel="measurements", ylabel="normalised RMSE", yscale="log")
     ax.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -75,17 +75,22 @@ class Campaign:
         have = {m.measurement_id for m in done}
         for d in self.store.read_decisions():
             if d.modality in mods and d.measurement_id not in have:
-                self.agent.reserve(d.instrument, np.array([d.library_x, d.library_y]),
-                                reason=d.policy, measurement_id=d.measurement_id)
+                self.agent.reserve(
+                    d.instrument,
+                    np.array([d.library_x, d.library_y]),
+                    reason=d.policy,
+                    measurement_id=d.measurement_id,
+                )
                 self.queue.append(d)
         self.measured, self.decided = len(done), len(done) + len(self.queue)
         return done
 
     def reserve(self, seeds: Sequence[tuple[str, np.ndarray]], reason: str = "seed") -> None:
         """Reserve positions chosen outside the agent, store them as decisions, queue them."""
-        decisions = [self._decision(self.agent.reserve(name, np.asarray(x, float),
-                                                       reason=reason))
-                     for name, x in seeds]
+        decisions = [
+            self._decision(self.agent.reserve(name, np.asarray(x, float), reason=reason))
+            for name, x in seeds
+        ]
         self.store.append_decisions(decisions)
         self.queue.extend(decisions)
         self.decided += len(decisions)
@@ -131,9 +136,18 @@ class Campaign:
 
     def _decision(self, s: Suggestion) -> Decision:
         x = [float(v) for v in s.x] + [0.0]
-        return Decision(measurement_id=s.measurement_id, instrument=s.instrument,
-                        modality=self.modalities[s.instrument], library_x=x[0],
-                        library_y=x[1], policy=s.policy, model_version=s.model_version,
-                        trained_on=list(s.trained_on), pending=list(s.pending),
-                        acquisition_value=s.acquisition_value, n_candidates=s.n_candidates,
-                        flow_run_id=self.flow_run_id, campaign=self.name)
+        return Decision(
+            measurement_id=s.measurement_id,
+            instrument=s.instrument,
+            modality=self.modalities[s.instrument],
+            library_x=x[0],
+            library_y=x[1],
+            policy=s.policy,
+            model_version=s.model_version,
+            trained_on=list(s.trained_on),
+            pending=list(s.pending),
+            acquisition_value=s.acquisition_value,
+            n_candidates=s.n_candidates,
+            flow_run_id=self.flow_run_id,
+            campaign=self.name,
+        )

@@ -35,10 +35,12 @@ def twins(tmp_path_factory):
     token_file = tmp_path_factory.mktemp("tokens") / "agent.token"
     token_file.write_text(token)
     agents = [start_twin("afm", token=token, seed=1), start_twin("raman", token=token, seed=2)]
-    cfgs = [InstrumentConfig(name=a.driver.describe().id, kind=kind, modality=mod, url=a.url,
-                             token_file=token_file)
-            for a, (kind, mod) in zip(agents, [("afm", "pfm_loop"), ("raman", "raman")],
-                                      strict=True)]
+    cfgs = [
+        InstrumentConfig(
+            name=a.driver.describe().id, kind=kind, modality=mod, url=a.url, token_file=token_file
+        )
+        for a, (kind, mod) in zip(agents, [("afm", "pfm_loop"), ("raman", "raman")], strict=True)
+    ]
     yield cfgs
     for a in agents:
         a.stop()

@@ -49,7 +49,8 @@ def test_published_figures_come_from_the_file(replay_result: dict) -> None:
     for model, var in (("mtgp", "published_rmse_mtgp"), ("gp", "published_rmse_gp")):
         last = ds[var].values[-1]
         assert replay_result["published"][model] == pytest.approx(
-            {m: float(last[k]) for k, m in enumerate(modalities)})
+            {m: float(last[k]) for k, m in enumerate(modalities)}
+        )
 
 
 @needs_data
@@ -61,13 +62,15 @@ def test_dataset_curves_start_at_the_seeds(replay_result: dict, tmp_path: Path) 
 
 
 @needs_data
-def test_cli_prints_one_json_object(replay_result: dict, capsys: pytest.CaptureFixture,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_prints_one_json_object(
+    replay_result: dict, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import coorch.benchmarks.efficiency as eff
 
     monkeypatch.setattr(eff, "run_dataset", lambda *a, **kw: replay_result)
-    bench_efficiency_command(dataset=DATA, library="smbfo", steps=3, seeds=1, json_out=True,
-                             plot=None, workers=1)
+    bench_efficiency_command(
+        dataset=DATA, library="smbfo", steps=3, seeds=1, json_out=True, plot=None, workers=1
+    )
     assert json.loads(capsys.readouterr().out) == replay_result
 
 

@@ -36,28 +36,47 @@ def prefect_api(tmp_path_factory):
 def run_campaign(spec_file: Path, api_url: str) -> subprocess.Popen:
     env = {**os.environ, "PREFECT_API_URL": api_url}
     coorch = Path(sys.executable).with_name("coorch")
-    return subprocess.Popen([str(coorch), "run", str(spec_file)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [str(coorch), "run", str(spec_file)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(prefect_api,
-                                                                           tmp_path):
+def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(prefect_api, tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     rng = random.Random(7)
-    agents = {"afm": start_twin("afm", token=TOKEN, seed=1, time_scale=0.004),
-              "raman": start_twin("raman", token=TOKEN, seed=2, time_scale=0.004)}
+    agents = {
+        "afm": start_twin("afm", token=TOKEN, seed=1, time_scale=0.004),
+        "raman": start_twin("raman", token=TOKEN, seed=2, time_scale=0.004),
+    }
     try:
         store_url = tmp_path / "crash.zarr"
-        spec = {"name": "crash", "policy": "coorchestrate", "budget": BUDGET,
-                "seeds_per_instrument": 2, "grid": [21, 3], "refit_every": 4,
-                "store": str(store_url),
-                "instruments": [{"name": a.driver.describe().id, "kind": k,
-                                 "modality": m, "url": a.url, "token_file": str(token_file)}
-                                for (k, m), a in zip([("afm", "pfm_loop"), ("raman", "raman")],
-                                                     agents.values(), strict=True)]}
+        spec = {
+            "name": "crash",
+            "policy": "coorchestrate",
+            "budget": BUDGET,
+            "seeds_per_instrument": 2,
+            "grid": [21, 3],
+            "refit_every": 4,
+            "store": str(store_url),
+            "instruments": [
+                {
+                    "name": a.driver.describe().id,
+                    "kind": k,
+                    "modality": m,
+                    "url": a.url,
+                    "token_file": str(token_file),
+                }
+                for (k, m), a in zip(
+                    [("afm", "pfm_loop"), ("raman", "raman")], agents.values(), strict=True
+                )
+            ],
+        }
         spec_file = tmp_path / "spec.yaml"
         spec_file.write_text(yaml.safe_dump(spec))
         kills = 0

@@ -15,8 +15,13 @@ def test_prefect_yaml_parameters_are_a_valid_campaign_spec():
 
 
 def test_unknown_policy_and_duplicate_instruments_are_refused():
-    inst = {"name": "a", "kind": "afm", "modality": "pfm_loop", "url": "http://x",
-            "token_file": "t"}
+    inst = {
+        "name": "a",
+        "kind": "afm",
+        "modality": "pfm_loop",
+        "url": "http://x",
+        "token_file": "t",
+    }
     with pytest.raises(ValidationError, match="unknown policy"):
         CampaignSpec(instruments=[inst], policy="clairvoyant")
     with pytest.raises(ValidationError, match="unique"):
@@ -35,11 +40,19 @@ def test_policy_options_reach_the_policy_and_bad_ones_are_named():
     from coorch.tasks.campaign import build_agent
 
     twin = make_twin("raman", "smbfo")
-    inst = {"name": "raman-twin", "kind": "raman", "modality": "raman",
-            "url": "http://127.0.0.1:1", "token_file": "tok"}
+    inst = {
+        "name": "raman-twin",
+        "kind": "raman",
+        "modality": "raman",
+        "url": "http://127.0.0.1:1",
+        "token_file": "tok",
+    }
     descriptions = {"raman-twin": twin.describe()}
-    spec = CampaignSpec(instruments=[inst], policy="coorchestrate",
-                        policy_options={"min_fit_values": 3, "max_correlation": 0.5})
+    spec = CampaignSpec(
+        instruments=[inst],
+        policy="coorchestrate",
+        policy_options={"min_fit_values": 3, "max_correlation": 0.5},
+    )
     agent = build_agent(spec, descriptions)
     assert agent.decision.min_fit_values == 3 and agent.decision.max_correlation == 0.5
     bad = spec.model_copy(update={"policy_options": {"directoins": [1]}})
@@ -52,8 +65,14 @@ def test_log_scale_reaches_the_policy_and_is_refused_for_vae_latents():
     from coorch.tasks.campaign import build_agent
 
     twin = make_twin("wds", "alscbn")
-    inst = {"name": "wds-twin", "kind": "wds", "modality": "wds", "url": "http://127.0.0.1:1",
-            "token_file": "tok", "log_scale": True}
+    inst = {
+        "name": "wds-twin",
+        "kind": "wds",
+        "modality": "wds",
+        "url": "http://127.0.0.1:1",
+        "token_file": "tok",
+        "log_scale": True,
+    }
     spec = CampaignSpec(library="alscbn", instruments=[inst], policy="coorchestrate")
     agent = build_agent(spec, {"wds-twin": twin.describe()})
     assert agent.log_tasks.tolist() == [True]

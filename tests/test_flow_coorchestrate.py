@@ -9,8 +9,16 @@ from coorch.storage import CampaignStore
 
 
 def spec(cfgs, store, budget, policy="coorchestrate"):
-    return CampaignSpec(name="t", instruments=cfgs, policy=policy, budget=budget,
-                        seeds_per_instrument=2, grid=(21, 3), refit_every=3, store=str(store))
+    return CampaignSpec(
+        name="t",
+        instruments=cfgs,
+        policy=policy,
+        budget=budget,
+        seeds_per_instrument=2,
+        grid=(21, 3),
+        refit_every=3,
+        store=str(store),
+    )
 
 
 def task_run_names(flow_run_id: str) -> set[str]:
@@ -39,8 +47,9 @@ def test_flow_writes_every_measurement_with_provenance(prefect_server, twins, tm
     assert len(chosen) == 10 - 4  # the rest are seeds
     assert set(decisions["flow_run_id"]) == {result.flow_run_id}  # decided in the flow
     assert set(decisions["measurement_id"]) == set(table["measurement_id"])
-    assert {f"measure-{m.instrument}-{m.measurement_id}" for m in table.itertuples()} == \
-        task_run_names(result.flow_run_id)  # one task run per measurement, named after it
+    assert {
+        f"measure-{m.instrument}-{m.measurement_id}" for m in table.itertuples()
+    } == task_run_names(result.flow_run_id)  # one task run per measurement, named after it
     ds = xr.open_zarr(str(store_url), group="pfm_loop")
     assert ds.sizes["measurement"] == len(table[table["instrument"] == twins[0].name])
     assert store.verify() == []
@@ -60,8 +69,9 @@ def test_flow_resumes_from_its_store_without_duplicates(prefect_server, twins, t
     assert result.n_measurements == 9
 
 
-def test_vae_descriptor_is_trained_on_dask_and_becomes_the_gp_tasks(prefect_server, twins,
-                                                                    tmp_path):
+def test_vae_descriptor_is_trained_on_dask_and_becomes_the_gp_tasks(
+    prefect_server, twins, tmp_path
+):
     from coorch.flows.coorchestrate import coorchestrate
 
     raman = twins[1].model_copy(update={"descriptor": "vae", "latent_dim": 2})
@@ -82,7 +92,6 @@ def test_vae_is_trained_for_a_policy_that_fits_no_gp(prefect_server, twins, tmp_
     from coorch.flows.coorchestrate import coorchestrate
 
     raman = twins[1].model_copy(update={"descriptor": "vae", "latent_dim": 2})
-    result = coorchestrate(spec([twins[0], raman], tmp_path / "r.zarr", budget=14,
-                                policy="random"))
+    result = coorchestrate(spec([twins[0], raman], tmp_path / "r.zarr", budget=14, policy="random"))
     assert result.n_vae_trainings >= 1
     assert result.n_fits == 0

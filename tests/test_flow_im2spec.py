@@ -26,8 +26,12 @@ def test_expected_improvement_and_edge_ratio() -> None:
     e = np.linspace(450.0, 800.0, 256)
     base = 2e4 * (e / 450.0) ** -3.0 + 2e3 * (0.5 + np.arctan(e - 532.0) / np.pi)
     peak = 2e3 * np.exp(-0.5 * ((e - 534.0) / 1.5) ** 2)
-    r = [edge_peak_ratio(Signal.from_array("eels", ["energy_loss"], base + a * peak,
-                                           coords={"energy_loss": e}))[0] for a in (0.5, 1.0)]
+    r = [
+        edge_peak_ratio(
+            Signal.from_array("eels", ["energy_loss"], base + a * peak, coords={"energy_loss": e})
+        )[0]
+        for a in (0.5, 1.0)
+    ]
     assert r[1] > r[0] > 0  # a stronger pre-peak, a larger ratio
 
 
@@ -36,8 +40,13 @@ def stem(tmp_path_factory):
     token_file = tmp_path_factory.mktemp("tokens") / "agent.token"
     token_file.write_text(TOKEN)
     agent = start_twin("stem", token=TOKEN, seed=3)
-    cfg = InstrumentConfig(name=agent.driver.describe().id, kind="stem", modality="eels",
-                           url=agent.url, token_file=token_file)
+    cfg = InstrumentConfig(
+        name=agent.driver.describe().id,
+        kind="stem",
+        modality="eels",
+        url=agent.url,
+        token_file=token_file,
+    )
     yield agent, cfg
     agent.stop()
 
@@ -46,9 +55,19 @@ def true_property(twin, spec: Im2SpecSpec, xy: np.ndarray) -> np.ndarray:
     """The descriptor of the noiseless spectrum at each position (the twin's ground truth)."""
     mode = twin.modes["eels"]
     pre, peak, post = spec.edge_windows
-    return np.array([edge_peak_ratio(Signal.from_array(
-        "eels", mode.dims, twin.noiseless("eels", x, y), coords=mode.coords), pre, peak, post)[0]
-        for x, y in xy])
+    return np.array(
+        [
+            edge_peak_ratio(
+                Signal.from_array(
+                    "eels", mode.dims, twin.noiseless("eels", x, y), coords=mode.coords
+                ),
+                pre,
+                peak,
+                post,
+            )[0]
+            for x, y in xy
+        ]
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -57,8 +76,15 @@ def test_flow_stores_everything_and_beats_the_mean(prefect_server, stem, tmp_pat
 
     agent, cfg = stem
     store_url = tmp_path / "s.zarr"
-    spec = Im2SpecSpec(instrument=cfg, structure_modality="stem_haadf", budget=14, seeds=4,
-                       grid=(21, 3), store=str(store_url), seed=seed)
+    spec = Im2SpecSpec(
+        instrument=cfg,
+        structure_modality="stem_haadf",
+        budget=14,
+        seeds=4,
+        grid=(21, 3),
+        store=str(store_url),
+        seed=seed,
+    )
     result = im2spec(spec)
     assert result.n_structure == 63 and result.n_spectra == 14 and result.n_fits >= 2
 
@@ -103,8 +129,13 @@ def test_cli_run_then_resume_without_measuring_twice(prefect_server, stem, tmp_p
 
     agent, cfg = stem
     store_url = tmp_path / "r.zarr"
-    base = {"instrument": cfg, "grid": (11, 2), "seeds": 3, "store": str(store_url),
-            "dkl_steps": 30}
+    base = {
+        "instrument": cfg,
+        "grid": (11, 2),
+        "seeds": 3,
+        "store": str(store_url),
+        "dkl_steps": 30,
+    }
     spec_file = tmp_path / "spec.json"
     spec_file.write_text(Im2SpecSpec(budget=5, **base).model_dump_json())
     app = typer.Typer()

@@ -39,8 +39,14 @@ def afm(tmp_path_factory):
     token_file = tmp_path_factory.mktemp("tokens") / "agent.token"
     token_file.write_text(TOKEN)
     agent = start_twin("afm", token=TOKEN, seed=1)
-    yield InstrumentConfig(name=agent.driver.describe().id, kind="afm", modality="pfm_loop",
-                           url=agent.url, token_file=token_file, physics_mean="step")
+    yield InstrumentConfig(
+        name=agent.driver.describe().id,
+        kind="afm",
+        modality="pfm_loop",
+        url=agent.url,
+        token_file=token_file,
+        physics_mean="step",
+    )
     agent.stop()
 
 
@@ -49,8 +55,15 @@ def test_flow_fits_the_physics_mean_and_reports_the_boundary(prefect_server, afm
 
     # spec seeds 0-3 put the centre 0.11-0.16 mm past the boundary (the loop opening halves
     # just after the polar fraction does)
-    spec = CampaignSpec(name="s", instruments=[afm], budget=16, seeds_per_instrument=3,
-                        grid=(21, 3), refit_every=3, store=str(tmp_path / "s.zarr"))
+    spec = CampaignSpec(
+        name="s",
+        instruments=[afm],
+        budget=16,
+        seeds_per_instrument=3,
+        grid=(21, 3),
+        refit_every=3,
+        store=str(tmp_path / "s.zarr"),
+    )
     result = coorchestrate(spec)
     assert result.n_measurements == 16
     params = result.physics[afm.name]
@@ -68,9 +81,21 @@ def _measured(n: int, seed: int) -> list[Measurement]:
     out = []
     for i, (x, y) in enumerate(zip(xs, rng.uniform(0, 2, n), strict=True)):
         twin.move(*twin.frame.to_stage(x, y))
-        out.append(Measurement(measurement_id=f"m{i}", instrument="afm", modality="pfm_loop",
-                               sample="s", library_x=x, library_y=y, stage_x=0.0, stage_y=0.0,
-                               started=i, ended=i + 0.5, signal=twin.measure("pfm_loop", {})))
+        out.append(
+            Measurement(
+                measurement_id=f"m{i}",
+                instrument="afm",
+                modality="pfm_loop",
+                sample="s",
+                library_x=x,
+                library_y=y,
+                stage_x=0.0,
+                stage_y=0.0,
+                started=i,
+                ended=i + 0.5,
+                signal=twin.measure("pfm_loop", {}),
+            )
+        )
     return out
 
 
@@ -78,8 +103,14 @@ def _campaign(tmp_path, policy: str = "random", candidates=np.zeros((1, 2))) -> 
     """A campaign around one AFM, for background work to read and write."""
     extent = np.asarray(SMBFO.extent, float)
     agent = make_policy(policy, candidates, extent, [InstrumentCost("afm", (0,))])
-    return Campaign("physics", CampaignStore.open(str(tmp_path / "c.zarr")), agent,
-                    Describer(), {"afm": "pfm_loop"}, budget=100)
+    return Campaign(
+        "physics",
+        CampaignStore.open(str(tmp_path / "c.zarr")),
+        agent,
+        Describer(),
+        {"afm": "pfm_loop"},
+        budget=100,
+    )
 
 
 def test_without_dask_the_fit_runs_once_at_finish_and_the_report_draws_it(tmp_path):
@@ -91,8 +122,17 @@ def test_without_dask_the_fit_runs_once_at_finish_and_the_report_draws_it(tmp_pa
     policy = campaign.agent
     physics = PhysicsFits(None, {"afm": "step"}, every=3)
     ms = _measured(20, seed=0)  # centre within 0.35 mm of the boundary for seeds 0-7
-    policy.tell([Observation("afm", np.array([m.library_x, m.library_y]),
-                             describe("pfm_loop", m.signal), m.measurement_id) for m in ms])
+    policy.tell(
+        [
+            Observation(
+                "afm",
+                np.array([m.library_x, m.library_y]),
+                describe("pfm_loop", m.signal),
+                m.measurement_id,
+            )
+            for m in ms
+        ]
+    )
     physics.poll(campaign)
     assert physics.fits == 0 and not physics.models  # no executor: nothing in the background
     physics.finish(campaign)
@@ -102,12 +142,12 @@ def test_without_dask_the_fit_runs_once_at_finish_and_the_report_draws_it(tmp_pa
     assert physics.summary()[0].startswith("afm: phase boundary at c0=")
 
     extent = policy.bounds
-    truth = ground_truth({"afm": make_twin("afm")}, {"afm": "pfm_loop"}, extent,
-                         shape=(20, 1))
+    truth = ground_truth({"afm": make_twin("afm")}, {"afm": "pfm_loop"}, extent, shape=(20, 1))
     hyper = fit_hyperparameters(*training_arrays(ms, truth.tasks, extent), 1, max_iter=5)
     curve = {"random": (np.array([20]), np.ones((1, 1)))}  # the error panel needs a line
-    png = plot_report(tmp_path / "r.png", {"random": ms}, curve, truth, extent, hyper,
-                      physics=physics.models)
+    png = plot_report(
+        tmp_path / "r.png", {"random": ms}, curve, truth, extent, hyper, physics=physics.models
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -116,11 +156,18 @@ def test_on_dask_one_fit_in_flight_then_a_final_fit_on_every_value(tmp_path):
 
     campaign = _campaign(tmp_path, "coorchestrate", np.array([[1.0, 1.0], [9.0, 1.0]]))
     policy = campaign.agent
-    obs = [Observation("afm", np.array([m.library_x, m.library_y]),
-                       describe("pfm_loop", m.signal), m.measurement_id)
-           for m in _measured(16, seed=2)]
-    with Client(processes=False, n_workers=1, threads_per_worker=1,
-                dashboard_address=None) as client:
+    obs = [
+        Observation(
+            "afm",
+            np.array([m.library_x, m.library_y]),
+            describe("pfm_loop", m.signal),
+            m.measurement_id,
+        )
+        for m in _measured(16, seed=2)
+    ]
+    with Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+    ) as client:
         physics = PhysicsFits(client.get_executor(pure=False), {"afm": "step"}, every=3)
         for o in obs:
             policy.tell([o])
@@ -137,8 +184,9 @@ def test_on_dask_one_fit_in_flight_then_a_final_fit_on_every_value(tmp_path):
 def test_too_few_values_give_no_physics_but_no_error(tmp_path):
     campaign = _campaign(tmp_path)
     physics = PhysicsFits(None, {"afm": "peak"}, every=3)
-    campaign.agent.tell([Observation("afm", np.array([x, 1.0]), np.array([1.0]), f"m{x}")
-                         for x in (2.0, 5.0)])
+    campaign.agent.tell(
+        [Observation("afm", np.array([x, 1.0]), np.array([1.0]), f"m{x}") for x in (2.0, 5.0)]
+    )
     physics.finish(campaign)
     assert physics.physics() == {} and physics.fits == 0
 
@@ -149,8 +197,13 @@ def test_config_kinds_are_the_models_kinds():
 
 
 def test_physics_mean_needs_the_physics_descriptor(tmp_path):
-    common = {"name": "afm-1", "kind": "afm", "modality": "pfm_loop", "url": "http://x",
-              "token_file": tmp_path / "t"}
+    common = {
+        "name": "afm-1",
+        "kind": "afm",
+        "modality": "pfm_loop",
+        "url": "http://x",
+        "token_file": tmp_path / "t",
+    }
     assert InstrumentConfig(**common).physics_mean is None
     assert InstrumentConfig(**common, physics_mean="peak").physics_mean == "peak"
     with pytest.raises(ValidationError, match="needs descriptor='physics'"):

@@ -46,8 +46,9 @@ def test_replay_noise_and_modality_selection():
     assert [m.name for m in d.describe().modalities] == ["raman"]
     d.move(*d.library_positions()[10])
     vals = np.array([d.measure("raman", {}).array() for _ in range(200)])
-    np.testing.assert_allclose(vals.mean(0), d.noiseless("raman", *d.library_positions()[10]),
-                               atol=0.02)
+    np.testing.assert_allclose(
+        vals.mean(0), d.noiseless("raman", *d.library_positions()[10]), atol=0.02
+    )
     assert vals.std(0) == pytest.approx([0.05, 0.05], rel=0.2)
     with pytest.raises(KeyError):
         ReplayDriver(REPLAY_FILE, modality="afm")
@@ -55,10 +56,14 @@ def test_replay_noise_and_modality_selection():
 
 def test_replay_reads_any_dataset_with_position_coords(tmp_path):
     x = np.array([0.0, 1.0, 2.0])
-    ds = xr.Dataset({"loop": (("position", "bias"), np.arange(12.0).reshape(3, 4),
-                              {"units": "pm/V"})},
-                    coords={"library_x": ("position", x), "library_y": ("position", x * 0),
-                            "bias": np.linspace(-1, 1, 4)})
+    ds = xr.Dataset(
+        {"loop": (("position", "bias"), np.arange(12.0).reshape(3, 4), {"units": "pm/V"})},
+        coords={
+            "library_x": ("position", x),
+            "library_y": ("position", x * 0),
+            "bias": np.linspace(-1, 1, 4),
+        },
+    )
     path = tmp_path / "loops.nc"
     ds.to_netcdf(path)
     d = ReplayDriver(path)
@@ -101,19 +106,23 @@ def test_alscbn_twins_render_every_modality():
 
 
 def test_instrument_agents_never_import_heavy_layers():
-    code = ("import sys; import coorch.instrument_agents.cli, coorch.instrument_agents.launch;"
-            "bad=[m for m in sys.modules if m.split('.')[0] in ('torch','gpytorch','prefect')"
-            " or m.startswith(('coorch.models','coorch.storage','coorch.flows','coorch.tasks'))];"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import coorch.instrument_agents.cli, coorch.instrument_agents.launch;"
+        "bad=[m for m in sys.modules if m.split('.')[0] in ('torch','gpytorch','prefect')"
+        " or m.startswith(('coorch.models','coorch.storage','coorch.flows','coorch.tasks'))];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
 
 def test_server_knows_drivers_only_through_the_protocol():
-    code = ("import sys; import coorch.instrument_agents.server;"
-            "bad=[m for m in ('faults','twins','twin_base','replay','libraries')"
-            " if 'coorch.instrument_agents.'+m in sys.modules];"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import sys; import coorch.instrument_agents.server;"
+        "bad=[m for m in ('faults','twins','twin_base','replay','libraries')"
+        " if 'coorch.instrument_agents.'+m in sys.modules];"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
 
@@ -122,15 +131,30 @@ def test_cli_serves_a_twin_until_interrupted(tmp_path):
     tok = tmp_path / "token"
     tok.write_text("cli-secret\n")
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "coorch.instrument_agents.cli", "serve",
-                             "--instrument", "raman", "--port", str(port), "--token-file",
-                             str(tok), "--time-scale", "0"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "coorch.instrument_agents.cli",
+            "serve",
+            "--instrument",
+            "raman",
+            "--port",
+            str(port),
+            "--token-file",
+            str(tok),
+            "--time-scale",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_until_healthy(f"{url}/v1/health", timeout_s=30, interval_s=0.1,
-                               alive=lambda: proc.poll() is None)
+            wait_until_healthy(
+                f"{url}/v1/health", timeout_s=30, interval_s=0.1, alive=lambda: proc.poll() is None
+            )
         except RuntimeError:
             pytest.fail(f"the agent exited: {proc.stderr.read()}")
         with InstrumentClient(url, "cli-secret") as c:

@@ -66,8 +66,11 @@ def _params() -> list:
 def agent(request) -> Iterator[Agent]:
     name = request.param
     if name == "external":
-        yield Agent(os.environ["COORCH_AGENT_URL"], os.environ["COORCH_AGENT_TOKEN"],
-                    os.environ.get("COORCH_AGENT_READONLY_TOKEN"))
+        yield Agent(
+            os.environ["COORCH_AGENT_URL"],
+            os.environ["COORCH_AGENT_TOKEN"],
+            os.environ.get("COORCH_AGENT_READONLY_TOKEN"),
+        )
         return
     if name == "replay" and not REPLAY_FILE.exists():
         pytest.skip(f"replay data not found at {REPLAY_FILE}")
@@ -105,9 +108,15 @@ def _measure(client: InstrumentClient, modality: str, **kw):
 
 def test_health_is_open_everything_else_needs_a_token(agent: Agent):
     assert HTTP.get(f"{agent.url}/v1/health").status_code == 200
-    for method, path in [("GET", "/v1/describe"), ("GET", "/v1/status"), ("POST", "/v1/move"),
-                         ("POST", "/v1/measure"), ("POST", "/v1/lease"), ("POST", "/v1/abort"),
-                         ("POST", "/v1/sample")]:
+    for method, path in [
+        ("GET", "/v1/describe"),
+        ("GET", "/v1/status"),
+        ("POST", "/v1/move"),
+        ("POST", "/v1/measure"),
+        ("POST", "/v1/lease"),
+        ("POST", "/v1/abort"),
+        ("POST", "/v1/sample"),
+    ]:
         r = HTTP.request(method, f"{agent.url}{path}", json={})
         assert r.status_code == 401, (method, path)
 
@@ -119,8 +128,11 @@ def test_readonly_token_reads_but_cannot_control(agent: Agent):
         d = ro.describe()
         ro.status()
         x, y = _centre(d)
-        for call in (lambda: ro.move(x, y, frame="stage"),
-                     lambda: ro.measure(d.modalities[0].name), ro.acquire_lease):
+        for call in (
+            lambda: ro.move(x, y, frame="stage"),
+            lambda: ro.measure(d.modalities[0].name),
+            ro.acquire_lease,
+        ):
             with pytest.raises(AuthError) as exc:
                 call()
             assert exc.value.status == 403
@@ -214,12 +226,17 @@ def test_a_retried_request_id_is_measured_once(client, desc, request):
 def test_a_lease_excludes_other_controllers(agent: Agent, desc):
     x, y = _centre(desc)
     modality = desc.modalities[0].name
-    with InstrumentClient(agent.url, agent.token, client_id="conf-a") as a, \
-            InstrumentClient(agent.url, agent.token, client_id="conf-b", max_retries=0) as b:
+    with (
+        InstrumentClient(agent.url, agent.token, client_id="conf-a") as a,
+        InstrumentClient(agent.url, agent.token, client_id="conf-b", max_retries=0) as b,
+    ):
         a.acquire_lease(ttl_s=30)
         try:
-            for call in (lambda: b.move(x, y, frame="stage"), lambda: b.measure(modality),
-                         b.acquire_lease):
+            for call in (
+                lambda: b.move(x, y, frame="stage"),
+                lambda: b.measure(modality),
+                b.acquire_lease,
+            ):
                 with pytest.raises(LeaseConflict) as exc:
                     call()
                 assert exc.value.status == 409

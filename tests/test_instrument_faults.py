@@ -29,9 +29,10 @@ def _serve(**twin_kw):
 
 def test_fault_rate_02_delivers_every_measurement_exactly_once():
     """50 requests at fault rate 0.2 (transient, hang, disconnect, latch): each id measured once."""
-    with _serve(seed=11, fault_rate=0.2, hang_s=0.4) as agent, \
-            InstrumentClient(agent.url, TOKEN, timeout_s=0.15, max_retries=8,
-                             backoff_s=0.02) as c:
+    with (
+        _serve(seed=11, fault_rate=0.2, hang_s=0.4) as agent,
+        InstrumentClient(agent.url, TOKEN, timeout_s=0.15, max_retries=8, backoff_s=0.02) as c,
+    ):
         twin = agent.driver
         got = {}
         for i in range(50):
@@ -51,14 +52,19 @@ def test_fault_rate_02_delivers_every_measurement_exactly_once():
 
 
 def test_transient_errors_exhaust_retries_without_measuring():
-    with _serve(fault_rate=1.0, fault_weights={"transient": 1.0}) as agent, \
-            InstrumentClient(agent.url, TOKEN, max_retries=2, backoff_s=0.01) as c:
+    with (
+        _serve(fault_rate=1.0, fault_weights={"transient": 1.0}) as agent,
+        InstrumentClient(agent.url, TOKEN, max_retries=2, backoff_s=0.01) as c,
+    ):
         with pytest.raises(InstrumentUnavailable):
             c.measure("pfm_loop", request_id="t-1")
         assert c.attempts == 1 + 3  # one describe, three measure attempts
         assert agent.driver.n_measured == 0
-        r = HTTP.post(f"{agent.url}/v1/measure", headers=AUTH,
-                       json={"modality": "pfm_loop", "request_id": "t-2"})
+        r = HTTP.post(
+            f"{agent.url}/v1/measure",
+            headers=AUTH,
+            json={"modality": "pfm_loop", "request_id": "t-2"},
+        )
         assert r.status_code == 503 and r.json()["error"] == "transient"
 
 
@@ -74,9 +80,10 @@ def test_disconnect_after_acquisition_is_answered_from_cache():
 
 
 def test_hang_beyond_client_timeout_is_retried_once_measured():
-    with _serve(fault_rate=1.0, fault_weights={"hang": 1.0}, hang_s=0.4) as agent, \
-            InstrumentClient(agent.url, TOKEN, timeout_s=0.1, max_retries=10,
-                             backoff_s=0.02) as c:
+    with (
+        _serve(fault_rate=1.0, fault_weights={"hang": 1.0}, hang_s=0.4) as agent,
+        InstrumentClient(agent.url, TOKEN, timeout_s=0.1, max_retries=10, backoff_s=0.02) as c,
+    ):
         t0 = time.perf_counter()
         m = c.measure("pfm_loop", request_id="h-1")
         assert time.perf_counter() - t0 >= 0.4
@@ -86,8 +93,10 @@ def test_hang_beyond_client_timeout_is_retried_once_measured():
 
 
 def test_broken_tip_latches_until_reset():
-    with _serve(fault_rate=1.0, fault_weights={"latch": 1.0}) as agent, \
-            InstrumentClient(agent.url, TOKEN) as c:
+    with (
+        _serve(fault_rate=1.0, fault_weights={"latch": 1.0}) as agent,
+        InstrumentClient(agent.url, TOKEN) as c,
+    ):
         with pytest.raises(InstrumentFault):
             c.measure("pfm_loop")
         agent.driver.faults.rate = 0.0  # no new faults: the old one must still hold
@@ -100,8 +109,11 @@ def test_broken_tip_latches_until_reset():
 
 def test_abort_stops_a_running_measurement():
     # afm_topo costs 240 s; at time_scale 0.01 it runs 2.4 s unless aborted.
-    with _serve(time_scale=0.01) as agent, InstrumentClient(agent.url, TOKEN) as c, \
-            InstrumentClient(agent.url, TOKEN, client_id="operator") as op:
+    with (
+        _serve(time_scale=0.01) as agent,
+        InstrumentClient(agent.url, TOKEN) as c,
+        InstrumentClient(agent.url, TOKEN, client_id="operator") as op,
+    ):
         c.describe()
         outcome: list[BaseException | object] = []
 

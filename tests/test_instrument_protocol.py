@@ -91,8 +91,13 @@ def test_readonly_token_cannot_control(afm):
     with InstrumentClient(afm.url, RO, max_retries=0) as ro:
         assert ro.describe().kind == "afm"
         assert "stage_x" in ro.status()
-        for call in (lambda: ro.move(1, 1), lambda: ro.measure("pfm_loop"),
-                     lambda: ro.acquire_lease(), lambda: ro.load_sample("x"), ro.abort):
+        for call in (
+            lambda: ro.move(1, 1),
+            lambda: ro.measure("pfm_loop"),
+            lambda: ro.acquire_lease(),
+            lambda: ro.load_sample("x"),
+            ro.abort,
+        ):
             with pytest.raises(AuthError) as exc:
                 call()
             assert exc.value.status == 403
@@ -100,16 +105,26 @@ def test_readonly_token_cannot_control(afm):
 
 def test_out_of_limits_is_422_and_nothing_moves(afm, client):
     before = client.move(3.0, 1.0)
-    for x, y, frame in [(500.0, 1.0, "library"), (3.0, -40.0, "library"),
-                        (0.0, 0.0, "stage"), (math.nan, 1.0, "library")]:
+    for x, y, frame in [
+        (500.0, 1.0, "library"),
+        (3.0, -40.0, "library"),
+        (0.0, 0.0, "stage"),
+        (math.nan, 1.0, "library"),
+    ]:
         with pytest.raises(OutOfLimits) as exc:
             client.move(x, y, frame=frame)
         assert exc.value.status == 422
         after = client.status()
         assert (after["stage_x"], after["stage_y"]) == (before["stage_x"], before["stage_y"])
-    r = HTTP.post(f"{afm.url}/v1/move", content=b'{"x": NaN, "y": 1.0}',
-                   headers={"Authorization": f"Bearer {TOKEN}", "X-Client-Id": "tester",
-                            "Content-Type": "application/json"})
+    r = HTTP.post(
+        f"{afm.url}/v1/move",
+        content=b'{"x": NaN, "y": 1.0}',
+        headers={
+            "Authorization": f"Bearer {TOKEN}",
+            "X-Client-Id": "tester",
+            "Content-Type": "application/json",
+        },
+    )
     assert r.status_code == 422
     assert client.status()["stage_x"] == before["stage_x"]
 
@@ -135,19 +150,27 @@ def test_retry_with_same_request_id_returns_first_result(afm, client):
     other = client.measure("pfm_loop", request_id="req-idem-2")
     assert other.signal.values != first.signal.values  # a new id is a new acquisition
     assert afm.driver.n_measured == n0 + 2
-    r = HTTP.post(f"{afm.url}/v1/measure", headers={"Authorization": f"Bearer {TOKEN}",
-                                                     "X-Client-Id": "tester"},
-                   json={"modality": "afm_topo", "request_id": "req-idem-1"})
+    r = HTTP.post(
+        f"{afm.url}/v1/measure",
+        headers={"Authorization": f"Bearer {TOKEN}", "X-Client-Id": "tester"},
+        json={"modality": "afm_topo", "request_id": "req-idem-1"},
+    )
     assert r.status_code == 422 and r.json()["error"] == "request_id_reused"
 
 
 def test_lease_blocks_other_clients_until_release(afm):
-    with InstrumentClient(afm.url, TOKEN, client_id="alice") as a, \
-            InstrumentClient(afm.url, TOKEN, client_id="bob", max_retries=0) as b:
+    with (
+        InstrumentClient(afm.url, TOKEN, client_id="alice") as a,
+        InstrumentClient(afm.url, TOKEN, client_id="bob", max_retries=0) as b,
+    ):
         a.acquire_lease(ttl_s=30)
         assert b.status()["lease"]["holder"] == "alice"  # reading is always allowed
-        for call in (lambda: b.move(1, 1), lambda: b.measure("pfm_loop"),
-                     lambda: b.acquire_lease(), b.release_lease):
+        for call in (
+            lambda: b.move(1, 1),
+            lambda: b.measure("pfm_loop"),
+            lambda: b.acquire_lease(),
+            b.release_lease,
+        ):
             with pytest.raises(LeaseConflict) as exc:
                 call()
             assert exc.value.status == 409
@@ -162,8 +185,10 @@ def test_lease_blocks_other_clients_until_release(afm):
 
 
 def test_abort_is_allowed_to_any_controller(afm):
-    with InstrumentClient(afm.url, TOKEN, client_id="alice") as a, \
-            InstrumentClient(afm.url, TOKEN, client_id="bob") as b:
+    with (
+        InstrumentClient(afm.url, TOKEN, client_id="alice") as a,
+        InstrumentClient(afm.url, TOKEN, client_id="bob") as b,
+    ):
         a.acquire_lease()
         b.abort()  # an emergency stop never waits for a lease
         a.release_lease()
@@ -172,8 +197,16 @@ def test_abort_is_allowed_to_any_controller(afm):
 def test_ground_truth_is_not_reachable_over_http(afm):
     paths = HTTP.get(f"{afm.url}/openapi.json").json()["paths"]
     assert not [p for p in paths if "noise" in p or "truth" in p]
-    assert set(paths) >= {"/v1/health", "/v1/describe", "/v1/status", "/v1/lease",
-                          "/v1/sample", "/v1/move", "/v1/measure", "/v1/abort"}
+    assert set(paths) >= {
+        "/v1/health",
+        "/v1/describe",
+        "/v1/status",
+        "/v1/lease",
+        "/v1/sample",
+        "/v1/move",
+        "/v1/measure",
+        "/v1/abort",
+    }
 
 
 def test_start_stop_is_fast_and_leaves_nothing_running():
@@ -218,8 +251,10 @@ def test_reset_is_an_optional_capability_checked_with_isinstance():
     bare = _NoReset(twin)
     assert isinstance(twin, Driver) and isinstance(twin, Resettable)
     assert isinstance(bare, Driver) and not isinstance(bare, Resettable)
-    with serve_driver(bare, token=TOKEN) as agent, \
-            InstrumentClient(agent.url, TOKEN, max_retries=0) as c:
+    with (
+        serve_driver(bare, token=TOKEN) as agent,
+        InstrumentClient(agent.url, TOKEN, max_retries=0) as c,
+    ):
         assert c.measure("raman").signal.array().shape == (512,)
         with pytest.raises(InstrumentError) as err:
             c.reset()

@@ -17,7 +17,7 @@ from coorch.models.policies import POLICIES, RECIPES, make_policy
 
 
 def truth(x):
-    a = np.exp(-((x - 0.6) / 0.12) ** 2)
+    a = np.exp(-(((x - 0.6) / 0.12) ** 2))
     return np.column_stack([a, 0.8 * a + 0.3 * np.sin(3 * x)])
 
 
@@ -34,8 +34,9 @@ def instruments():
     return [InstrumentCost("a", (0,), cost_s=10.0), InstrumentCost("b", (1,), cost_s=10.0)]
 
 
-@pytest.mark.parametrize("name", ["coorchestrate", "single_task", "max_uncertainty",
-                                  "random", "grid"])
+@pytest.mark.parametrize(
+    "name", ["coorchestrate", "single_task", "max_uncertainty", "random", "grid"]
+)
 def test_no_policy_picks_a_pending_point(name):
     cand = np.linspace(0, 10, 30)[:, None]
     pol = make_policy(name, cand, np.array([[0.0, 10.0]]), instruments(), seed=3)
@@ -99,8 +100,9 @@ def test_a_task_with_few_values_is_decided_on_the_prior(fitted):
     prior variance, whatever the fit said; then the fit is used as it is."""
     h = fitted
     cand = np.linspace(0, 1, 21)[:, None]
-    pol = MTGPAgent(cand, np.array([[0.0, 1.0]]), instruments(),
-                    model=DecisionModel(min_fit_values=3))
+    pol = MTGPAgent(
+        cand, np.array([[0.0, 1.0]]), instruments(), model=DecisionModel(min_fit_values=3)
+    )
     for i, xi in enumerate((0.1, 0.5, 0.9)):
         pol.tell([Observation("a", np.array([xi]), np.array([float(i)]), f"a{i}")])
     pol.tell([Observation("b", np.array([0.5]), np.array([1.0]), "b0")])
@@ -116,8 +118,12 @@ def test_a_task_with_few_values_is_decided_on_the_prior(fitted):
 def test_grid_survey_skips_seeds_and_takes_instruments_in_turn():
     cand = np.linspace(0, 1, 11)[:, None]
     pol = make_policy("grid", cand, np.array([[0.0, 1.0]]), instruments())
-    pol.tell([Observation("a", np.array([0.0]), np.array([1.0]), "seed-a"),
-              Observation("b", np.array([1.0]), np.array([1.0]), "seed-b")])
+    pol.tell(
+        [
+            Observation("a", np.array([0.0]), np.array([1.0]), "seed-a"),
+            Observation("b", np.array([1.0]), np.array([1.0]), "seed-b"),
+        ]
+    )
     asked = [pol.ask(None) for _ in range(6)]
     assert [s.instrument for s in asked] == ["a", "b"] * 3
     assert all(s.x[0] != 0.0 for s in asked if s.instrument == "a")

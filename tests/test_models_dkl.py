@@ -95,9 +95,15 @@ def _library(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def _agent(images: np.ndarray, seed: int, **kw) -> Im2SpecPolicy:
     cands = np.column_stack([np.arange(float(len(images))), np.zeros(len(images))])
-    return Im2SpecPolicy(cands, np.array([[0.0, len(images) - 1.0], [0.0, 1.0]]),
-                         [InstrumentCost("stem", (0,), 8.0)], structure=images,
-                         structure_ids=[f"img{i}" for i in range(len(images))], seed=seed, **kw)
+    return Im2SpecPolicy(
+        cands,
+        np.array([[0.0, len(images) - 1.0], [0.0, 1.0]]),
+        [InstrumentCost("stem", (0,), 8.0)],
+        structure=images,
+        structure_ids=[f"img{i}" for i in range(len(images))],
+        seed=seed,
+        **kw,
+    )
 
 
 def _learn(seed: int, acquisition: str, n: int = 12):
@@ -114,8 +120,9 @@ def _learn(seed: int, acquisition: str, n: int = 12):
         if len(picked) > 4:  # the model decides, and says it read every image
             assert np.isfinite(s.acquisition_value) and s.trained_on[0] == "img0"
         else:
-            assert np.isnan(s.acquisition_value) and not any(t.startswith("img")
-                                                             for t in s.trained_on)
+            assert np.isnan(s.acquisition_value) and not any(
+                t.startswith("img") for t in s.trained_on
+            )
         p.tell([Observation("stem", s.x, np.array([prop[c]]), s.measurement_id)])
     return p, picked, prop
 

@@ -21,7 +21,7 @@ from coorch.models.mtgp_fit import (
 
 def truth(x):
     """Two correlated tasks over 1-D position: the second is a warped copy of the first."""
-    a = np.exp(-((x - 0.6) / 0.12) ** 2)
+    a = np.exp(-(((x - 0.6) / 0.12) ** 2))
     return np.column_stack([a, 0.8 * a + 0.3 * np.sin(3 * x)])
 
 
@@ -73,8 +73,9 @@ def test_gpytorch_model_and_numpy_path_give_the_same_covariance():
     with torch.no_grad():
         k_torch = model.forward(xi).covariance_matrix.numpy()
     np.testing.assert_allclose(k_torch, h.covariance(x, t, x, t), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(np.diag(k_torch),
-                               h.prior_diagonal(x)[np.arange(len(t)), t, t], rtol=1e-10)
+    np.testing.assert_allclose(
+        np.diag(k_torch), h.prior_diagonal(x)[np.arange(len(t)), t, t], rtol=1e-10
+    )
 
 
 def test_exact_posterior_matches_gpytorch():
@@ -86,10 +87,15 @@ def test_exact_posterior_matches_gpytorch():
         qi = torch.as_tensor(np.column_stack([q * [1.0, 0.5], np.full(len(q), task)]))
         with torch.no_grad():
             out = model(qi)
-        np.testing.assert_allclose(out.mean.numpy() * h.y_scale[task] + h.y_offset[task],
-                                   mean[:, task], rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(out.variance.numpy() * h.y_scale[task] ** 2,
-                                   var[:, task], rtol=1e-3, atol=1e-6)
+        np.testing.assert_allclose(
+            out.mean.numpy() * h.y_scale[task] + h.y_offset[task],
+            mean[:, task],
+            rtol=1e-4,
+            atol=1e-4,
+        )
+        np.testing.assert_allclose(
+            out.variance.numpy() * h.y_scale[task] ** 2, var[:, task], rtol=1e-3, atol=1e-6
+        )
 
 
 def test_a_singular_step_falls_back_to_the_best_iterate():
@@ -189,8 +195,9 @@ def test_trend_and_log_scale_predict_an_unmeasured_corner():
     x = np.array([[0.05, 0.05], [0.95, 0.95], [0.35, 0.7], [0.7, 0.3], [0.5, 0.5], [0.15, 0.4]])
     t = np.zeros(6, int)
     y = sputter_profile(x)
-    g = np.stack(np.meshgrid(np.linspace(0.025, 0.975, 20), np.linspace(0.025, 0.975, 20)),
-                 -1).reshape(-1, 2)
+    g = np.stack(
+        np.meshgrid(np.linspace(0.025, 0.975, 20), np.linspace(0.025, 0.975, 20)), -1
+    ).reshape(-1, 2)
     truth_g = sputter_profile(g)
 
     def nrmse(log: bool) -> float:
@@ -208,9 +215,10 @@ def test_incremental_variance_equals_exact_posterior_with_trend_and_log_task():
     """The trend's variance grows away from the library's centre; the decision path (rank-one
     updates) and the reporting path (one Cholesky) must agree on it, in standardised units."""
     rng = np.random.default_rng(4)
-    h = dataclasses.replace(default_hyperparameters(2, 2, lengthscale=0.3, correlation=0.5,
-                                                    trend=np.array([1.0, 0.5])),
-                            log_tasks=np.array([False, True]))
+    h = dataclasses.replace(
+        default_hyperparameters(2, 2, lengthscale=0.3, correlation=0.5, trend=np.array([1.0, 0.5])),
+        log_tasks=np.array([False, True]),
+    )
     cand = rng.random((30, 2))
     x, t = rng.random((8, 2)), np.arange(8) % 2
     y = rng.random(8) + 0.5

@@ -19,8 +19,10 @@ GX, GY = np.meshgrid(np.linspace(0.0, 10.0, 16), np.linspace(0.0, 10.0, 16))
 CANDIDATES = np.column_stack([GX.ravel(), GY.ravel()])  # library mm
 BOUNDS = np.array([[0.0, 10.0], [0.0, 10.0]])
 BOTH = [InstrumentCost("ab", (0, 1), cost_s=10.0)]  # one instrument measures both objectives
-TWO = [InstrumentCost("a", (0,), cost_s=30.0, move_cost_s_per_mm=2.0),
-       InstrumentCost("b", (1,), cost_s=20.0, move_cost_s_per_mm=0.5)]
+TWO = [
+    InstrumentCost("a", (0,), cost_s=30.0, move_cost_s_per_mm=2.0),
+    InstrumentCost("b", (1,), cost_s=20.0, move_cost_s_per_mm=0.5),
+]
 
 
 def objectives(x: np.ndarray) -> np.ndarray:
@@ -112,10 +114,12 @@ def test_finds_more_hypervolume_than_random_in_the_same_budget() -> None:
     true = hypervolume(objectives(CANDIDATES))
     ours, rand = [], []
     for seed in (0, 1):
-        ours.append(hypervolume(run(ParetoPolicy(CANDIDATES, BOUNDS, BOTH, seed=seed), 15,
-                                    seed)) / true)
-        rand.append(hypervolume(run(RandomAgent(CANDIDATES, BOUNDS, BOTH, seed=seed), 15,
-                                    seed)) / true)
+        ours.append(
+            hypervolume(run(ParetoPolicy(CANDIDATES, BOUNDS, BOTH, seed=seed), 15, seed)) / true
+        )
+        rand.append(
+            hypervolume(run(RandomAgent(CANDIDATES, BOUNDS, BOTH, seed=seed), 15, seed)) / true
+        )
     # measured: 0.84 and 0.73 of the true front's hypervolume, random 0.30 and 0.39
     assert min(ours) > 0.6 and np.mean(ours) > np.mean(rand) + 0.15, (ours, rand)
 
@@ -142,8 +146,15 @@ def test_coorchestrate_flow_runs_the_pareto_policy(prefect_server, twins, tmp_pa
     from coorch.storage import CampaignStore
 
     store_url = tmp_path / "p.zarr"
-    spec = CampaignSpec(name="pareto", instruments=twins, policy="pareto", budget=12,
-                        seeds_per_instrument=2, grid=(21, 3), store=str(store_url))
+    spec = CampaignSpec(
+        name="pareto",
+        instruments=twins,
+        policy="pareto",
+        budget=12,
+        seeds_per_instrument=2,
+        grid=(21, 3),
+        store=str(store_url),
+    )
     result = coorchestrate(spec)
     assert result.n_measurements == 12 and result.n_fits == 0  # no Dask: fits in ask
     front = result.policy["pareto_front"]

@@ -81,8 +81,7 @@ def test_times_out_on_a_server_that_never_says_200():
     with _serve(port, status=503):
         t0 = time.monotonic()
         with pytest.raises(TimeoutError, match="HTTP 503"):
-            wait_until_healthy(f"http://127.0.0.1:{port}/health", timeout_s=0.3,
-                               interval_s=0.05)
+            wait_until_healthy(f"http://127.0.0.1:{port}/health", timeout_s=0.3, interval_s=0.05)
         assert time.monotonic() - t0 < 3
 
 
@@ -100,8 +99,9 @@ def test_a_dead_server_fails_fast_with_runtime_error():
 
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="exited"):
-        wait_until_healthy(f"http://127.0.0.1:{free_port()}/", timeout_s=30, interval_s=0.01,
-                           alive=alive)
+        wait_until_healthy(
+            f"http://127.0.0.1:{free_port()}/", timeout_s=30, interval_s=0.01, alive=alive
+        )
     assert len(calls) == 3 and time.monotonic() - t0 < 5
 
 

@@ -15,10 +15,21 @@ def campaign(twins, modalities, n):
         for i, x in enumerate(np.linspace(0.3, 9.7, n)):
             twin.move(*twin.frame.to_stage(x, 1.0))
             sig = twin.measure(modalities[name], {})
-            out.append(Measurement(measurement_id=f"{name}-{i}", instrument=name,
-                                   modality=modalities[name], sample="s", library_x=x,
-                                   library_y=1.0, stage_x=0.0, stage_y=0.0, started=i,
-                                   ended=i + 0.5, signal=sig))
+            out.append(
+                Measurement(
+                    measurement_id=f"{name}-{i}",
+                    instrument=name,
+                    modality=modalities[name],
+                    sample="s",
+                    library_x=x,
+                    library_y=1.0,
+                    stage_x=0.0,
+                    stage_y=0.0,
+                    started=i,
+                    ended=i + 0.5,
+                    signal=sig,
+                )
+            )
     return sorted(out, key=lambda m: (m.ended, m.instrument))
 
 
@@ -35,6 +46,7 @@ def test_error_against_ground_truth_falls_and_the_report_is_drawn(tmp_path):
     from coorch.models.mtgp import fit_hyperparameters
 
     hyper = fit_hyperparameters(*training_arrays(ms, truth.tasks, extent), 2)
-    png = plot_report(tmp_path / "report.png", {"grid": ms}, {"grid": (steps, err)}, truth,
-                      extent, hyper)
+    png = plot_report(
+        tmp_path / "report.png", {"grid": ms}, {"grid": (steps, err)}, truth, extent, hyper
+    )
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

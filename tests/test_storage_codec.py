@@ -24,9 +24,11 @@ from coorch.storage.codec import (
     measurement_row,
 )
 
-SETTINGS = settings(max_examples=25, deadline=None,
-                    suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                           HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 floats = st.floats(allow_nan=False, width=64)
 text = st.text(max_size=12)
 ids = st.text(min_size=1, max_size=16)
@@ -34,14 +36,20 @@ optional_id = st.one_of(st.none(), ids)
 
 #: (modality, signal name, dims, shape, coords): one grid per modality, as the store requires.
 GRIDS = {
-    "pfm_loop": ("response", ["branch", "bias"], (2, 5),
-                 {"branch": ["up", "down"], "bias": [-1.0, -0.5, 0.0, 0.5, 1.0]}),
+    "pfm_loop": (
+        "response",
+        ["branch", "bias"],
+        (2, 5),
+        {"branch": ["up", "down"], "bias": [-1.0, -0.5, 0.0, 0.5, 1.0]},
+    ),
     "raman": ("intensity", ["wavenumber"], (7,), {"wavenumber": [float(i) for i in range(7)]}),
     "wds": ("fraction", ["element"], (3,), {"element": ["Bi", "Fe", "Sm"]}),
 }
-SIGNAL_META = {"pfm_loop": ("pm/V", "piezoresponse", {"bias": "V"}),
-               "raman": ("counts", "", {"wavenumber": "1/cm"}),
-               "wds": ("", "atomic fraction", {})}
+SIGNAL_META = {
+    "pfm_loop": ("pm/V", "piezoresponse", {"bias": "V"}),
+    "raman": ("counts", "", {"wavenumber": "1/cm"}),
+    "wds": ("", "atomic fraction", {}),
+}
 
 
 @st.composite
@@ -50,26 +58,54 @@ def measurements(draw: st.DrawFn) -> Measurement:
     name, dims, shape, coords = GRIDS[modality]
     units, long_name, coord_units = SIGNAL_META[modality]
     values = draw(st.lists(floats, min_size=math.prod(shape), max_size=math.prod(shape)))
-    signal = Signal(name=name, dims=dims, values=np.reshape(values, shape).tolist(),
-                    units=units, long_name=long_name, coords=coords, coord_units=coord_units)
+    signal = Signal(
+        name=name,
+        dims=dims,
+        values=np.reshape(values, shape).tolist(),
+        units=units,
+        long_name=long_name,
+        coords=coords,
+        coord_units=coord_units,
+    )
     return Measurement(
-        measurement_id=f"m-{uuid.uuid4().hex[:8]}-{draw(text)}", instrument=draw(text),
-        modality=modality, sample=draw(text), library_x=draw(floats), library_y=draw(floats),
-        stage_x=draw(floats), stage_y=draw(floats), started=draw(floats), ended=draw(floats),
-        signal=signal, decision_id=draw(optional_id), flow_run_id=draw(optional_id))
+        measurement_id=f"m-{uuid.uuid4().hex[:8]}-{draw(text)}",
+        instrument=draw(text),
+        modality=modality,
+        sample=draw(text),
+        library_x=draw(floats),
+        library_y=draw(floats),
+        stage_x=draw(floats),
+        stage_y=draw(floats),
+        started=draw(floats),
+        ended=draw(floats),
+        signal=signal,
+        decision_id=draw(optional_id),
+        flow_run_id=draw(optional_id),
+    )
 
 
 @st.composite
 def decisions(draw: st.DrawFn) -> Decision:
     human = draw(st.one_of(st.none(), text.filter(lambda s: s not in ("", "null"))))
     return Decision(
-        decision_id=f"d-{uuid.uuid4().hex[:8]}-{draw(text)}", measurement_id=draw(ids),
-        instrument=draw(text), modality=draw(text), library_x=draw(floats),
-        library_y=draw(floats), policy=draw(text), model_version=draw(text),
-        trained_on=draw(st.lists(ids, max_size=4)), pending=draw(st.lists(ids, max_size=3)),
-        acquisition_value=draw(st.floats(width=64)), n_candidates=draw(st.integers(0, 2**40)),
-        human_input=human, created=draw(floats), flow_run_id=draw(optional_id),
-        task_run_id=draw(optional_id), campaign=draw(optional_id))
+        decision_id=f"d-{uuid.uuid4().hex[:8]}-{draw(text)}",
+        measurement_id=draw(ids),
+        instrument=draw(text),
+        modality=draw(text),
+        library_x=draw(floats),
+        library_y=draw(floats),
+        policy=draw(text),
+        model_version=draw(text),
+        trained_on=draw(st.lists(ids, max_size=4)),
+        pending=draw(st.lists(ids, max_size=3)),
+        acquisition_value=draw(st.floats(width=64)),
+        n_candidates=draw(st.integers(0, 2**40)),
+        human_input=human,
+        created=draw(floats),
+        flow_run_id=draw(optional_id),
+        task_run_id=draw(optional_id),
+        campaign=draw(optional_id),
+    )
 
 
 def same_decision(a: Decision, b: Decision) -> bool:
@@ -117,8 +153,16 @@ def test_empty_store_reads_no_records(tmp_path):
 
 def test_decoder_normalisations():
     """What does not survive the round trip exactly, and what it becomes."""
-    d = Decision(instrument="afm1", modality="pfm_loop", library_x=1.0, library_y=2.0,
-                 policy="p", human_input="", flow_run_id="", campaign="")
+    d = Decision(
+        instrument="afm1",
+        modality="pfm_loop",
+        library_x=1.0,
+        library_y=2.0,
+        policy="p",
+        human_input="",
+        flow_run_id="",
+        campaign="",
+    )
     back = decision_from_row(decision_row(d))
     assert back.human_input is None and back.flow_run_id is None and back.campaign is None
     assert math.isnan(back.acquisition_value)

@@ -47,8 +47,18 @@ def test_round_trip_through_plain_xarray(url):
     assert ds["bias"].attrs["units"] == "V"
     assert list(ds["branch"].values) == ["up", "down"]
     np.testing.assert_allclose(ds["bias"].values, syn.BIAS)
-    for c in ("library_x", "library_y", "stage_x", "stage_y", "instrument", "sample",
-              "start_time", "end_time", "decision_id", "flow_run_id"):
+    for c in (
+        "library_x",
+        "library_y",
+        "stage_x",
+        "stage_y",
+        "instrument",
+        "sample",
+        "start_time",
+        "end_time",
+        "decision_id",
+        "flow_run_id",
+    ):
         assert c in ds.coords, c
     assert ds["library_x"].attrs["units"] == "mm"
     assert np.issubdtype(ds["start_time"].dtype, np.datetime64)
@@ -119,8 +129,9 @@ def test_tables_metadata_and_modalities(url):
     md = store.metadata()
     assert md["code_version"]["package"] == "coorch"
     assert md["code_version"]["version"]
-    store.set_metadata(spec={"name": "demo", "budget": 10, "nan": float("nan")},
-                       instruments=[{"id": "afm1"}])
+    store.set_metadata(
+        spec={"name": "demo", "budget": 10, "nan": float("nan")}, instruments=[{"id": "afm1"}]
+    )
     md = store.metadata()
     assert md["spec"] == {"name": "demo", "budget": 10, "nan": None}
     assert md["instruments"] == [{"id": "afm1"}]
@@ -130,8 +141,17 @@ def test_tables_metadata_and_modalities(url):
     assert store.modalities() == ["pfm_loop", "raman"]
     t = store.measurements_table()
     assert list(t["measurement_id"]) == ["m-pfm_loop-0", "m-raman-0"]
-    assert {"modality", "instrument", "library_x", "stage_y", "start_time", "end_time",
-            "decision_id", "flow_run_id", "content_hash"} <= set(t.columns)
+    assert {
+        "modality",
+        "instrument",
+        "library_x",
+        "stage_y",
+        "start_time",
+        "end_time",
+        "decision_id",
+        "flow_run_id",
+        "content_hash",
+    } <= set(t.columns)
     d = store.decisions()
     assert d.loc[0, "trained_on"] == [] and d.loc[0, "policy"] == "coorchestrate"
     assert d.loc[0, "human_input"] is None
@@ -206,7 +226,8 @@ def test_rejects_a_signal_that_does_not_fit_the_modality(url):
     with pytest.raises(ValueError):
         store.append_many([bad])
     other_bias = syn.loop_signal(np.zeros((2, 64))).model_copy(
-        update={"coords": {"branch": ["up", "down"], "bias": list(range(64))}})
+        update={"coords": {"branch": ["up", "down"], "bias": list(range(64))}}
+    )
     with pytest.raises(ValueError):
         store.append_many([syn.measurement(2).model_copy(update={"signal": other_bias})])
     with pytest.raises(ValueError):
@@ -218,13 +239,16 @@ def test_rejects_a_signal_that_does_not_fit_the_modality(url):
 def test_measurement_from_json_lists(url):
     """Records that crossed HTTP carry nested lists, not numpy arrays."""
     m = syn.measurement(0)
-    m2 = Measurement.model_validate_json(m.model_copy(
-        update={"signal": m.signal.model_copy(update={"values": m.signal.array().tolist()})}
-    ).model_dump_json())
+    m2 = Measurement.model_validate_json(
+        m.model_copy(
+            update={"signal": m.signal.model_copy(update={"values": m.signal.array().tolist()})}
+        ).model_dump_json()
+    )
     store = CampaignStore.open(url)
     assert store.append_measurement(m2)
-    np.testing.assert_array_equal(store.read_modality("pfm_loop")["response"].values[0],
-                                  m.signal.array())
+    np.testing.assert_array_equal(
+        store.read_modality("pfm_loop")["response"].values[0], m.signal.array()
+    )
 
 
 def test_threads_append_concurrently(url):
@@ -282,16 +306,18 @@ def test_storage_layer_imports_no_upper_layer():
     import subprocess
     import sys
 
-    code = ("import importlib, pkgutil, sys, coorch.storage\n"
-            "mods = [m.name for m in pkgutil.iter_modules(coorch.storage.__path__)]\n"
-            "for m in mods:\n"
-            "    importlib.import_module('coorch.storage.' + m)\n"
-            "assert 'cli' in mods and 'codec' in mods, mods\n"
-            "assert not {'bench', 'synthetic', 'moto'} & set(mods), mods\n"
-            "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'torch', 'gpytorch',"
-            " 'moto') or m.startswith(('coorch.models', 'coorch.flows', 'coorch.tasks',"
-            " 'coorch.instrument_agents', 'coorch.deployments', 'coorch.benchmarks'))]\n"
-            "print(bad); sys.exit(1 if bad else 0)")
+    code = (
+        "import importlib, pkgutil, sys, coorch.storage\n"
+        "mods = [m.name for m in pkgutil.iter_modules(coorch.storage.__path__)]\n"
+        "for m in mods:\n"
+        "    importlib.import_module('coorch.storage.' + m)\n"
+        "assert 'cli' in mods and 'codec' in mods, mods\n"
+        "assert not {'bench', 'synthetic', 'moto'} & set(mods), mods\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('prefect', 'torch', 'gpytorch',"
+        " 'moto') or m.startswith(('coorch.models', 'coorch.flows', 'coorch.tasks',"
+        " 'coorch.instrument_agents', 'coorch.deployments', 'coorch.benchmarks'))]\n"
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 
@@ -316,10 +342,12 @@ def test_process_exit_consolidates_for_plain_readers(url):
     import subprocess
     import sys
 
-    code = ("from coorch.storage import CampaignStore\n"
-            "from coorch.benchmarks import fixtures as syn\n"
-            f"s = CampaignStore.open({url!r}, flush_every=1000, flush_interval_s=60)\n"
-            "for i in range(5):\n"
-            "    s.append_measurement(syn.measurement(i))\n")
+    code = (
+        "from coorch.storage import CampaignStore\n"
+        "from coorch.benchmarks import fixtures as syn\n"
+        f"s = CampaignStore.open({url!r}, flush_every=1000, flush_interval_s=60)\n"
+        "for i in range(5):\n"
+        "    s.append_measurement(syn.measurement(i))\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert xr.open_zarr(url, group="pfm_loop").sizes["measurement"] == 5

@@ -84,8 +84,24 @@ def test_export_netcdf_and_parquet(campaign, tmp_path):
 def test_bench_ingest_json_local_and_s3(tmp_path):
     app = typer.Typer()
     app.command()(bench_ingest_command)
-    res = runner.invoke(app, ["--n", "16", "--n-single", "4", "--batch", "8", "--s3-n", "8",
-                              "--s3-single", "1", "--json", "--workdir", str(tmp_path)])
+    res = runner.invoke(
+        app,
+        [
+            "--n",
+            "16",
+            "--n-single",
+            "4",
+            "--batch",
+            "8",
+            "--s3-n",
+            "8",
+            "--s3-single",
+            "1",
+            "--json",
+            "--workdir",
+            str(tmp_path),
+        ],
+    )
     assert res.exit_code == 0, res.output
     results = json.loads(res.output)
     assert {r["target"] for r in results} == {"local", "s3 (moto)"}

@@ -79,10 +79,21 @@ def _stored(store: CampaignStore) -> set[str]:
     return ids | set(d["decision_id"]) if len(d) else ids
 
 
-def _start_writer(script: Path, url: str, prefix: str, n: int, log: Path,
-                  flush_every: int, interval: float = 0.02) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(script), url, prefix, str(n), str(log),
-                             str(flush_every), str(interval)])
+def _start_writer(
+    script: Path, url: str, prefix: str, n: int, log: Path, flush_every: int, interval: float = 0.02
+) -> subprocess.Popen:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            str(script),
+            url,
+            prefix,
+            str(n),
+            str(log),
+            str(flush_every),
+            str(interval),
+        ]
+    )
 
 
 def _wait_ready(log: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -106,8 +117,9 @@ def test_sigkill_at_random_points_leaves_exactly_the_acknowledged(tmp_path):
     kills = 0
     for round_ in range(20):
         log = tmp_path / f"log{round_}.txt"
-        proc = _start_writer(script, url, f"r{round_}", 100_000, log,
-                             flush_every=rng.choice([1, 3, 8]))
+        proc = _start_writer(
+            script, url, f"r{round_}", 100_000, log, flush_every=rng.choice([1, 3, 8])
+        )
         _wait_ready(log, proc)
         time.sleep(rng.uniform(0.0, 0.4))
         os.kill(proc.pid, signal.SIGKILL)
@@ -133,14 +145,17 @@ def test_sigkill_at_random_points_leaves_exactly_the_acknowledged(tmp_path):
 @pytest.mark.slow
 def test_four_writer_processes_500_each(tmp_path):
     script = tmp_path / "writer.py"
-    script.write_text(WRITER.replace('"raman"', '"pfm_loop"').replace(
-        "i % 7 == 3", "False"))  # measurements only: 500 per writer
+    script.write_text(
+        WRITER.replace('"raman"', '"pfm_loop"').replace("i % 7 == 3", "False")
+    )  # measurements only: 500 per writer
     url = str(tmp_path / "conc.zarr")
     CampaignStore.open(url)
     logs = [tmp_path / f"w{k}.txt" for k in range(4)]
     t0 = time.perf_counter()
-    procs = [_start_writer(script, url, f"w{k}", 500, logs[k], flush_every=32, interval=0.5)
-             for k in range(4)]
+    procs = [
+        _start_writer(script, url, f"w{k}", 500, logs[k], flush_every=32, interval=0.5)
+        for k in range(4)
+    ]
     for p in procs:
         assert p.wait(timeout=300) == 0
     print(f"4 x 500 appends in {time.perf_counter() - t0:.1f} s (incl. interpreter start)")

@@ -20,10 +20,13 @@ from coorch.storage import CampaignStore
 def moto_server():
     """A real S3 API (moto) on 127.0.0.1 with a free port; dummy credentials."""
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                                             "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing",
-                      AWS_DEFAULT_REGION="us-east-1")
+    saved = {
+        k: os.environ.get(k)
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    }
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1"
+    )
     with moto_endpoint() as endpoint:
         yield endpoint
     for k, v in saved.items():
@@ -71,14 +74,12 @@ def test_s3_round_trip_through_plain_xarray(s3):
 
 def test_s3_journal_is_consolidated_by_readers(s3):
     url, opts = s3
-    writer = CampaignStore.open(url, storage_options=opts, flush_every=1000,
-                                flush_interval_s=0)
+    writer = CampaignStore.open(url, storage_options=opts, flush_every=1000, flush_interval_s=0)
     for i in range(3):
         writer.append_measurement(syn.measurement(i))
     reader = CampaignStore.open(url, storage_options=opts)
     assert len(reader.measurement_ids()) == 3
-    assert xr.open_zarr(url, group="pfm_loop",
-                        storage_options=opts).sizes["measurement"] == 3
+    assert xr.open_zarr(url, group="pfm_loop", storage_options=opts).sizes["measurement"] == 3
 
 
 def test_s3_concurrent_writers_with_the_lock_object(s3):

@@ -25,9 +25,10 @@ from coorch.models.observations import Observation
 
 def synthetic_truth(x: np.ndarray, n_tasks: int) -> np.ndarray:
     """Correlated smooth maps over the unit square, one per task."""
-    base = np.sin(3 * x[:, 0]) + np.exp(-((x[:, 1] - 0.5) / 0.2) ** 2)
-    return np.column_stack([base * (1 - 0.2 * k) + 0.3 * k * np.cos(4 * x[:, 1] + k)
-                            for k in range(n_tasks)])
+    base = np.sin(3 * x[:, 0]) + np.exp(-(((x[:, 1] - 0.5) / 0.2) ** 2))
+    return np.column_stack(
+        [base * (1 - 0.2 * k) + 0.3 * k * np.cos(4 * x[:, 1] + k) for k in range(n_tasks)]
+    )
 
 
 def naive_decision(x, t, y, cand, n_tasks) -> tuple[int, float, float]:
@@ -55,11 +56,21 @@ def setup(n_obs: int, n_tasks: int, n_candidates: int, seed: int) -> tuple[MTGPA
     tk = np.arange(n_obs) % n_tasks
     y0 = synthetic_truth(x0, n_tasks)[np.arange(n_obs), tk] + 0.05 * rng.standard_normal(n_obs)
     hyper = fit_hyperparameters(x0[:200], tk[:200], y0[:200], n_tasks, max_iter=50)
-    agent = MTGPAgent(cand, np.array([[0.0, 1.0], [0.0, 1.0]]), insts, hyperparameters=hyper,
-                      n_reference=512, seed=seed)
+    agent = MTGPAgent(
+        cand,
+        np.array([[0.0, 1.0], [0.0, 1.0]]),
+        insts,
+        hyperparameters=hyper,
+        n_reference=512,
+        seed=seed,
+    )
     t0 = time.perf_counter()
-    agent.tell([Observation(f"inst{k}", x, np.array([v]), f"seed-{i}")
-                for i, (x, k, v) in enumerate(zip(x0, tk, y0, strict=True))])
+    agent.tell(
+        [
+            Observation(f"inst{k}", x, np.array([v]), f"seed-{i}")
+            for i, (x, k, v) in enumerate(zip(x0, tk, y0, strict=True))
+        ]
+    )
     return agent, time.perf_counter() - t0
 
 
@@ -79,8 +90,9 @@ def decide_repeatedly(agent: MTGPAgent, n_decisions: int, executor) -> tuple[lis
             s = pending[name]
             val = synthetic_truth(s.x[None], n_tasks)[0, i % n_tasks]
             if executor is not None and i == n_decisions // 3:
-                refit = executor.submit(fit_hyperparameters, *agent.log.data(), n_tasks,
-                                        max_iter=50)
+                refit = executor.submit(
+                    fit_hyperparameters, *agent.log.data(), n_tasks, max_iter=50
+                )
             t = time.perf_counter()
             agent.tell([Observation(name, s.x, np.array([val]), s.measurement_id)])
             pending[name] = agent.ask(name)
@@ -94,8 +106,15 @@ def decide_repeatedly(agent: MTGPAgent, n_decisions: int, executor) -> tuple[lis
     return lat, busy
 
 
-def run(n_obs: int = 500, n_tasks: int = 4, n_candidates: int = 10_000, n_decisions: int = 60,
-        n_naive: int = 3, seed: int = 0, dask: bool = True) -> dict:
+def run(
+    n_obs: int = 500,
+    n_tasks: int = 4,
+    n_candidates: int = 10_000,
+    n_decisions: int = 60,
+    n_naive: int = 3,
+    seed: int = 0,
+    dask: bool = True,
+) -> dict:
     import warnings
 
     import torch
@@ -110,8 +129,9 @@ def run(n_obs: int = 500, n_tasks: int = 4, n_candidates: int = 10_000, n_decisi
 
             from coorch.tasks.fit import warm_up
 
-            cluster = LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
-                                   silence_logs=40)
+            cluster = LocalCluster(
+                n_workers=1, threads_per_worker=1, dashboard_address=None, silence_logs=40
+            )
             client = Client(cluster)
             client.run(warm_up)
         lat, busy = decide_repeatedly(agent, n_decisions, client)
@@ -122,18 +142,27 @@ def run(n_obs: int = 500, n_tasks: int = 4, n_candidates: int = 10_000, n_decisi
             client.close()
             cluster.close()
     lat_ms, busy = np.array(lat) * 1e3, np.array(busy)
-    naive_ms = np.array([[f + p for _, f, p in naive], [f for _, f, _ in naive],
-                         [p for _, _, p in naive]]) * 1e3
-    return {"median_ms": float(np.median(lat_ms)), "p95_ms": float(np.percentile(lat_ms, 95)),
-            "median_ms_refit_in_flight": float(np.median(lat_ms[busy])) if busy.any() else None,
-            "median_ms_no_refit": float(np.median(lat_ms[~busy])) if (~busy).any() else None,
-            "max_ms": float(lat_ms.max()), "naive_median_ms": float(np.median(naive_ms[0])),
-            "naive_fit_median_ms": float(np.median(naive_ms[1])),
-            "naive_predict_median_ms": float(np.median(naive_ms[2])),
-            "n_observations": n_obs, "n_tasks": n_tasks, "n_candidates": n_candidates,
-            "n_decisions": n_decisions, "decisions_during_refit": int(busy.sum()),
-            "initial_build_s": warm_s,
-            "speedup": float(np.median(naive_ms[0]) / np.median(lat_ms))}
+    naive_ms = (
+        np.array([[f + p for _, f, p in naive], [f for _, f, _ in naive], [p for _, _, p in naive]])
+        * 1e3
+    )
+    return {
+        "median_ms": float(np.median(lat_ms)),
+        "p95_ms": float(np.percentile(lat_ms, 95)),
+        "median_ms_refit_in_flight": float(np.median(lat_ms[busy])) if busy.any() else None,
+        "median_ms_no_refit": float(np.median(lat_ms[~busy])) if (~busy).any() else None,
+        "max_ms": float(lat_ms.max()),
+        "naive_median_ms": float(np.median(naive_ms[0])),
+        "naive_fit_median_ms": float(np.median(naive_ms[1])),
+        "naive_predict_median_ms": float(np.median(naive_ms[2])),
+        "n_observations": n_obs,
+        "n_tasks": n_tasks,
+        "n_candidates": n_candidates,
+        "n_decisions": n_decisions,
+        "decisions_during_refit": int(busy.sum()),
+        "initial_build_s": warm_s,
+        "speedup": float(np.median(naive_ms[0]) / np.median(lat_ms)),
+    }
 
 
 def bench_decision_command(
@@ -151,10 +180,12 @@ def bench_decision_command(
     if json_out:
         print(json.dumps(out))
         return
-    print(f"decision latency at n={n_obs}, {n_tasks} tasks, {n_candidates} candidates: "
-          f"median {out['median_ms']:.1f} ms, p95 {out['p95_ms']:.1f} ms "
-          f"(naive refit-every-step: median {out['naive_median_ms']:.0f} ms, "
-          f"{out['speedup']:.0f}x slower); {out['decisions_during_refit']} of {n_decisions} "
-          f"decisions made while a Dask refit was in flight (median "
-          f"{out['median_ms_refit_in_flight']:.1f} ms then, {out['median_ms_no_refit']:.1f} ms "
-          f"otherwise)")
+    print(
+        f"decision latency at n={n_obs}, {n_tasks} tasks, {n_candidates} candidates: "
+        f"median {out['median_ms']:.1f} ms, p95 {out['p95_ms']:.1f} ms "
+        f"(naive refit-every-step: median {out['naive_median_ms']:.0f} ms, "
+        f"{out['speedup']:.0f}x slower); {out['decisions_during_refit']} of {n_decisions} "
+        f"decisions made while a Dask refit was in flight (median "
+        f"{out['median_ms_refit_in_flight']:.1f} ms then, {out['median_ms_no_refit']:.1f} ms "
+        f"otherwise)"
+    )

@@ -46,25 +46,43 @@ DEFAULT_POLICIES = ("coorchestrate", "max_uncertainty", "single_task", "random",
 REPLAY_SETTINGS = Settings(max_correlation=0.7, weight_power=2.0)
 
 
-def _dataset_job(path: str, component: int, policy: str, seed: int, steps: int,
-                 settings: Settings, score_every: int) -> Trace:
+def _dataset_job(
+    path: str,
+    component: int,
+    policy: str,
+    seed: int,
+    steps: int,
+    settings: Settings,
+    score_every: int,
+) -> Trace:
     """One replay campaign (top-level so that a process pool can run it)."""
     replay = load_replay(path, component)
-    return simulate(replay.problem, policy, seed, steps, replay_measure(replay), settings,
-                    score_every)
+    return simulate(
+        replay.problem, policy, seed, steps, replay_measure(replay), settings, score_every
+    )
 
 
-def run_dataset(path: str | Path, steps: int = 30, seeds: int = 5, component: int = 1,
-                policies: Sequence[str] = DEFAULT_POLICIES, *,
-                settings: Settings | None = None, score_every: int = 1,
-                workers: int | None = None) -> dict:
+def run_dataset(
+    path: str | Path,
+    steps: int = 30,
+    seeds: int = 5,
+    component: int = 1,
+    policies: Sequence[str] = DEFAULT_POLICIES,
+    *,
+    settings: Settings | None = None,
+    score_every: int = 1,
+    workers: int | None = None,
+) -> dict:
     """Every policy on a replay file, ``seeds`` agent seeds each; RMSE and nRMSE (RMSE / std of
     the component over all positions) per modality after the last step, mean over seeds, the
     published figures where the file has them, and the learning curves under ``curves``."""
     settings = settings or REPLAY_SETTINGS
     replay = load_replay(path, component)
-    jobs = [(str(path), component, p, s, steps, settings, score_every)
-            for p in policies for s in range(seeds)]
+    jobs = [
+        (str(path), component, p, s, steps, settings, score_every)
+        for p in policies
+        for s in range(seeds)
+    ]
     traces = run_jobs(_dataset_job, jobs, workers)
     scale = replay.values.std(0)
     tasks = replay.problem.tasks
@@ -72,15 +90,16 @@ def run_dataset(path: str | Path, steps: int = 30, seeds: int = 5, component: in
     for p in policies:
         runs = [t for t in traces if t.policy == p]
         rmse = np.mean([t.rmse for t in runs], axis=0)  # (scored steps, T)
-        out["policies"][p] = {"rmse": _per_task(tasks, rmse[-1]),
-                              "nrmse": _per_task(tasks, rmse[-1] / scale)}
-        out["curves"][p] = {"measurements": runs[0].scored_at,
-                            "rmse": {m: rmse[:, k].round(4).tolist() for k, m in
-                                     enumerate(tasks)},
-                            "rmse_final_per_seed": [_per_task(tasks, np.asarray(t.rmse[-1]))
-                                                    for t in runs],
-                            "measured": {m: float(np.mean([t.instruments.count(m) for t in runs]))
-                                         for m in tasks}}
+        out["policies"][p] = {
+            "rmse": _per_task(tasks, rmse[-1]),
+            "nrmse": _per_task(tasks, rmse[-1] / scale),
+        }
+        out["curves"][p] = {
+            "measurements": runs[0].scored_at,
+            "rmse": {m: rmse[:, k].round(4).tolist() for k, m in enumerate(tasks)},
+            "rmse_final_per_seed": [_per_task(tasks, np.asarray(t.rmse[-1])) for t in runs],
+            "measured": {m: float(np.mean([t.instruments.count(m) for t in runs])) for m in tasks},
+        }
     return out
 
 
@@ -88,8 +107,9 @@ def _per_task(tasks: Sequence[str], values: np.ndarray) -> dict[str, float]:
     return {m: round(float(v), 4) for m, v in zip(tasks, values, strict=True)}
 
 
-def run_jobs(fn: Callable[..., Trace], jobs: list[tuple], workers: int | None = None
-             ) -> list[Trace]:
+def run_jobs(
+    fn: Callable[..., Trace], jobs: list[tuple], workers: int | None = None
+) -> list[Trace]:
     """Run campaign jobs, in ``workers`` spawned processes (default: one per core, at most
     two: the fits are single-threaded), reporting progress on stderr (stdout carries JSON)."""
     workers = workers or min(2, os.cpu_count() or 1)
@@ -97,8 +117,12 @@ def run_jobs(fn: Callable[..., Trace], jobs: list[tuple], workers: int | None = 
 
     def done(i: int, tr: Trace) -> None:
         err = ", ".join(f"{v:.3f}" for v in tr.rmse[-1])
-        print(f"[{i + 1}/{len(jobs)} {time.perf_counter() - t0:6.1f} s] {tr.policy} seed "
-              f"{tr.seed}: final RMSE {err}", file=sys.stderr, flush=True)
+        print(
+            f"[{i + 1}/{len(jobs)} {time.perf_counter() - t0:6.1f} s] {tr.policy} seed "
+            f"{tr.seed}: final RMSE {err}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     if workers <= 1 or len(jobs) <= 1:
         out = []
@@ -116,18 +140,25 @@ def run_jobs(fn: Callable[..., Trace], jobs: list[tuple], workers: int | None = 
 
 
 # ---------------------------------------------------------------------------- digital twins
-def _twins_job(library: str, policy: str, seed: int, budget: int, settings: Settings,
-               score_every: int) -> Trace:
+def _twins_job(
+    library: str, policy: str, seed: int, budget: int, settings: Settings, score_every: int
+) -> Trace:
     """One twin campaign of ``budget`` measurements, seeds included."""
     setup = twin_setup(library, seed)
     steps = max(budget - len(setup.problem.seeds), 0)
-    return simulate(setup.problem, policy, seed, steps, twin_measure(setup), settings,
-                    score_every)
+    return simulate(setup.problem, policy, seed, steps, twin_measure(setup), settings, score_every)
 
 
-def run_twins(library: str = "smbfo", budget: int = 40, seeds: int = 5,
-              policies: Sequence[str] = DEFAULT_POLICIES, *, settings: Settings | None = None,
-              score_every: int = 2, workers: int | None = None) -> dict:
+def run_twins(
+    library: str = "smbfo",
+    budget: int = 40,
+    seeds: int = 5,
+    policies: Sequence[str] = DEFAULT_POLICIES,
+    *,
+    settings: Settings | None = None,
+    score_every: int = 2,
+    workers: int | None = None,
+) -> dict:
     """Every policy on the twins; normalised RMSE (RMSE / std of the truth over the held-out
     grid, per task, then mean over tasks) vs measurements and vs instrument-seconds, and the
     instrument-seconds each policy needs to reach the error target: the median over seeds of
@@ -135,24 +166,32 @@ def run_twins(library: str = "smbfo", budget: int = 40, seeds: int = 5,
     settings = settings or Settings()
     setup = twin_setup(library, 0)
     scale = setup.problem.truth.std(0)
-    jobs = [(library, p, s, budget, settings, score_every) for p in policies
-            for s in range(seeds)]
+    jobs = [(library, p, s, budget, settings, score_every) for p in policies for s in range(seeds)]
     traces = run_jobs(_twins_job, jobs, workers)
     tasks = setup.problem.tasks
-    curves = {p: twin_curve([t for t in traces if t.policy == p], scale, tasks)
-              for p in policies}
+    curves = {p: twin_curve([t for t in traces if t.policy == p], scale, tasks) for p in policies}
     reference = "random" if "random" in curves else policies[-1]
     target = float(np.median([c[-1] for c in curves[reference]["per_seed_nrmse"]]))
     for p in policies:
         curves[p]["to_target"] = seconds_to_target(curves[p], target)
-    return {"library": library, "budget": budget, "seeds": seeds,
-            "instruments": {i.name: {"modality": setup.problem.modalities[i.name],
-                                     "cost_s": i.cost_s,
-                                     "move_cost_s_per_mm": i.move_cost_s_per_mm}
-                            for i in setup.problem.instruments},
-            "target": {"nrmse": round(target, 4),
-                       "definition": f"median over seeds of {reference}'s final mean nRMSE"},
-            "policies": curves}
+    return {
+        "library": library,
+        "budget": budget,
+        "seeds": seeds,
+        "instruments": {
+            i.name: {
+                "modality": setup.problem.modalities[i.name],
+                "cost_s": i.cost_s,
+                "move_cost_s_per_mm": i.move_cost_s_per_mm,
+            }
+            for i in setup.problem.instruments
+        },
+        "target": {
+            "nrmse": round(target, 4),
+            "definition": f"median over seeds of {reference}'s final mean nRMSE",
+        },
+        "policies": curves,
+    }
 
 
 def twin_curve(runs: list[Trace], scale: np.ndarray, tasks: Sequence[str]) -> dict:
@@ -162,14 +201,16 @@ def twin_curve(runs: list[Trace], scale: np.ndarray, tasks: Sequence[str]) -> di
     at = np.asarray(runs[0].scored_at)
     seconds = np.array([[t.seconds[n - 1] for n in t.scored_at] for t in runs])
     counts = {m: float(np.mean([t.instruments.count(m) for t in runs])) for m in tasks}
-    return {"measurements": at.tolist(),
-            "seconds": seconds.mean(0).round(1).tolist(),
-            "nrmse": {m: nrmse[:, :, k].mean(0).round(4).tolist() for k, m in enumerate(tasks)},
-            "mean_nrmse": nrmse.mean((0, 2)).round(4).tolist(),
-            "per_seed_nrmse": nrmse.mean(2).round(4).tolist(),
-            "per_seed_seconds": seconds.round(1).tolist(),
-            "final_seconds": float(seconds[:, -1].mean()),
-            "measured": counts}
+    return {
+        "measurements": at.tolist(),
+        "seconds": seconds.mean(0).round(1).tolist(),
+        "nrmse": {m: nrmse[:, :, k].mean(0).round(4).tolist() for k, m in enumerate(tasks)},
+        "mean_nrmse": nrmse.mean((0, 2)).round(4).tolist(),
+        "per_seed_nrmse": nrmse.mean(2).round(4).tolist(),
+        "per_seed_seconds": seconds.round(1).tolist(),
+        "final_seconds": float(seconds[:, -1].mean()),
+        "measured": counts,
+    }
 
 
 def seconds_to_target(curve: dict, target: float) -> dict:
@@ -181,9 +222,12 @@ def seconds_to_target(curve: dict, target: float) -> dict:
         idx = np.flatnonzero(np.asarray(err) <= target)
         hits.append(sec[idx[0]] if len(idx) else np.inf)
     med = float(np.median(hits))
-    return {"median_s": None if not np.isfinite(med) else round(med, 1),
-            "reached": int(np.isfinite(hits).sum()), "of": len(hits),
-            "per_seed_s": [None if not np.isfinite(h) else round(float(h), 1) for h in hits]}
+    return {
+        "median_s": None if not np.isfinite(med) else round(med, 1),
+        "reached": int(np.isfinite(hits).sum()),
+        "of": len(hits),
+        "per_seed_s": [None if not np.isfinite(h) else round(float(h), 1) for h in hits],
+    }
 
 
 # ---------------------------------------------------------------------------- plot, CLI
@@ -197,8 +241,7 @@ def plot_curves(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     twins = "target" in result
-    tasks = (["mean"] if twins else
-             list(next(iter(result["policies"].values()))["rmse"]))
+    tasks = ["mean"] if twins else list(next(iter(result["policies"].values()))["rmse"])
     fig, axes = plt.subplots(1, 2 if twins else len(tasks), figsize=(12, 4.5), squeeze=False)
     if twins:
         _plot_twins(result, axes[0])
@@ -217,10 +260,17 @@ def _plot_dataset(result: dict, axes, tasks: list[str]) -> None:
             ax.plot(c["measurements"], c["rmse"][m], label=p)
         for k, (model, style) in enumerate((("mtgp", "--"), ("gp", ":"))):
             if m in result["published"].get(model, {}):
-                ax.axhline(result["published"][model][m], ls=style, color=f"C{7 + k}",
-                           label=f"published {model} (final)")
-        ax.set(title=f"{m}: RMSE vs measurements", xlabel="measurements (seeds included)",
-               ylabel="RMSE (latent units)")
+                ax.axhline(
+                    result["published"][model][m],
+                    ls=style,
+                    color=f"C{7 + k}",
+                    label=f"published {model} (final)",
+                )
+        ax.set(
+            title=f"{m}: RMSE vs measurements",
+            xlabel="measurements (seeds included)",
+            ylabel="RMSE (latent units)",
+        )
         ax.legend(fontsize=8)
 
 
@@ -228,17 +278,23 @@ def _plot_twins(result: dict, axes) -> None:
     for p, c in result["policies"].items():
         axes[0].plot(c["measurements"], c["mean_nrmse"], label=p)
         axes[1].plot(c["seconds"], c["mean_nrmse"], label=p)
-    for ax, xlabel in zip(axes, ("measurements (seeds included)", "instrument-seconds"),
-                          strict=True):
+    for ax, xlabel in zip(
+        axes, ("measurements (seeds included)", "instrument-seconds"), strict=True
+    ):
         ax.axhline(result["target"]["nrmse"], ls=":", color="k", label="target")
-        ax.set(title=f"{result['library']}: mean nRMSE vs {xlabel.split(' (')[0]}",
-               xlabel=xlabel, ylabel="normalised RMSE (mean over tasks)", yscale="log")
+        ax.set(
+            title=f"{result['library']}: mean nRMSE vs {xlabel.split(' (')[0]}",
+            xlabel=xlabel,
+            ylabel="normalised RMSE (mean over tasks)",
+            yscale="log",
+        )
         ax.legend(fontsize=8)
 
 
 def bench_efficiency_command(
     dataset: Path | None = typer.Option(
-        None, "--dataset", help="replay file shaped like raman_beps.nc; without it: the twins"),
+        None, "--dataset", help="replay file shaped like raman_beps.nc; without it: the twins"
+    ),
     library: str = typer.Option("smbfo", help="twins: the virtual library"),
     steps: int = typer.Option(30, min=1, help="decisions after the seed measurements"),
     seeds: int = typer.Option(5, min=1, help="agent seeds per policy"),
@@ -268,23 +324,29 @@ def format_dataset(result: dict) -> str:
     tasks = list(next(iter(result["policies"].values()))["rmse"])
     lines = [f"{'policy':<18}" + "".join(f"{m:>28}" for m in tasks)]
     for p, v in result["policies"].items():
-        lines.append(f"{p:<18}" + "".join(
-            f"{v['rmse'][m]:>18.3f} ({v['nrmse'][m]:.3f})" for m in tasks))
+        lines.append(
+            f"{p:<18}" + "".join(f"{v['rmse'][m]:>18.3f} ({v['nrmse'][m]:.3f})" for m in tasks)
+        )
     for model, v in result["published"].items():
-        lines.append(f"{'published ' + model:<18}" + "".join(
-            f"{v.get(m, float('nan')):>28.3f}" for m in tasks))
+        lines.append(
+            f"{'published ' + model:<18}"
+            + "".join(f"{v.get(m, float('nan')):>28.3f}" for m in tasks)
+        )
     return "\n".join(lines)
 
 
 def format_twins(result: dict) -> str:
     """A plain-text table: final nRMSE, instrument-seconds spent, seconds to the target."""
     t = result["target"]
-    lines = [f"target nRMSE {t['nrmse']:.3f} ({t['definition']})",
-             f"{'policy':<18}{'final nRMSE':>12}{'seconds used':>14}{'s to target':>13}"
-             f"{'reached':>9}"]
+    lines = [
+        f"target nRMSE {t['nrmse']:.3f} ({t['definition']})",
+        f"{'policy':<18}{'final nRMSE':>12}{'seconds used':>14}{'s to target':>13}{'reached':>9}",
+    ]
     for p, c in result["policies"].items():
         tt = c["to_target"]
         med = "never" if tt["median_s"] is None else f"{tt['median_s']:.0f}"
-        lines.append(f"{p:<18}{c['mean_nrmse'][-1]:>12.3f}{c['final_seconds']:>14.0f}"
-                     f"{med:>13}{tt['reached']:>6}/{tt['of']}")
+        lines.append(
+            f"{p:<18}{c['mean_nrmse'][-1]:>12.3f}{c['final_seconds']:>14.0f}"
+            f"{med:>13}{tt['reached']:>6}/{tt['of']}"
+        )
     return "\n".join(lines)

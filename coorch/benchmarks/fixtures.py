@@ -30,21 +30,38 @@ WAVENUMBER = np.linspace(100.0, 1100.0, 512)
 
 
 def loop_signal(values: np.ndarray) -> Signal:
-    return Signal(name="response", dims=["branch", "bias"], values=values, units="pm/V",
-                  long_name="piezoresponse amplitude",
-                  coords={"branch": ["up", "down"], "bias": BIAS.tolist()},
-                  coord_units={"bias": "V"})
+    return Signal(
+        name="response",
+        dims=["branch", "bias"],
+        values=values,
+        units="pm/V",
+        long_name="piezoresponse amplitude",
+        coords={"branch": ["up", "down"], "bias": BIAS.tolist()},
+        coord_units={"bias": "V"},
+    )
 
 
 def raman_signal(values: np.ndarray) -> Signal:
-    return Signal(name="intensity", dims=["wavenumber"], values=values, units="counts",
-                  long_name="Raman intensity", coords={"wavenumber": WAVENUMBER.tolist()},
-                  coord_units={"wavenumber": "1/cm"})
+    return Signal(
+        name="intensity",
+        dims=["wavenumber"],
+        values=values,
+        units="counts",
+        long_name="Raman intensity",
+        coords={"wavenumber": WAVENUMBER.tolist()},
+        coord_units={"wavenumber": "1/cm"},
+    )
 
 
-def measurement(i: int, modality: str = "pfm_loop", *, prefix: str = "m",
-                decision_id: str | None = None, rng: np.random.Generator | None = None,
-                flow_run_id: str | None = None) -> Measurement:
+def measurement(
+    i: int,
+    modality: str = "pfm_loop",
+    *,
+    prefix: str = "m",
+    decision_id: str | None = None,
+    rng: np.random.Generator | None = None,
+    flow_run_id: str | None = None,
+) -> Measurement:
     """Measurement number ``i`` (id ``{prefix}-{modality}-{i}``) with random values.
 
     ``values`` are a numpy array (not a list) so that building records does not dominate
@@ -57,33 +74,60 @@ def measurement(i: int, modality: str = "pfm_loop", *, prefix: str = "m",
         sig, instrument = loop_signal(rng.random((2, 64))), "afm1"
     t = time.time()
     x = float(i % 50) * 0.2
-    return Measurement(measurement_id=f"{prefix}-{modality}-{i}", instrument=instrument,
-                       modality=modality, sample="BFO-Sm-01", library_x=x, library_y=1.0,
-                       stage_x=x + 0.5, stage_y=2.0, started=t - 1.0, ended=t, signal=sig,
-                       decision_id=decision_id, flow_run_id=flow_run_id)
+    return Measurement(
+        measurement_id=f"{prefix}-{modality}-{i}",
+        instrument=instrument,
+        modality=modality,
+        sample="BFO-Sm-01",
+        library_x=x,
+        library_y=1.0,
+        stage_x=x + 0.5,
+        stage_y=2.0,
+        started=t - 1.0,
+        ended=t,
+        signal=sig,
+        decision_id=decision_id,
+        flow_run_id=flow_run_id,
+    )
 
 
-def decision(i: int, *, trained_on: list[str] | None = None, modality: str = "pfm_loop",
-             prefix: str = "d") -> Decision:
-    return Decision(decision_id=f"{prefix}-{i}", instrument="afm1", modality=modality,
-                    library_x=float(i) * 0.1, library_y=1.0, policy="coorchestrate",
-                    model_version="gp-1", trained_on=list(trained_on or []),
-                    acquisition_value=0.5, n_candidates=100)
+def decision(
+    i: int, *, trained_on: list[str] | None = None, modality: str = "pfm_loop", prefix: str = "d"
+) -> Decision:
+    return Decision(
+        decision_id=f"{prefix}-{i}",
+        instrument="afm1",
+        modality=modality,
+        library_x=float(i) * 0.1,
+        library_y=1.0,
+        policy="coorchestrate",
+        model_version="gp-1",
+        trained_on=list(trained_on or []),
+        acquisition_value=0.5,
+        n_candidates=100,
+    )
 
 
 @contextlib.contextmanager
 def moto_endpoint(timeout_s: float = 30.0) -> Iterator[str]:
     """Start ``moto.server`` on 127.0.0.1:<free port>; yield its endpoint URL; stop it."""
     port = free_port()
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
-           "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing")}
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
-                             "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": os.environ.get("AWS_ACCESS_KEY_ID", "testing"),
+        "AWS_SECRET_ACCESS_KEY": os.environ.get("AWS_SECRET_ACCESS_KEY", "testing"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     endpoint = f"http://127.0.0.1:{port}"
     try:
-        wait_until_healthy(endpoint + "/moto-api/", timeout_s=timeout_s,
-                           alive=lambda: proc.poll() is None)
+        wait_until_healthy(
+            endpoint + "/moto-api/", timeout_s=timeout_s, alive=lambda: proc.poll() is None
+        )
         yield endpoint
     finally:
         proc.terminate()

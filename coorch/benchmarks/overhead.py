@@ -30,15 +30,33 @@ def agent_process(instrument: str, token_file: Path) -> Iterator[str]:
     """``coorch agent serve`` on a free loopback port; yields its URL, stops it on exit."""
     port = free_port()
     coorch = Path(sys.executable).with_name("coorch")
-    proc = subprocess.Popen([str(coorch), "agent", "serve", "--instrument", instrument,
-                             "--port", str(port), "--token-file", str(token_file),
-                             "--time-scale", "0"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            str(coorch),
+            "agent",
+            "serve",
+            "--instrument",
+            instrument,
+            "--port",
+            str(port),
+            "--token-file",
+            str(token_file),
+            "--time-scale",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         try:
-            wait_until_healthy(f"{url}/v1/health", timeout_s=30.0, interval_s=0.1,
-                               alive=lambda: proc.poll() is None, request_timeout_s=0.5)
+            wait_until_healthy(
+                f"{url}/v1/health",
+                timeout_s=30.0,
+                interval_s=0.1,
+                alive=lambda: proc.poll() is None,
+                request_timeout_s=0.5,
+            )
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"agent for {instrument} did not start") from exc
         yield url
@@ -64,12 +82,18 @@ def run(n: int = 200, warmup: int = 20) -> dict:
         from coorch.flows.coorchestrate import coorchestrate
         from coorch.flows.progress import watching
 
-        cfg = InstrumentConfig(name="raman-twin", kind="raman", modality="raman", url=url,
-                               token_file=token)
+        cfg = InstrumentConfig(
+            name="raman-twin", kind="raman", modality="raman", url=url, token_file=token
+        )
         stamps: list[float] = []
-        spec = CampaignSpec(name="overhead", instruments=[cfg], policy="random",
-                            budget=n + warmup, seeds_per_instrument=1,
-                            store=str(tmp / "flow.zarr"))
+        spec = CampaignSpec(
+            name="overhead",
+            instruments=[cfg],
+            policy="random",
+            budget=n + warmup,
+            seeds_per_instrument=1,
+            store=str(tmp / "flow.zarr"),
+        )
         with watching(lambda m, info: stamps.append(time.perf_counter())):
             coorchestrate(spec)
         per_measurement = np.diff(stamps[warmup:]) * 1e3
@@ -89,11 +113,14 @@ def run(n: int = 200, warmup: int = 20) -> dict:
                 bare_store.append(time.perf_counter() - t1)
     http_ms, store_ms = np.median(bare_http) * 1e3, np.median(bare_store) * 1e3
     med = float(np.median(per_measurement))
-    return {"per_measurement_median_ms": med,
-            "per_measurement_p95_ms": float(np.percentile(per_measurement, 95)),
-            "http_move_measure_median_ms": float(http_ms),
-            "store_append_median_ms": float(store_ms),
-            "prefect_and_flow_ms": float(med - http_ms - store_ms), "n": n}
+    return {
+        "per_measurement_median_ms": med,
+        "per_measurement_p95_ms": float(np.percentile(per_measurement, 95)),
+        "http_move_measure_median_ms": float(http_ms),
+        "store_append_median_ms": float(store_ms),
+        "prefect_and_flow_ms": float(med - http_ms - store_ms),
+        "n": n,
+    }
 
 
 def bench_overhead_command(
@@ -105,8 +132,10 @@ def bench_overhead_command(
     if json_out:
         print(json.dumps(out))
         return
-    print(f"orchestration overhead per measurement: median {out['per_measurement_median_ms']:.1f}"
-          f" ms, p95 {out['per_measurement_p95_ms']:.1f} ms (HTTP move+measure "
-          f"{out['http_move_measure_median_ms']:.1f} ms, store append "
-          f"{out['store_append_median_ms']:.1f} ms, Prefect task run + flow "
-          f"{out['prefect_and_flow_ms']:.1f} ms)")
+    print(
+        f"orchestration overhead per measurement: median {out['per_measurement_median_ms']:.1f}"
+        f" ms, p95 {out['per_measurement_p95_ms']:.1f} ms (HTTP move+measure "
+        f"{out['http_move_measure_median_ms']:.1f} ms, store append "
+        f"{out['store_append_median_ms']:.1f} ms, Prefect task run + flow "
+        f"{out['prefect_and_flow_ms']:.1f} ms)"
+    )

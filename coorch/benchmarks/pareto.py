@@ -36,8 +36,9 @@ def run(n: int = 112, decisions: int = 20, seed: int = 0) -> dict:
     for i in range(n):
         k = i % 2
         x = rng.uniform(0, 10, 2)
-        policy.tell([Observation("ab"[k], x, _objectives(x)[:, k] + 0.01 * rng.standard_normal(1),
-                                 f"m{i}")])
+        policy.tell(
+            [Observation("ab"[k], x, _objectives(x)[:, k] + 0.01 * rng.standard_normal(1), f"m{i}")]
+        )
     times = []
     for i in range(decisions):
         t0 = time.perf_counter()
@@ -46,8 +47,13 @@ def run(n: int = 112, decisions: int = 20, seed: int = 0) -> dict:
         k = "ab".index(s.instrument)
         policy.tell([Observation(s.instrument, s.x, _objectives(s.x)[:, k], s.measurement_id)])
     ms = 1000 * np.asarray(times)
-    return {"median_ms": float(np.median(ms)), "max_ms": float(ms.max()),
-            "n_observations": n, "n_candidates": len(cand), "decisions": decisions}
+    return {
+        "median_ms": float(np.median(ms)),
+        "max_ms": float(ms.max()),
+        "n_observations": n,
+        "n_candidates": len(cand),
+        "decisions": decisions,
+    }
 
 
 def bench_pareto_command(

@@ -46,15 +46,25 @@ class Problem:
         return LibraryGeometry(self.bounds)
 
 
-def record(d: Decision, signal: Signal, stage: tuple[float, float] | None = None
-           ) -> Measurement:
+def record(d: Decision, signal: Signal, stage: tuple[float, float] | None = None) -> Measurement:
     """A simulated measurement of decision ``d``."""
     now = time.time()
     sx, sy = stage or (d.library_x, d.library_y)
-    return Measurement(measurement_id=d.measurement_id, instrument=d.instrument,
-                       modality=d.modality, sample="simulated", library_x=d.library_x,
-                       library_y=d.library_y, stage_x=sx, stage_y=sy, started=now, ended=now,
-                       signal=signal, decision_id=d.decision_id, campaign=d.campaign)
+    return Measurement(
+        measurement_id=d.measurement_id,
+        instrument=d.instrument,
+        modality=d.modality,
+        sample="simulated",
+        library_x=d.library_x,
+        library_y=d.library_y,
+        stage_x=sx,
+        stage_y=sy,
+        started=now,
+        ended=now,
+        signal=signal,
+        decision_id=d.decision_id,
+        campaign=d.campaign,
+    )
 
 
 # ---------------------------------------------------------------------------- real data
@@ -83,12 +93,21 @@ def load_replay(path: str | Path, component: int = 1) -> Replay:
     n = len(values)
     candidates = np.arange(n, dtype=float)[:, None]
     instruments = tuple(InstrumentCost(m, (k,), cost_s=1.0) for k, m in enumerate(modalities))
-    seeds = tuple((modalities[int(m)], int(p)) for p, m in
-                  zip(ds["seed_position"].values, ds["seed_modality"].values, strict=True))
-    problem = Problem(tasks=modalities, instruments=instruments, candidates=candidates,
-                      bounds=np.array([[0.0, max(n - 1.0, 1.0)]]), query=candidates,
-                      truth=values, seeds=seeds, modalities={m: m for m in modalities},
-                      passthrough=True)
+    seeds = tuple(
+        (modalities[int(m)], int(p))
+        for p, m in zip(ds["seed_position"].values, ds["seed_modality"].values, strict=True)
+    )
+    problem = Problem(
+        tasks=modalities,
+        instruments=instruments,
+        candidates=candidates,
+        bounds=np.array([[0.0, max(n - 1.0, 1.0)]]),
+        query=candidates,
+        truth=values,
+        seeds=seeds,
+        modalities={m: m for m in modalities},
+        passthrough=True,
+    )
     return Replay(problem, values, published_errors(ds, modalities))
 
 
@@ -134,8 +153,9 @@ class TwinSetup:
     twins: dict[str, object]
 
 
-def twin_setup(library: str = "smbfo", seed: int = 0,
-               instruments: Sequence[tuple[str, str]] = TWIN_INSTRUMENTS) -> TwinSetup:
+def twin_setup(
+    library: str = "smbfo", seed: int = 0, instruments: Sequence[tuple[str, str]] = TWIN_INSTRUMENTS
+) -> TwinSetup:
     """Twins seeded by the agent seed (their noise differs per seed; the truth does not).
     Candidates are grid nodes, the truth grid is cell centres (held out); each instrument is
     seeded at the two farthest-apart candidates. Cost = the modality's measurement time from
@@ -143,23 +163,36 @@ def twin_setup(library: str = "smbfo", seed: int = 0,
     from coorch.instrument_agents.twins import make_twin
     from coorch.tasks.report import ground_truth
 
-    twins = {kind: make_twin(kind, library, seed=seed + k) for k, (kind, _) in
-             enumerate(instruments)}
+    twins = {
+        kind: make_twin(kind, library, seed=seed + k) for k, (kind, _) in enumerate(instruments)
+    }
     modalities = dict(instruments)
     geo = LibraryGeometry(np.asarray(next(iter(twins.values())).library.extent, float))
     cand_shape, truth_shape = TWIN_GRIDS.get(library, ((15, 15), (20, 20)))
     candidates = geo.cell_centres(cand_shape)
     truth = ground_truth(twins, modalities, geo.bounds, truth_shape)
     costs = tuple(
-        InstrumentCost(kind, (k,), cost_s=twins[kind].describe().modality(mod).cost_s,
-                       move_cost_s_per_mm=twins[kind].move_cost_s_per_mm,
-                       log_scale=mod in TWIN_LOG_SCALE.get(library, ()))
-        for k, (kind, mod) in enumerate(instruments))
+        InstrumentCost(
+            kind,
+            (k,),
+            cost_s=twins[kind].describe().modality(mod).cost_s,
+            move_cost_s_per_mm=twins[kind].move_cost_s_per_mm,
+            log_scale=mod in TWIN_LOG_SCALE.get(library, ()),
+        )
+        for k, (kind, mod) in enumerate(instruments)
+    )
     ends = farthest_point_order(candidates)[:2]
     seeds = tuple((kind, int(c)) for kind, _ in instruments for c in ends)
-    problem = Problem(tasks=tuple(twins), instruments=costs, candidates=candidates,
-                      bounds=geo.bounds, query=truth.grid, truth=truth.values, seeds=seeds,
-                      modalities=modalities)
+    problem = Problem(
+        tasks=tuple(twins),
+        instruments=costs,
+        candidates=candidates,
+        bounds=geo.bounds,
+        query=truth.grid,
+        truth=truth.values,
+        seeds=seeds,
+        modalities=modalities,
+    )
     return TwinSetup(problem, twins)
 
 

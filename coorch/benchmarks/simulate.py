@@ -56,8 +56,11 @@ class Settings:
         """Keyword options for :func:`make_policy` (only ``coorchestrate`` takes any)."""
         if policy != "coorchestrate":
             return {}
-        return {"max_correlation": self.max_correlation, "weight_power": self.weight_power,
-                "task_weights": self.task_weights}
+        return {
+            "max_correlation": self.max_correlation,
+            "weight_power": self.weight_power,
+            "task_weights": self.task_weights,
+        }
 
 
 @dataclasses.dataclass
@@ -73,8 +76,9 @@ class Trace:
     rmse: list[list[float]] = dataclasses.field(default_factory=list)
 
 
-def fit(x: np.ndarray, t: np.ndarray, y: np.ndarray, num_tasks: int, *, seed: int,
-        max_iter: int, **kw) -> MTGPHyperparameters:
+def fit(
+    x: np.ndarray, t: np.ndarray, y: np.ndarray, num_tasks: int, *, seed: int, max_iter: int, **kw
+) -> MTGPHyperparameters:
     """MAP hyperparameters with one torch thread (two threads fight over two busy cores)."""
     from coorch.models._threads import torch_scope
 
@@ -82,8 +86,9 @@ def fit(x: np.ndarray, t: np.ndarray, y: np.ndarray, num_tasks: int, *, seed: in
         return fit_hyperparameters(x, t, y, num_tasks, max_iter=max_iter, seed=seed, **kw)
 
 
-def map_rmse(problem: Problem, h: MTGPHyperparameters, x: np.ndarray, t: np.ndarray,
-             y: np.ndarray) -> np.ndarray:
+def map_rmse(
+    problem: Problem, h: MTGPHyperparameters, x: np.ndarray, t: np.ndarray, y: np.ndarray
+) -> np.ndarray:
     """RMSE per task (T,) of the posterior mean against the truth at the scored positions."""
     mean, _ = exact_posterior(h, x, t, y, problem.geometry.to_unit(problem.query))
     return np.sqrt(((mean - problem.truth) ** 2).mean(0))
@@ -100,20 +105,43 @@ def memory_store() -> Iterator[CampaignStore]:
     fsspec.filesystem("memory").rm(url.removeprefix("memory://"), recursive=True)
 
 
-def simulate(problem: Problem, policy: str, seed: int, steps: int, measure: Measure,
-             settings: Settings, score_every: int = 1) -> Trace:
+def simulate(
+    problem: Problem,
+    policy: str,
+    seed: int,
+    steps: int,
+    measure: Measure,
+    settings: Settings,
+    score_every: int = 1,
+) -> Trace:
     """Seeds, then ``steps`` decisions, each measured and recorded; the map scored after the
     seeds, every ``score_every`` steps and after the last."""
-    agent = make_policy(policy, problem.candidates, problem.bounds, problem.instruments,
-                        seed=seed, **settings.policy_options(policy))
+    agent = make_policy(
+        policy,
+        problem.candidates,
+        problem.bounds,
+        problem.instruments,
+        seed=seed,
+        **settings.policy_options(policy),
+    )
     fitting = functools.partial(fit, seed=seed, max_iter=settings.max_iter)
     refit = HyperparameterRefit(InlineExecutor(), every=1, fit=fitting)
-    describer = (Describer(describe=lambda _, s: s.array().reshape(-1)) if problem.passthrough
-                 else Describer())
+    describer = (
+        Describer(describe=lambda _, s: s.array().reshape(-1))
+        if problem.passthrough
+        else Describer()
+    )
     trace = Trace(policy, seed)
     with memory_store() as store:
-        campaign = Campaign(f"simulated-{policy}-{seed}", store, agent, describer,
-                            problem.modalities, len(problem.seeds) + steps, [refit])
+        campaign = Campaign(
+            f"simulated-{policy}-{seed}",
+            store,
+            agent,
+            describer,
+            problem.modalities,
+            len(problem.seeds) + steps,
+            [refit],
+        )
         campaign.reserve([(inst, problem.candidates[c]) for inst, c in problem.seeds])
         for step in range(-len(problem.seeds) + 1, steps + 1):
             m, seconds = measure(campaign.decide(None))
@@ -128,14 +156,21 @@ def simulate(problem: Problem, policy: str, seed: int, steps: int, measure: Meas
     return trace
 
 
-def scoring_fit(problem: Problem, agent, refit: HyperparameterRefit, fitting
-                ) -> MTGPHyperparameters:
+def scoring_fit(
+    problem: Problem, agent, refit: HyperparameterRefit, fitting
+) -> MTGPHyperparameters:
     """The coupled MAP fit on everything measured: the decision refit's own, when it was a
     coupled fit of exactly these data (one fit serves both), else a fit of its own."""
     x, t, y = agent.log.data()
     latest = refit.latest
-    if (latest is not None and latest[0] == (len(y), agent.log.revision)
-            and agent.decision.coupled):
+    if latest is not None and latest[0] == (len(y), agent.log.revision) and agent.decision.coupled:
         return latest[1]
-    return fitting(x, t, y, len(problem.tasks), coupled=True, aspect=aspect(problem.bounds),
-                   log_tasks=log_tasks(problem.instruments))
+    return fitting(
+        x,
+        t,
+        y,
+        len(problem.tasks),
+        coupled=True,
+        aspect=aspect(problem.bounds),
+        log_tasks=log_tasks(problem.instruments),
+    )
