@@ -82,7 +82,6 @@ def _campaigns(
     from coorch.instrument_agents.launch import start_twin
     from coorch.storage import CampaignStore
     from coorch.tasks.campaign import geometry
-    from coorch.tasks.report import ground_truth, nrmse_curve, plot_report
 
     quiet_libraries()  # again: importing Prefect reconfigured logging
 
@@ -107,7 +106,7 @@ def _campaigns(
             )
             for kind, mod in DEMO_INSTRUMENTS
         ]
-        results, stores = {}, {}
+        stores = {}
         for policy, store_name in (("coorchestrate", "campaign.zarr"), ("random", "random.zarr")):
             store = run_dir / store_name
             if fresh and store.exists():
@@ -123,54 +122,62 @@ def _campaigns(
             )
             console.rule(f"[bold]{policy}[/] campaign: {budget} measurements -> {store}")
             t0 = time.perf_counter()
-            results[policy] = _run_with_progress(coorchestrate, watching, spec, console)
+            result = _run_with_progress(coorchestrate, watching, spec, console)
             console.print(
                 f"  done in {time.perf_counter() - t0:.1f} s, "
-                f"{results[policy].n_fits} background GP fits on Dask"
+                f"{result.n_fits} background GP fits on Dask"
             )
             stores[policy] = CampaignStore.open(str(store), create=False).read_measurements()
 
-        twins = {i.name: agents[i.kind].driver for i in instruments}
-        modalities = {i.name: i.modality for i in instruments}
-        extent = geometry(spec).bounds
-        truth = ground_truth(twins, modalities, extent)
-        log_tasks = np.array([i.log_scale for i in instruments])
-        curves = {
-            p: nrmse_curve(ms, truth, extent, log_tasks=log_tasks) for p, ms in stores.items()
-        }
-        from coorch.models.mtgp import aspect, fit_hyperparameters
-        from coorch.tasks.report import training_arrays
-
-        hyper = fit_hyperparameters(
-            *training_arrays(stores["coorchestrate"], truth.tasks, extent),
-            len(truth.tasks),
-            aspect=aspect(extent),
-            log_tasks=log_tasks,
-        )
-        png = plot_report(run_dir / "report.png", stores, curves, truth, extent, hyper)
-        summary = {
-            p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
-            for p, c in curves.items()
-        }
-        cost = {
-            i.name: agents[i.kind].driver.describe().modality(i.modality).cost_s
-            for i in instruments
-        }
-        console.rule("[bold]result")
-        for p, errs in summary.items():
-            tasks = ", ".join(f"{k} {v:.3f}" for k, v in errs.items())
-            seconds = sum(cost[m.instrument] for m in stores[p])
-            console.print(
-                f"{p:>14}: final normalised RMSE vs ground truth: {tasks} "
-                f"(mean {np.mean(list(errs.values())):.3f}); instrument time "
-                f"{seconds:.0f} s",
-                soft_wrap=True,
-            )
-        console.print(f"store: {run_dir / 'campaign.zarr'}   report: {png}")
-        return {"summary": summary, "report": str(png)}
+        return _score(run_dir, stores, instruments, agents, geometry(spec).bounds, console)
     finally:
         for a in agents.values():
             a.stop()
+
+
+def _score(
+    run_dir: Path,
+    stores: dict,
+    instruments: list,
+    agents: dict,
+    extent: np.ndarray,
+    console: Console,
+) -> dict:
+    """Each run's error against the twins' ground truth, the report figure, the summary."""
+    from coorch.models.mtgp import aspect, fit_hyperparameters
+    from coorch.tasks.report import ground_truth, nrmse_curve, plot_report, training_arrays
+
+    twins = {i.name: agents[i.kind].driver for i in instruments}
+    modalities = {i.name: i.modality for i in instruments}
+    truth = ground_truth(twins, modalities, extent)
+    log_tasks = np.array([i.log_scale for i in instruments])
+    curves = {p: nrmse_curve(ms, truth, extent, log_tasks=log_tasks) for p, ms in stores.items()}
+    hyper = fit_hyperparameters(
+        *training_arrays(stores["coorchestrate"], truth.tasks, extent),
+        len(truth.tasks),
+        aspect=aspect(extent),
+        log_tasks=log_tasks,
+    )
+    png = plot_report(run_dir / "report.png", stores, curves, truth, extent, hyper)
+    summary = {
+        p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
+        for p, c in curves.items()
+    }
+    cost = {
+        i.name: agents[i.kind].driver.describe().modality(i.modality).cost_s for i in instruments
+    }
+    console.rule("[bold]result")
+    for p, errs in summary.items():
+        tasks = ", ".join(f"{k} {v:.3f}" for k, v in errs.items())
+        seconds = sum(cost[m.instrument] for m in stores[p])
+        console.print(
+            f"{p:>14}: final normalised RMSE vs ground truth: {tasks} "
+            f"(mean {np.mean(list(errs.values())):.3f}); instrument time "
+            f"{seconds:.0f} s",
+            soft_wrap=True,
+        )
+    console.print(f"store: {run_dir / 'campaign.zarr'}   report: {png}")
+    return {"summary": summary, "report": str(png)}
 
 
 def _run_with_progress(flow_fn, watching, spec, console: Console):

@@ -11,7 +11,8 @@ Routes (all JSON, prefix ``/v1``): ``GET health`` (no token), ``GET describe``, 
 ``POST abort``, ``POST reset``, ``POST frame`` (control token). Errors are
 ``{"error": <code>, "detail": <text>}`` with codes the client maps to exceptions.
 
-Layout: the served state is one :class:`_Agent` in ``app.state.agent``; who may ask is three
+Layout: the served state is one :class:`_Agent` in ``app.state.agent`` (lease and request-id
+cache from :mod:`~coorch.instrument_agents.guards`); who may ask is three
 FastAPI dependencies (``reader``, ``operator``, ``controller``: tokens, then the lease); the
 routes are plain functions on three routers (``reads``, ``leases``, ``controls``); driver errors
 become answers in one handler. :func:`create_app` only assembles them. The server knows drivers
@@ -22,11 +23,8 @@ only through :mod:`~coorch.instrument_agents.protocol`: ``Driver``, the optional
 from __future__ import annotations
 
 import hmac
-import logging
 import math
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -36,6 +34,7 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from coorch.instrument_agents.frames import AffineFrame
+from coorch.instrument_agents.guards import ApiError, DroppedResponse, Lease, MeasureCache
 from coorch.instrument_agents.protocol import (
     Aborted,
     Driver,
@@ -44,14 +43,6 @@ from coorch.instrument_agents.protocol import (
     ResponseLost,
 )
 from coorch.records import InstrumentDescription, Measurement, new_id
-
-
-class ApiError(Exception):
-    """An HTTP error with a machine-readable code (``error``) the client turns into a type."""
-
-    def __init__(self, status: int, error: str, detail: str) -> None:
-        super().__init__(detail)
-        self.status, self.error, self.detail = status, error, detail
 
 
 class MoveBody(BaseModel):
@@ -79,132 +70,6 @@ class FrameBody(BaseModel):
     stage: list[tuple[float, float]]
 
 
-class Lease:
-    """One controller at a time; the lease lapses after ``ttl`` s without activity."""
-
-    def __init__(self, default_ttl_s: float) -> None:
-        self.default_ttl_s = default_ttl_s
-        self.holder: str | None = None
-        self.expires = 0.0
-        self._ttl = default_ttl_s
-        self._lock = threading.Lock()
-
-    def _live_holder(self) -> str | None:
-        if self.holder is not None and time.monotonic() >= self.expires:
-            self.holder = None
-        return self.holder
-
-    def check(self, client_id: str) -> None:
-        """Refuse ``client_id`` if someone else holds the lease; renew it if it is the holder."""
-        with self._lock:
-            holder = self._live_holder()
-            if holder is None:
-                return
-            if holder != client_id:
-                raise ApiError(409, "lease_conflict", f"instrument is leased by {holder!r}")
-            self.expires = time.monotonic() + self._ttl
-
-    def acquire(self, client_id: str, ttl_s: float | None) -> dict[str, Any]:
-        with self._lock:
-            holder = self._live_holder()
-            if holder not in (None, client_id):
-                raise ApiError(409, "lease_conflict", f"instrument is leased by {holder!r}")
-            self._ttl = ttl_s if ttl_s and ttl_s > 0 else self.default_ttl_s
-            self.holder, self.expires = client_id, time.monotonic() + self._ttl
-            return self.info()
-
-    def release(self, client_id: str) -> None:
-        with self._lock:
-            holder = self._live_holder()
-            if holder not in (None, client_id):
-                raise ApiError(409, "lease_conflict", f"instrument is leased by {holder!r}")
-            self.holder = None
-
-    def info(self) -> dict[str, Any]:
-        holder = self._live_holder()
-        left = max(0.0, self.expires - time.monotonic()) if holder else 0.0
-        return {"holder": holder, "expires_in_s": left}
-
-
-class _ExpectedDropFilter(logging.Filter):
-    """Hides uvicorn's complaint about the responses we cut on purpose (simulated disconnects)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.pending = 0
-        self._lock = threading.Lock()
-
-    def expect(self) -> None:
-        with self._lock:
-            self.pending += 1
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "without completing response" in record.getMessage():
-            with self._lock:
-                if self.pending > 0:
-                    self.pending -= 1
-                    return False
-        return True
-
-
-_DROP_FILTER = _ExpectedDropFilter()
-logging.getLogger("uvicorn.error").addFilter(_DROP_FILTER)
-
-
-class _DroppedResponse(Response):
-    """Starts an answer and stops mid-body: the client sees the connection drop."""
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        _DROP_FILTER.expect()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-length", b"4096"), (b"content-type", b"application/json")],
-            }
-        )
-        await send({"type": "http.response.body", "body": b'{"measurement_id"', "more_body": True})
-
-
-class _MeasureCache:
-    """Results by request id (bounded, oldest evicted) plus the requests still running."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.done: OrderedDict[str, Measurement] = OrderedDict()
-        self.running: dict[str, threading.Event] = {}
-        self.lock = threading.Lock()
-
-    def claim(self, rid: str, wait_s: float) -> Measurement | None:
-        """The result already made for ``rid``, or None: then the caller must acquire it and
-        call :meth:`finish`. A retry of a request still running waits up to ``wait_s`` for the
-        first attempt (the client timed out) and answers 503 if it is still running or failed."""
-        with self.lock:
-            done = self.done.get(rid)
-            running = self.running.get(rid)
-            if done is None and running is None:
-                self.running[rid] = threading.Event()
-                return None
-        if done is None and running is not None:
-            if not running.wait(wait_s):
-                raise ApiError(503, "in_progress", f"request {rid!r} is still running")
-            done = self.done.get(rid)
-            if done is None:
-                raise ApiError(503, "transient", f"first attempt of {rid!r} failed; retry")
-        return done
-
-    def put(self, rid: str, m: Measurement) -> None:
-        with self.lock:
-            self.done[rid] = m
-            while len(self.done) > self.size:
-                self.done.popitem(last=False)
-
-    def finish(self, rid: str) -> None:
-        """The attempt that claimed ``rid`` is over (stored or failed): wake its retries."""
-        with self.lock:
-            self.running.pop(rid).set()
-
-
 @dataclass
 class _Agent:
     """Everything one app serves: the driver and the rules around it (``app.state.agent``)."""
@@ -214,7 +79,7 @@ class _Agent:
     readonly_token: str | None = field(repr=False)
     frame: AffineFrame
     lease: Lease
-    cache: _MeasureCache
+    cache: MeasureCache
     inflight_wait_s: float
 
     def where(self) -> dict[str, float]:
@@ -393,7 +258,7 @@ def _acquire(agent: _Agent, rid: str, body: MeasureBody) -> Measurement | Respon
         agent.cache.put(rid, m)
     finally:
         agent.cache.finish(rid)
-    return _DroppedResponse() if lost else m
+    return DroppedResponse() if lost else m
 
 
 @controls.post("/abort")
@@ -466,7 +331,7 @@ def create_app(
         readonly_token=readonly_token,
         frame=frame or getattr(driver, "frame", None) or AffineFrame.identity(),
         lease=Lease(lease_ttl_s),
-        cache=_MeasureCache(cache_size),
+        cache=MeasureCache(cache_size),
         inflight_wait_s=inflight_wait_s,
     )
     app.add_exception_handler(ApiError, _api_error)

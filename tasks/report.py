@@ -158,8 +158,18 @@ def plot_report(
         ax.plot(geo.from_unit(x[t == k])[:, 0], y[t == k], "o", ms=3, label="measured")
         ax.set(title=f"task {name}: descriptor along x (mid y)", xlabel="library x (mm)")
         ax.legend(fontsize=8)
-    for k, name in enumerate(truth.tasks):
-        ax = axes[1, k]
+    _plot_errors(axes[1], curves, truth.tasks)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _plot_errors(axes, curves: dict[str, tuple], tasks: list[str]) -> None:
+    """Error vs measurements per task, and its mean over tasks, for every run."""
+    for k, name in enumerate(tasks):
+        ax = axes[k]
         for run, (steps, err) in curves.items():
             ax.plot(steps, err[:, k], label=run)
         ax.set(
@@ -169,13 +179,8 @@ def plot_report(
             yscale="log",
         )
         ax.legend(fontsize=8)
-    ax = axes[1, n_tasks]
+    ax = axes[len(tasks)]
     for run, (steps, err) in curves.items():
         ax.plot(steps, err.mean(1), label=run)
     ax.set(title="mean over tasks", xlabel="measurements", ylabel="normalised RMSE", yscale="log")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
