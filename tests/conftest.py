@@ -1,4 +1,5 @@
-"""Fixtures shared by the flow tests: one Prefect test server per session, twin agents."""
+"""Fixtures shared by the tests: one Prefect test server per session, twin agents, a fitted
+two-task GP."""
 
 from __future__ import annotations
 
@@ -44,3 +45,18 @@ def twins(tmp_path_factory):
     yield cfgs
     for a in agents:
         a.stop()
+
+
+@pytest.fixture(scope="session")
+def fitted():
+    """(x, task, y, fitted MTGP hyperparameters) of 40 noisy values of :func:`two_tasks`."""
+    import numpy as np
+    from shared_data import two_tasks
+
+    from coorch.models.mtgp import fit_hyperparameters
+
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1))
+    t = rng.integers(0, 2, 40)
+    y = two_tasks(x[:, 0])[np.arange(40), t] + 0.02 * rng.standard_normal(40)
+    return x, t, y, fit_hyperparameters(x, t, y, 2)

@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from shared_data import two_tasks as truth
 
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
 from coorch.models.mtgp import default_hyperparameters, fit_hyperparameters, standardise
@@ -17,21 +18,6 @@ from coorch.models.mtgp_fit import (
     initialise,
     optimise,
 )
-
-
-def truth(x):
-    """Two correlated tasks over 1-D position: the second is a warped copy of the first."""
-    a = np.exp(-(((x - 0.6) / 0.12) ** 2))
-    return np.column_stack([a, 0.8 * a + 0.3 * np.sin(3 * x)])
-
-
-@pytest.fixture(scope="module")
-def fitted():
-    rng = np.random.default_rng(0)
-    x = rng.random((40, 1))
-    t = rng.integers(0, 2, 40)
-    y = truth(x[:, 0])[np.arange(40), t] + 0.02 * rng.standard_normal(40)
-    return x, t, y, fit_hyperparameters(x, t, y, 2)
 
 
 def test_incremental_variance_equals_exact_posterior(fitted):
