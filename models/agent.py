@@ -217,8 +217,9 @@ class RandomAgent(Agent):
     name = "random"
 
     def _score(self, inst: InstrumentCost, free: np.ndarray) -> np.ndarray:
+        pick = self.rng.choice(len(free))  # drawn before the value: the seeds' old streams
         score = np.full(len(free), -np.inf)
-        score[self.rng.choice(len(free))] = self.rng.random()
+        score[pick] = self.rng.random()
         return score
 
 
