@@ -78,3 +78,25 @@ def test_log_scale_reaches_the_policy_and_is_refused_for_vae_latents():
     assert agent.log_tasks.tolist() == [True]
     with pytest.raises(ValidationError, match="log_scale needs descriptor='physics'"):
         CampaignSpec(instruments=[{**inst, "descriptor": "vae"}])
+
+
+def test_prefect_yaml_deploys_every_flow_with_valid_parameters():
+    """One deployment per flow in flows/, its entrypoint importable and its example parameters
+    accepted by the flow's spec."""
+    import importlib
+    from pathlib import Path
+
+    import yaml
+
+    from coorch.deployments.im2spec_config import Im2SpecSpec
+
+    root = Path(__file__).resolve().parents[1]
+    deployments = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
+    specs = {"coorchestrate": CampaignSpec, "im2spec": Im2SpecSpec}
+    flows = {p.stem for p in (root / "flows").glob("*.py")} - {"__init__", "progress"}
+    assert {d["entrypoint"].split(":")[0] for d in deployments} == {f"flows/{f}.py" for f in flows}
+    for d in deployments:
+        path, name = d["entrypoint"].split(":")
+        flow = getattr(importlib.import_module(f"coorch.flows.{Path(path).stem}"), name)
+        assert flow.name == d["name"]
+        specs[d["name"]](**d["parameters"]["spec"])
