@@ -81,7 +81,7 @@ def _campaigns(
     from coorch.flows.progress import watching
     from coorch.instrument_agents.launch import start_twin
     from coorch.storage import CampaignStore
-    from coorch.tasks.campaign import geometry
+    from coorch.tasks.setup import geometry
 
     quiet_libraries()  # again: importing Prefect reconfigured logging
 

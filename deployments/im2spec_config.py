@@ -7,7 +7,7 @@ spectrum (``instrument.modality``, e.g. ``eels`` or ``pfm_loop``) reduced to one
 measured only where the deep-kernel model asks for it.
 
 The spec exposes ``instruments``, ``seeds_per_instrument``, ``extent``, ``grid``, ``library``
-and ``sample`` under the names the campaign helpers in ``coorch.tasks.campaign`` read, so
+and ``sample`` under the names the campaign helpers in ``coorch.tasks.setup`` read, so
 connecting, the store's metadata, the candidate grid and the seed positions are shared with the
 co-orchestration flow rather than written again.
 """

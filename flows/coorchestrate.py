@@ -21,7 +21,10 @@ from prefect.futures import PrefectFuture, as_completed
 from coorch.deployments.config import CampaignSpec
 from coorch.flows import progress
 from coorch.records import Decision
-from coorch.tasks.campaign import (
+from coorch.tasks.describe import Describer
+from coorch.tasks.measure import measure
+from coorch.tasks.runtime import Campaign
+from coorch.tasks.setup import (
     Background,
     CampaignResult,
     Instruments,
@@ -29,9 +32,6 @@ from coorch.tasks.campaign import (
     build_agent,
     seed_plan,
 )
-from coorch.tasks.describe import Describer
-from coorch.tasks.measure import measure
-from coorch.tasks.runtime import Campaign
 
 
 def why(d: Decision) -> str:

@@ -20,10 +20,10 @@ from prefect.context import get_run_context
 from pydantic import BaseModel
 
 from coorch.deployments.im2spec_config import Im2SpecSpec
-from coorch.tasks.campaign import Instruments, geometry, seed_plan
 from coorch.tasks.im2spec import im2spec_agent, spectral_describer, structure_agent
 from coorch.tasks.measure import measure
 from coorch.tasks.runtime import Campaign
+from coorch.tasks.setup import Instruments, geometry, seed_plan
 
 SURVEY = "survey"  # the policy name on the structure images' decisions
 

@@ -14,8 +14,8 @@ from coorch.models.cost import InstrumentCost
 from coorch.models.descriptors import describe, edge_peak_ratio
 from coorch.models.dkl_policy import Im2SpecPolicy
 from coorch.records import InstrumentDescription, Measurement, Signal
-from coorch.tasks.campaign import geometry
 from coorch.tasks.describe import Describer
+from coorch.tasks.setup import geometry
 
 
 def spectral_describer(spec: Im2SpecSpec) -> Describer:

@@ -37,7 +37,7 @@ def test_config_knows_exactly_the_policies_make_policy_builds():
 
 def test_policy_options_reach_the_policy_and_bad_ones_are_named():
     from coorch.instrument_agents.twins import make_twin
-    from coorch.tasks.campaign import build_agent
+    from coorch.tasks.setup import build_agent
 
     twin = make_twin("raman", "smbfo")
     inst = {
@@ -62,7 +62,7 @@ def test_policy_options_reach_the_policy_and_bad_ones_are_named():
 
 def test_log_scale_reaches_the_policy_and_is_refused_for_vae_latents():
     from coorch.instrument_agents.twins import make_twin
-    from coorch.tasks.campaign import build_agent
+    from coorch.tasks.setup import build_agent
 
     twin = make_twin("wds", "alscbn")
     inst = {
