@@ -2,8 +2,10 @@
 
 Modules, one job each (imported explicitly, so that importing the protocol stays cheap):
 
-* ``protocol``  -- the ``Driver`` Protocol and ``DriverError``/``Aborted``;
+* ``protocol``  -- the ``Driver`` Protocol, the optional ``Resettable`` capability and the
+  ``DriverError`` family (``Aborted``, ``ResponseLost``);
 * ``server``    -- ``create_app(driver, token=..)``: auth, lease, limits, exactly-once measure;
+* ``guards``    -- what the server remembers: the controller lease, results by request id;
 * ``client``    -- ``InstrumentClient`` (httpx, retries with the same request id) and errors;
 * ``launch``    -- ``serve_driver`` / ``start_twin``: uvicorn on loopback in a thread;
 * ``frames``    -- ``AffineFrame`` library <-> stage from >= 3 fiducials;

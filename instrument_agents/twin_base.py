@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from coorch.instrument_agents.faults import FaultInjector, ResponseLost
+from coorch.instrument_agents.faults import FaultInjector
 from coorch.instrument_agents.frames import AffineFrame
 from coorch.instrument_agents.libraries import VirtualLibrary, get_library
-from coorch.instrument_agents.protocol import Aborted, DriverError
+from coorch.instrument_agents.protocol import Aborted, DriverError, ResponseLost
 from coorch.records import InstrumentDescription, ModalitySpec, Signal
 
 Renderer = Callable[[np.ndarray, np.ndarray], np.ndarray]
