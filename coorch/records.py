@@ -107,8 +107,47 @@ class Measurement(BaseModel):
     campaign: str | None = None
 
 
+class HumanInput(BaseModel):
+    """What an operator did to a campaign: who, when, what, and the proposal it replaced.
+
+    ``action`` is one of :data:`STEERING_ACTIONS`; ``detail`` holds its arguments (a position,
+    a box, a score with its comment, a weight); ``replaced`` is the agent's proposal (a
+    :class:`Decision` as a dict) that an accept or override answered, else None.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    operator: str
+    action: str
+    at: float = Field(default_factory=time.time)
+    detail: dict[str, Any] = Field(default_factory=dict)
+    replaced: dict[str, Any] | None = None
+
+
+#: What an operator can do: answer a review (accept, override), score a measured signal
+#: (vote), redirect (seed, exclude, weight, budget, hold, release, explore) or stop.
+STEERING_ACTIONS = (
+    "accept",
+    "override",
+    "vote",
+    "seed",
+    "exclude",
+    "weight",
+    "budget",
+    "hold",
+    "release",
+    "explore",
+    "stop",
+)
+
+
 class Decision(BaseModel):
-    """Why a measurement was asked for: enough to replay or audit the choice later."""
+    """Why a measurement was asked for: enough to replay or audit the choice later.
+
+    A row with an empty ``modality`` asks for no measurement: it records an operator's input
+    that is not a position (a vote, an excluded box, a stop), so the decisions table holds
+    every human input (:attr:`requests_measurement`).
+    """
 
     decision_id: str = Field(default_factory=lambda: new_id("d"))
     measurement_id: str = Field(
@@ -124,8 +163,13 @@ class Decision(BaseModel):
     pending: list[str] = Field(default_factory=list)
     acquisition_value: float = float("nan")
     n_candidates: int = 0
-    human_input: str | None = None
+    human_input: HumanInput | None = None
     created: float = Field(default_factory=time.time)
     flow_run_id: str | None = None
     task_run_id: str | None = None
     campaign: str | None = None
+
+    @property
+    def requests_measurement(self) -> bool:
+        """False for a row that only records an operator's input (see the class docstring)."""
+        return bool(self.modality)

@@ -10,7 +10,7 @@ normalisations, which the round-trip test (``tests/test_storage_codec.py``) stat
   are not stored; values come back as nested lists of floats;
 - measurements and decisions: an empty ``decision_id`` / ``flow_run_id`` / ``task_run_id`` /
   ``campaign`` decodes to ``None`` (they are stored as ``''`` when absent);
-- decisions: ``human_input`` of ``""`` or ``"null"`` decodes to ``None``.
+- decisions: ``human_input`` is a :class:`HumanInput` as a JSON object; ``"null"`` decodes to ``None``.
 
 The decoders are column-wise (``*_from_columns``: one ``tolist`` per column, then one record per
 row) because a campaign is read back whole on resume; ``*_from_row`` decode one row.
@@ -190,7 +190,7 @@ def decision_row(d: Decision) -> dict[str, Any]:
         "pending": json.dumps(list(d.pending)),
         "acquisition_value": float(acq) if acq is not None else float("nan"),
         "n_candidates": int(d.n_candidates),
-        "human_input": json.dumps(d.human_input),
+        "human_input": json.dumps(d.human_input and d.human_input.model_dump(mode="json")),
         "created": float(d.created),
         "flow_run_id": d.flow_run_id or "",
         "task_run_id": d.task_run_id or "",
@@ -206,8 +206,7 @@ def decision_from_row(row: Mapping[str, Any]) -> Decision:
     for key in ("trained_on", "pending"):
         rec[key] = json.loads(rec[key]) if rec[key] else []
     hi = json.loads(rec["human_input"]) if rec["human_input"] else None
-    nan = isinstance(hi, float) and math.isnan(hi)
-    rec["human_input"] = None if hi is None or hi in ("", "null") or nan else str(hi)
+    rec["human_input"] = hi if isinstance(hi, dict) else None
     for key in _OPTIONAL_IDS:
         rec[key] = str(rec[key]) or None
     for key in _NAN_TO_NONE:

@@ -14,7 +14,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coorch.records import Decision, Measurement, Signal
+from coorch.records import STEERING_ACTIONS, Decision, HumanInput, Measurement, Signal
 from coorch.storage import CampaignStore
 from coorch.storage.codec import (
     SignalGrid,
@@ -31,6 +31,7 @@ SETTINGS = settings(
 )
 floats = st.floats(allow_nan=False, width=64)
 text = st.text(max_size=12)
+finite = st.floats(allow_nan=False, allow_infinity=False)
 ids = st.text(min_size=1, max_size=16)
 optional_id = st.one_of(st.none(), ids)
 
@@ -86,7 +87,19 @@ def measurements(draw: st.DrawFn) -> Measurement:
 
 @st.composite
 def decisions(draw: st.DrawFn) -> Decision:
-    human = draw(st.one_of(st.none(), text.filter(lambda s: s not in ("", "null"))))
+    human = draw(
+        st.one_of(
+            st.none(),
+            st.builds(
+                HumanInput,
+                operator=text,
+                action=st.sampled_from(STEERING_ACTIONS),
+                at=floats,
+                detail=st.dictionaries(text, st.one_of(text, finite), max_size=3),
+                replaced=st.one_of(st.none(), st.dictionaries(text, text, max_size=2)),
+            ),
+        )
+    )
     return Decision(
         decision_id=f"d-{uuid.uuid4().hex[:8]}-{draw(text)}",
         measurement_id=draw(ids),
@@ -159,7 +172,6 @@ def test_decoder_normalisations():
         library_x=1.0,
         library_y=2.0,
         policy="p",
-        human_input="",
         flow_run_id="",
         campaign="",
     )
