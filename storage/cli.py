@@ -133,7 +133,8 @@ def lineage_cmd(
     as_json: Annotated[bool, typer.Option("--json")] = False,
     option: OptionsArg = None,
 ) -> None:
-    """Where a measurement came from (decision, its training data) and what it influenced."""
+    """Where a measurement came from (decision, its training data), what it influenced, and
+    what operators did about it (an override of its proposal, votes on its signal)."""
     store = _open(url, option)
     try:
         lin = store.lineage(measurement_id)
@@ -174,7 +175,36 @@ def lineage_cmd(
         f"{len(lin['forward']['measurements'])} measurements they caused: "
         + ", ".join(lin["forward"]["measurements"][:8])
     )
+    _add_human(tree, lin["human"])
     console.print(tree)
+
+
+def _add_human(tree: Tree, inputs: list[dict[str, Any]]) -> None:
+    """The ``human`` branch of ``lineage``: one line per operator input, and under an accept or
+    override the agent's proposal it answered, so an audit sees what the machine wanted."""
+    human = tree.add("[yellow]human[/yellow]")
+    if not inputs:
+        human.add("no operator input")
+    for h in inputs:
+        detail = {k: v for k, v in h["detail"].items() if k != "measurement_id"}
+        node = human.add(
+            f"{h['action']} by {h['operator']} at {(h['at'] or '-')[:19]} "
+            f"(decision {h['decision_id']})"
+            + (": " + ", ".join(f"{k}={v}" for k, v in detail.items()) if detail else "")
+        )
+        r = h["replaced"]
+        if r:
+            node.add(
+                f"replaced proposal {r.get('decision_id', '-')}: {r.get('modality', '-')} by "
+                f"{r.get('instrument', '-')} at ({_num(r.get('library_x'), '.3g')}, "
+                f"{_num(r.get('library_y'), '.3g')}) mm, policy {r.get('policy', '-')} "
+                f"acquisition {_num(r.get('acquisition_value'), '.4g')}"
+            )
+
+
+def _num(value: Any, spec: str) -> str:
+    """A number of a stored record, formatted; '-' when absent (JSON writes NaN as null)."""
+    return "-" if value is None else format(float(value), spec)
 
 
 @store_app.command("verify")

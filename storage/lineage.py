@@ -1,10 +1,11 @@
-"""Lineage: why a measurement exists and what it went on to influence.
+"""Lineage: why a measurement exists, what it went on to influence, and what people said of it.
 
 Kept as a pure function of the two tables so that it can be run on exported data too.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pandas as pd
@@ -16,14 +17,59 @@ def _decision_record(row: pd.Series) -> dict[str, Any]:
     return rec
 
 
+def _as_dict(value: Any) -> dict[str, Any] | None:
+    """A ``human_input`` cell as a dict: the store gives a dict, a Parquet export a JSON
+    string, and an absent input is None, NaN or ``"null"``."""
+    if isinstance(value, str):
+        value = json.loads(value) if value else None
+    return value if isinstance(value, dict) else None
+
+
+def _human_record(hi: dict[str, Any], decision_id: str) -> dict[str, Any]:
+    """One human input as lineage shows it: ``at`` as ISO time (UTC), and the decision row
+    that holds it, so the input can be found in the table."""
+    at = hi.get("at")
+    return {
+        "operator": hi.get("operator"),
+        "action": hi.get("action"),
+        "at": pd.Timestamp(float(at), unit="s", tz="UTC").isoformat() if at is not None else None,
+        "detail": dict(hi.get("detail") or {}),
+        "replaced": hi.get("replaced"),
+        "decision_id": decision_id,
+    }
+
+
+def human_inputs(
+    decisions: pd.DataFrame, measurement_id: str, decision_id: str | None
+) -> list[dict[str, Any]]:
+    """Human inputs about ``measurement_id``, oldest first: the input on the decision that
+    requested it (``decision_id``: an accept or override, with the proposal it replaced) and
+    every input whose ``detail`` names it (votes on its signal)."""
+    if decisions.empty or "human_input" not in decisions:
+        return []
+    out = []
+    for did, cell in zip(decisions["decision_id"], decisions["human_input"], strict=True):
+        hi = _as_dict(cell)
+        if hi is None:
+            continue
+        about = (hi.get("detail") or {}).get("measurement_id") == measurement_id
+        if about or (decision_id and did == decision_id):
+            out.append(_human_record(hi, did))
+    return sorted(out, key=lambda r: r["at"] or "")
+
+
 def lineage(
     measurements: pd.DataFrame, decisions: pd.DataFrame, measurement_id: str
 ) -> dict[str, Any]:
-    """One hop each way from ``measurement_id``.
+    """One hop each way from ``measurement_id``, and the human inputs about it.
 
     back: the decision that requested it (``None`` if it was not requested by a stored
     decision) and the measurement ids that decision was trained on;
     forward: the decisions whose ``trained_on`` include it and the measurements they caused.
+    Rows that only record an operator's input (empty ``modality``: a vote, a stop) are not
+    decisions in this sense, whatever their ``trained_on`` holds; they show under
+    human: :func:`human_inputs`, each with operator, action, at, detail, replaced and the
+    ``decision_id`` of its row.
     """
     hit = measurements[measurements["measurement_id"] == measurement_id]
     if hit.empty:
@@ -47,7 +93,8 @@ def lineage(
     forward_decisions = []
     caused: list[str] = []
     if not decisions.empty:
-        mask = decisions["trained_on"].apply(lambda ids: measurement_id in (ids or []))
+        requests = decisions["modality"].astype(str) != ""
+        mask = requests & decisions["trained_on"].apply(lambda ids: measurement_id in (ids or []))
         for _, d in decisions[mask].iterrows():
             forward_decisions.append(d["decision_id"])
             caused.extend(by_decision.get(d["decision_id"], []))
@@ -55,4 +102,5 @@ def lineage(
         "measurement": record,
         "back": back,
         "forward": {"decisions": forward_decisions, "measurements": caused},
+        "human": human_inputs(decisions, measurement_id, m["decision_id"] or None),
     }
