@@ -77,6 +77,9 @@ class Agent:
         self.pending: dict[str, tuple[str, int]] = {}  # measurement id -> (instrument, cand)
         self.position: dict[str, np.ndarray] = {}  # where each instrument is (or will be), mm
         self.visited: dict[str, set[int]] = {i.name: set() for i in instruments}
+        self.forbidden: set[int] = set()  # candidates an operator excluded
+        self.task_weight = np.ones(self.num_tasks)  # operators' weights per task
+        self.emphasis: np.ndarray | None = None  # (M,) operators' votes, see focus()
 
     def instrument(self, name: str) -> InstrumentCost:
         try:
@@ -107,6 +110,11 @@ class Agent:
 
     def ask(self, instrument: str | None = None) -> Suggestion:
         """The next measurement for ``instrument`` (or the best pair), made pending."""
+        return self.accept(self.propose(instrument))
+
+    def propose(self, instrument: str | None = None) -> Suggestion:
+        """What :meth:`ask` would choose, with nothing made pending: a proposal an operator
+        reviews, then :meth:`accept` it or :meth:`reserve` what they chose instead."""
         best = None
         for name in self._contenders(instrument):
             inst = self.instrument(name)
@@ -114,7 +122,12 @@ class Agent:
             if best is None or value > best[2]:
                 best = (inst, cand, value)
         inst, cand, value = best
-        return self._pend(inst, cand, value, self.name, new_id("m"))
+        return self._suggest(inst, cand, value, self.name, new_id("m"))
+
+    def accept(self, s: Suggestion) -> Suggestion:
+        """Make a proposal pending, as chosen (its model version and lineage kept)."""
+        self._pend(self.instrument(s.instrument), self.nearest(s.x), s.measurement_id)
+        return s
 
     def reserve(
         self,
@@ -126,9 +139,42 @@ class Agent:
     ) -> Suggestion:
         """Make a position chosen outside the agent pending, at the nearest candidate."""
         inst = self.instrument(instrument)
-        return self._pend(
-            inst, self.nearest(x), float("nan"), reason, measurement_id or new_id("m")
-        )
+        cand = self.nearest(x)
+        s = self._suggest(inst, cand, float("nan"), reason, measurement_id or new_id("m"))
+        self._pend(inst, cand, s.measurement_id)
+        return s
+
+    # -- operators' redirects (DESIGN.md, "Steering") -------------------------------------
+    def exclude(self, box: Sequence[float]) -> int:
+        """Never send any instrument into the library box ``(x0, x1, y0, y1)`` (mm) again;
+        returns how many candidates that removes."""
+        x0, x1, y0, y1 = (float(v) for v in box)
+        c = self.candidates
+        inside = (c[:, 0] >= min(x0, x1)) & (c[:, 0] <= max(x0, x1))
+        if c.shape[1] > 1:
+            inside &= (c[:, 1] >= min(y0, y1)) & (c[:, 1] <= max(y0, y1))
+        new = set(np.flatnonzero(inside).tolist()) - self.forbidden
+        self.forbidden |= new
+        return len(new)
+
+    def weigh(self, instrument: str, weight: float) -> None:
+        """How much ``instrument``'s map matters (1: as much as any other): its tasks' weight
+        in the knowledge every measurement is valued by."""
+        if not weight >= 0:
+            raise ValueError(f"a weight is >= 0, not {weight!r}")
+        self.task_weight[list(self.instrument(instrument).tasks)] = float(weight)
+
+    def focus(self, reward: np.ndarray | None, weight: float) -> None:
+        """Value knowledge more where operators score high: ``reward`` (M,) per candidate (a
+        surrogate of their votes), ``weight`` 0 (knowledge everywhere alike) to 1 (only
+        where the reward is high). None: back to the library as a whole."""
+        if reward is None or weight <= 0:
+            self.emphasis = None
+            return
+        r = np.asarray(reward, float)
+        span = np.ptp(r)
+        r = (r - r.min()) / span if span > 0 else np.ones_like(r)
+        self.emphasis = (1.0 - weight) + weight * r / max(float(r.mean()), 1e-9)
 
     def relabel(self, values: dict[str, np.ndarray]) -> None:
         """Replace the values of measurements already told (positions do not change)."""
@@ -159,8 +205,10 @@ class Agent:
         return [instrument] if instrument else list(self.instruments)
 
     def _excluded(self, inst: InstrumentCost) -> np.ndarray:
-        """Candidates ``inst`` must not be sent to: by default, its pending ones."""
-        return np.asarray([c for name, c in self.pending.values() if name == inst.name], int)
+        """Candidates ``inst`` must not be sent to: by default, its pending ones and those an
+        operator excluded."""
+        mine = [c for name, c in self.pending.values() if name == inst.name]
+        return np.asarray(sorted(set(mine) | self.forbidden), int)
 
     def _trained_on(self) -> tuple[str, ...]:
         """Measurement ids the current model read (a decision's lineage)."""
@@ -180,14 +228,15 @@ class Agent:
         best = int(np.argmax(score))
         return int(free[best]), float(score[best])
 
-    def _pend(
-        self, inst: InstrumentCost, cand: int, value: float, reason: str, mid: str
-    ) -> Suggestion:
-        pending = tuple(self.pending)
+    def _pend(self, inst: InstrumentCost, cand: int, mid: str) -> None:
         self.pending[mid] = (inst.name, cand)
         self.visited[inst.name].add(cand)
         self._condition(self.unit[cand], inst)
         self.position[inst.name] = self.candidates[cand]
+
+    def _suggest(
+        self, inst: InstrumentCost, cand: int, value: float, reason: str, mid: str
+    ) -> Suggestion:
         return Suggestion(
             instrument=inst.name,
             x=self.candidates[cand].copy(),
@@ -196,7 +245,7 @@ class Agent:
             policy=reason,
             model_version=self.model_version,
             trained_on=self._trained_on(),
-            pending=pending,
+            pending=tuple(self.pending),
             n_candidates=len(self.candidates),
         )
 
@@ -234,13 +283,12 @@ class GridAgent(Agent):
         self.order = farthest_point_order(self.unit)
         self.asked = dict.fromkeys(self.instruments, 0)
 
-    def ask(self, instrument: str | None = None) -> Suggestion:
-        s = super().ask(instrument)
+    def accept(self, s: Suggestion) -> Suggestion:
         self.asked[s.instrument] += 1
-        return s
+        return super().accept(s)
 
     def _choose(self, inst: InstrumentCost) -> tuple[int, float]:
-        seen = self.visited[inst.name]
+        seen = self.visited[inst.name] | self.forbidden
         fresh = next((int(c) for c in self.order if int(c) not in seen), None)
         # once every candidate is done the survey starts over; when several instruments are
         # free, the one with the least done so far wins

@@ -8,10 +8,10 @@
   agent);
 - **cost**: instrument-seconds per candidate (``coorch.models.cost``), divided out.
 
-Hyperparameters come from outside (a background fit): :meth:`MTGPAgent.propose` snapshots what
-a new posterior needs and returns the work of building it (O(n^2 M T): the campaign runs it off
-the decision path), :meth:`MTGPAgent.install` swaps the result in and replays the points
-reserved meanwhile. :meth:`MTGPAgent.set_hyperparameters` does both at once.
+Hyperparameters come from outside (a background fit): :meth:`MTGPAgent.posterior_work`
+snapshots what a new posterior needs and returns the work of building it (O(n^2 M T): the
+campaign runs it off the decision path), :meth:`MTGPAgent.install` swaps the result in and
+replays the points reserved meanwhile. :meth:`MTGPAgent.set_hyperparameters` does both at once.
 """
 
 from __future__ import annotations
@@ -86,13 +86,19 @@ class IntegratedVarianceReduction:
     weight_power: float = 0.0
 
     def __call__(
-        self, model: Posterior, tasks: list[int], exclude: np.ndarray
+        self,
+        model: Posterior,
+        tasks: list[int],
+        exclude: np.ndarray,
+        emphasis: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         h = model.post.hyper
         w = np.ones(h.num_tasks) if self.task_weights is None else np.asarray(self.task_weights)
-        w = w * h.y_scale**self.weight_power / h.prior_variance
+        w = model.value_scale * (w * h.y_scale**self.weight_power / h.prior_variance)[None]
+        if emphasis is not None:
+            w = w * emphasis
         return integrated_variance_reduction(
-            model.post, tasks, model.value_scale * w[None], top_k=self.top_k, exclude=exclude
+            model.post, tasks, w, top_k=self.top_k, exclude=exclude
         )
 
 
@@ -101,9 +107,15 @@ class MaxVariance:
     """The largest standardised predictive variance among the instrument's tasks."""
 
     def __call__(
-        self, model: Posterior, tasks: list[int], exclude: np.ndarray
+        self,
+        model: Posterior,
+        tasks: list[int],
+        exclude: np.ndarray,
+        emphasis: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         score = max_variance(model.post, tasks)
+        if emphasis is not None:
+            score = score * emphasis[:, tasks].max(1)
         score[exclude] = -np.inf
         return np.arange(len(score)), score
 
@@ -168,7 +180,7 @@ class MTGPAgent(Agent):
         return log_tasks(list(self.instruments.values()))
 
     # -- the model ----------------------------------------------------------------------
-    def propose(self, h: MTGPHyperparameters) -> Callable[[], Posterior]:
+    def posterior_work(self, h: MTGPHyperparameters) -> Callable[[], Posterior]:
         """The work of building the posterior for fitted ``h`` on everything reserved so far:
         run it anywhere (it reads a snapshot), then :meth:`install` its result."""
         trusted = self.decision.trusted(h, self.log.counts(), self.trend)
@@ -185,7 +197,7 @@ class MTGPAgent(Agent):
 
     def set_hyperparameters(self, h: MTGPHyperparameters) -> None:
         """Swap in fitted ``h`` now (builds the posterior on this thread)."""
-        self.install(self.propose(h)())
+        self.install(self.posterior_work(h)())
 
     def _build(self, h: MTGPHyperparameters, rows, data) -> Posterior:
         post = IncrementalPosterior(
@@ -207,10 +219,20 @@ class MTGPAgent(Agent):
         return taken
 
     def _choose(self, inst: InstrumentCost) -> tuple[int, float]:
-        idx, score = self.acquisition(self.model, list(inst.tasks), self._excluded(inst))
+        idx, score = self.acquisition(
+            self.model, list(inst.tasks), self._excluded(inst), self._emphasis()
+        )
         value = score / self.cost(inst, self.candidates[idx], self.position.get(inst.name))
         best = int(np.argmax(value))
         return int(idx[best]), float(value[best])
+
+    def _emphasis(self) -> np.ndarray | None:
+        """(M, T) operators' weights on the knowledge at each candidate and task (instrument
+        weights, votes), None when they have said nothing."""
+        if self.emphasis is None and (self.task_weight == 1).all():
+            return None
+        where = np.ones(len(self.candidates)) if self.emphasis is None else self.emphasis
+        return where[:, None] * self.task_weight[None]
 
     # -- beliefs --------------------------------------------------------------------------
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -143,7 +143,7 @@ class HyperparameterRefit:
                 self.failed += 1
                 return
             self.latest = (key, hyper)
-            self.building = self.builder.submit(agent.propose(hyper))
+            self.building = self.builder.submit(agent.posterior_work(hyper))
             if self.building.done():  # an inline builder: install now
                 self._collect(agent)
 

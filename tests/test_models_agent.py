@@ -69,7 +69,7 @@ def test_a_posterior_built_elsewhere_replays_points_reserved_meanwhile(fitted):
     pol = MTGPAgent(cand, np.array([[0.0, 1.0]]), instruments())
     for _ in range(3):
         pol.ask("a")
-    build = pol.propose(h)  # snapshot now, build later (on a thread in a campaign)
+    build = pol.posterior_work(h)  # snapshot now, build later (on a thread in a campaign)
     pol.ask("b")  # reserved while the new posterior is being built
     pol.install(build())
     pol.ask("a")

@@ -102,7 +102,7 @@ def decide_repeatedly(agent: MTGPAgent, n_decisions: int, executor) -> tuple[lis
                 agent.install(build.result())
                 build = None
             if refit is not None and refit.done():
-                build, refit = builder.submit(agent.propose(refit.result())), None
+                build, refit = builder.submit(agent.posterior_work(refit.result())), None
     return lat, busy
 
 
