@@ -20,7 +20,7 @@ from pathlib import Path
 from coorch.net import free_port, wait_until_healthy
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: ask Linux to SIGTERM it when its parent dies, so a killed
     demo or benchmark (even kill -9) never leaves a server behind. A no-op elsewhere."""
     if sys.platform.startswith("linux"):
@@ -28,20 +28,30 @@ def _die_with_parent() -> None:
 
 
 @contextlib.contextmanager
-def local_prefect_server(home: Path, *, startup_timeout_s: float = 120.0) -> Iterator[str]:
+def local_prefect_server(
+    home: Path, *, startup_timeout_s: float = 120.0, ui: bool = False, port: int = 0
+) -> Iterator[str]:
     """Start ``prefect server start`` on loopback with state in ``home``; yield its API URL and
-    point this process's Prefect client at it (``PREFECT_API_URL``); stop it on exit."""
+    point this process's Prefect client at it (``PREFECT_API_URL``); stop it on exit.
+
+    ``ui``: serve the Prefect UI at the URL without ``/api`` (``coorch up``); off by default
+    because a one-run server (the demo, the crash tests) has nobody to look at it.
+    ``port``: 0 picks a free one. The UI is told its API URL explicitly: left to itself it
+    derives it from the *settings* host and port (4200), not from ``--port``.
+    """
     home.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = {
         **os.environ,
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_SERVER_UI_ENABLED": "false",
+        "PREFECT_SERVER_UI_ENABLED": str(ui).lower(),
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
     env.pop("PREFECT_API_URL", None)
+    if ui:
+        env["PREFECT_UI_API_URL"] = url
     prefect = Path(sys.executable).with_name("prefect")
     log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
@@ -53,7 +63,7 @@ def local_prefect_server(home: Path, *, startup_timeout_s: float = 120.0) -> Ite
             "127.0.0.1",
             "--port",
             str(port),
-            "--no-ui",
+            "--ui" if ui else "--no-ui",
             "--analytics-off",
         ],
         env=env,
@@ -61,7 +71,7 @@ def local_prefect_server(home: Path, *, startup_timeout_s: float = 120.0) -> Ite
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
     )
     old = os.environ.get("PREFECT_API_URL")
     try:
