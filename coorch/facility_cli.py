@@ -1,0 +1,86 @@
+"""``coorch up`` / ``coorch down``: the embedded facility in the background.
+
+Kept out of ``coorch/cli.py`` (which mounts :func:`up_command` and :func:`down_command`) so the
+commands sit beside nothing but their output; the work is in
+:mod:`coorch.deployments.facility`, imported lazily so ``coorch --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+_DIR_HELP = "the facility's folder: state, logs, token, facility.json, campaign.yaml"
+
+
+def _one_line(exc: Exception) -> str:
+    """A pydantic error of a FACILITY.yaml as "where: what; ...", anything else squeezed."""
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):
+        parts = []
+        for e in exc.errors():
+            where, what = ".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, ")
+            parts.append(f"{where}: {what}" if where else what)
+        return "config: " + "; ".join(parts)
+    return " ".join(str(exc).split())
+
+
+def up_command(
+    run_dir: Path = typer.Option(Path("runs/facility"), "--dir", help=_DIR_HELP),
+    config: Path | None = typer.Option(
+        None,
+        "--config",
+        exists=True,
+        dir_okay=False,
+        help="FACILITY.yaml (a FacilityConfig); default: the demo's four twins on smbfo",
+    ),
+    port: int = typer.Option(4200, "--port", help="port of the Prefect API and UI (127.0.0.1)"),
+) -> None:
+    """Start a local Prefect server with its UI, twin instrument agents and a Dask cluster in
+    the background; return once all answer. Stop them with `coorch down`."""
+    from coorch.deployments.facility import FacilityError, up
+
+    try:
+        info, already = up(run_dir, config=config, port=port)
+    except (FacilityError, ValueError) as exc:
+        typer.echo(f"coorch up: {_one_line(exc)}", err=True)
+        raise typer.Exit(1) from None
+    state = "already up" if already else "up"
+    typer.echo(f"facility {state} in {run_dir} (supervisor pid {info.supervisor_pid})")
+    typer.echo(f"  Prefect UI  {info.ui_url}")
+    for a in info.instruments:
+        typer.echo(f"  agent       {a.name:<12} {a.modality:<11} {a.url}")
+    typer.echo(f"  Dask        {info.dask_address}")
+    typer.echo(f"  log         {info.log_file}")
+    typer.echo("Run a campaign against it (it shows in the UI under Runs, flow coorchestrate):")
+    typer.echo(f"  export PREFECT_API_URL={info.prefect_api_url}")
+    typer.echo(f"  coorch run {info.campaign_spec}")
+    typer.echo(f"Stop it: coorch down --dir {run_dir}")
+
+
+def down_command(
+    run_dir: Path = typer.Option(Path("runs/facility"), "--dir", help=_DIR_HELP),
+) -> None:
+    """Stop the facility started by `coorch up` in --dir: every agent, Dask, the Prefect
+    server (its state stays in <dir>/.prefect for the next `up`)."""
+    from coorch.deployments.facility import FacilityError, down
+
+    try:
+        stopped = down(run_dir)
+    except FacilityError as exc:
+        typer.echo(f"coorch down: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if stopped is None:
+        typer.echo(f"no facility running in {run_dir}")
+        return
+    info, pid = stopped
+    if info is None:
+        typer.echo(f"stopped a facility that was still starting (supervisor pid {pid})")
+        return
+    names = ", ".join(a.name for a in info.instruments)
+    typer.echo(
+        f"stopped: Prefect server and UI {info.ui_url}, agents {names}, "
+        f"Dask {info.dask_address} (supervisor pid {pid})"
+    )
