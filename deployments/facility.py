@@ -391,8 +391,9 @@ def serve(run_dir: Path, config: Path | None, port: int) -> int:
     except Exception as exc:
         if up_:
             LOG.exception("error while running or stopping the facility")
-        else:  # one line for `up` to repeat; the traceback stays in the log
-            LOG.debug("startup failure", exc_info=True)
+        else:  # one line for `up` to repeat, after the traceback of a surprise
+            if not isinstance(exc, FacilityError):
+                LOG.info("startup failed", exc_info=True)
             LOG.error("%s %s", STARTUP_ERROR, " ".join(str(exc).split()) or type(exc).__name__)
         code = 1
     finally:
