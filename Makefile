@@ -18,6 +18,10 @@ demo: $(STAMP)
 	$(BIN)/coorch demo
 
 test: lint
+	# the HTML report's test opens the page in headless Chromium (Debian's package; a fresh
+	# machine has no package lists until apt-get update)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
+	  || (sudo apt-get update -qq && sudo apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
 # ruff (lint and format), and the layer map of ../shared/DESIGN.md as import-linter contracts (pyproject.toml)
