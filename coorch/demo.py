@@ -143,9 +143,10 @@ def _score(
     extent: np.ndarray,
     console: Console,
 ) -> dict:
-    """Each run's error against the twins' ground truth, the report figure, the summary."""
+    """Each run's error against the twins' ground truth, the report figure and page, the summary."""
     from coorch.models.mtgp import aspect, fit_hyperparameters
     from coorch.tasks.report import ground_truth, nrmse_curve, plot_report, training_arrays
+    from coorch.tasks.report_html import write_report
 
     twins = {i.name: agents[i.kind].driver for i in instruments}
     modalities = {i.name: i.modality for i in instruments}
@@ -159,6 +160,7 @@ def _score(
         log_tasks=log_tasks,
     )
     png = plot_report(run_dir / "report.png", stores, curves, truth, extent, hyper)
+    page = write_report(run_dir / "campaign.zarr", run_dir / "report.html", truth=truth)
     summary = {
         p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
         for p, c in curves.items()
@@ -176,8 +178,8 @@ def _score(
             f"{seconds:.0f} s",
             soft_wrap=True,
         )
-    console.print(f"store: {run_dir / 'campaign.zarr'}   report: {png}")
-    return {"summary": summary, "report": str(png)}
+    console.print(f"store: {run_dir / 'campaign.zarr'}   report: {png}   {page}")
+    return {"summary": summary, "report": str(png), "report_html": str(page)}
 
 
 def _run_with_progress(flow_fn, watching, spec, console: Console):
