@@ -61,10 +61,12 @@ def _mount() -> None:
     from coorch.benchmarks.pareto import bench_pareto_command
     from coorch.im2spec_cli import im2spec_command
     from coorch.instrument_agents.cli import agent_app
+    from coorch.steer_cli import steer_app
     from coorch.storage.cli import store_app
 
     app.add_typer(agent_app, name="agent", help="Instrument agents (serve a twin or replay).")
     app.add_typer(store_app, name="store", help="Inspect, verify and export stores.")
+    app.add_typer(steer_app, name="steer", help="Review and redirect running campaigns.")
     app.command("im2spec")(im2spec_command)
     bench_app.command("decision")(bench_decision_command)
     bench_app.command("efficiency")(bench_efficiency_command)
@@ -74,3 +76,6 @@ def _mount() -> None:
 
 
 _mount()
+
+if __name__ == "__main__":
+    app()

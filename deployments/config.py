@@ -190,6 +190,16 @@ class CampaignSpec(BaseModel):
         return v
 
     @model_validator(mode="after")
+    def _votes_need_a_gp(self) -> CampaignSpec:
+        gp = ("coorchestrate", "single_task", "max_uncertainty")
+        if self.steering.mode == "votes" and self.policy not in gp:
+            raise ValueError(
+                f"steering.mode='votes' needs a multi-task GP policy {gp}, not "
+                f"{self.policy!r}: votes are learnt over the GP's predicted descriptors"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _unique_instruments(self) -> CampaignSpec:
         names = [i.name for i in self.instruments]
         if len(set(names)) != len(names):

@@ -2,10 +2,17 @@
 
 Story: connect to each instrument agent (take its lease, load the sample), open the store,
 resume what the store holds (or plan a few seed points per instrument), then keep every
-instrument busy: whenever one finishes, its stored measurement is recorded (described, told to
-the agent, background work polled) and the instrument gets its next decision, made here in the
-flow with the points still being measured elsewhere counted as pending, then carried out by one
-``measure`` task run. No science here: it composes ``coorch.tasks``.
+instrument busy (:class:`Conductor`): whenever one finishes, its stored measurement is recorded
+(described, told to the agent, background work polled) and the instrument gets its next
+decision, made here in the flow with the points still being measured elsewhere counted as
+pending, then carried out by one ``measure`` task run. No science here: it composes
+``coorch.tasks``.
+
+Operators steer through :mod:`coorch.flows.steering` when the spec names a steering token:
+in review mode an instrument's proposal waits for an answer while the others keep measuring;
+redirects and votes arrive between decisions. Everything (measurements, answers, commands)
+reaches the flow as an event on one queue, so the agent is only ever used from the flow's
+thread.
 
 Progress: one record per measurement on the ``coorch.progress`` logger
 (:mod:`coorch.flows.progress`), for whoever shows it.
@@ -13,14 +20,19 @@ Progress: one record per measurement on the ``coorch.progress`` logger
 
 from __future__ import annotations
 
+import contextlib
+import queue
+from collections.abc import Iterator
+
 import numpy as np
 from prefect import flow, get_run_logger
 from prefect.context import get_run_context
-from prefect.futures import PrefectFuture, as_completed
+from prefect.futures import PrefectFuture
 
 from coorch.deployments.config import CampaignSpec
 from coorch.flows import progress
-from coorch.records import Decision
+from coorch.flows.steering import Desk, answer_fields
+from coorch.records import Decision, HumanInput
 from coorch.tasks.describe import Describer
 from coorch.tasks.measure import measure
 from coorch.tasks.runtime import Campaign
@@ -36,7 +48,9 @@ from coorch.tasks.setup import (
 
 def why(d: Decision) -> str:
     """A decision's reason in a few words, for progress lines."""
-    if d.policy in ("seed", "survey"):
+    if d.human_input is not None:
+        return f"{d.human_input.action} by {d.human_input.operator}"
+    if d.policy in ("seed", "survey", "operator"):
         return d.policy
     return f"{d.policy} gain/cost={d.acquisition_value:.3g} ({d.model_version})"
 
@@ -46,6 +60,7 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
     """Run (or resume) the campaign ``spec`` until its measurement budget is spent."""
     log = get_run_logger()
     flow_run_id = str(get_run_context().flow_run.id)
+    token = spec.steering.token()  # an unreadable token file fails before anything moves
     with (
         Instruments.connect(spec) as instruments,
         instruments.open_store(spec, flow_run_id) as store,
@@ -65,6 +80,7 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
                 list(work),
                 flow_run_id,
                 log,
+                target_weight=spec.steering.target_weight,
             )
             done = campaign.resume()
             log.info(
@@ -75,30 +91,134 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
             )
             if not done and not campaign.queue:
                 campaign.reserve(seed_plan(spec))
-            in_flight: dict[str, tuple[Decision, PrefectFuture]] = {}
-
-            def submit(name: str) -> None:
-                d = campaign.decide(name)
-                if d is not None:
-                    in_flight[name] = (d, measure.submit(instruments.clients[name], store, d))
-
-            for name in instruments.clients:
-                submit(name)
-            while in_flight:
-                fut = next(iter(as_completed([f for _, f in in_flight.values()])))
-                m = fut.result()
-                decision, _ = in_flight.pop(m.instrument)
-                obs = campaign.record(m)
-                submit(m.instrument)
-                progress.report(
-                    m,
-                    n=campaign.measured,
-                    budget=spec.budget,
-                    descriptor=obs.values,
-                    why=why(decision),
-                )
+            events: queue.Queue = queue.Queue()
+            with operators(spec, token, flow_run_id, events, log) as desk:
+                Conductor(spec, campaign, instruments, events, desk).run()
             campaign.finish()
         return result(spec, campaign, flow_run_id, work)
+
+
+@contextlib.contextmanager
+def operators(
+    spec: CampaignSpec, token: str | None, flow_run_id: str, events: queue.Queue, log
+) -> Iterator[Desk | None]:
+    """The steering desk while the campaign runs (None: nobody may steer, no token)."""
+    if token is None:
+        yield None
+        return
+    with Desk(flow_run_id, token, events, deadline_s=spec.steering.deadline_s, log=log) as desk:
+        log.info(
+            "campaign %s: steerable (%s mode), coorch steer list", spec.name, spec.steering.mode
+        )
+        yield desk
+
+
+class Conductor:
+    """Keeps every instrument busy until the budget is spent, the operators stop the campaign,
+    or nothing is left to do; reads every event (a measurement done, a review answered, an
+    operator's command) from one queue, on the flow's thread."""
+
+    def __init__(
+        self,
+        spec: CampaignSpec,
+        campaign: Campaign,
+        instruments: Instruments,
+        events: queue.Queue,
+        desk: Desk | None,
+    ) -> None:
+        self.spec, self.campaign, self.events, self.desk = spec, campaign, events, desk
+        self.clients = instruments.clients
+        self.busy: dict[str, Decision] = {}
+        self.reviewing: dict[str, Decision] = {}
+        self.proposals = 0
+        self.reviews = desk is not None and spec.steering.mode == "review"
+
+    def run(self) -> None:
+        for name in self.clients:
+            self.start(name)
+        while self.busy or self.reviewing or (self.campaign.held and not self.campaign.done):
+            kind, *event = self.events.get()
+            if kind == "measured":
+                self.measured(*event)
+            elif kind == "answer":
+                self.answered(*event)
+            else:
+                self.steered(*event)
+            for name in self.clients:
+                self.start(name)
+
+    def start(self, name: str) -> None:
+        """Give an idle instrument its next decision (or open a review of the agent's)."""
+        if name in self.busy or name in self.reviewing:
+            return
+        c = self.campaign
+        d = c.queued(name)
+        if d is None and self.reviews:
+            p = c.propose(name)
+            if p is not None and self.review_due(p):
+                self.reviewing[name] = p
+                self.desk.review(p)
+                return
+            d = p and c.accept(p)
+        elif d is None:
+            d = c.decide(name)
+        if d is not None:
+            self.busy[name] = d
+            fut = measure.submit(self.clients[name], c.store, d)
+            fut.add_done_callback(lambda f, d=d: self.events.put(("measured", d, f)))
+
+    def review_due(self, p: Decision) -> bool:
+        self.proposals += 1
+        below = self.spec.steering.below
+        due = self.proposals % self.spec.steering.every == 0
+        return due and (below is None or p.acquisition_value < below)
+
+    def measured(self, d: Decision, fut: PrefectFuture) -> None:
+        del self.busy[d.instrument]
+        m = fut.result()
+        obs = self.campaign.record(m)
+        self.start(m.instrument)
+        progress.report(
+            m,
+            n=self.campaign.measured,
+            budget=self.campaign.budget,
+            descriptor=obs.values,
+            why=why(d),
+        )
+
+    def answered(self, proposal: Decision, fut) -> None:
+        del self.reviewing[proposal.instrument]
+        log = self.campaign.log
+        if fut.exception() is not None:
+            log.warning(
+                "review of %s failed (%s): the proposal runs",
+                proposal.measurement_id,
+                fut.exception(),
+            )
+            fields = {"operator": "deadline (review failed)", "action": "accept"}
+        else:
+            fields = fut.result()
+        try:
+            d = self.campaign.answer(proposal, answer_fields(fields))
+        except ValueError as exc:  # an override outside the library, an unknown instrument
+            log.warning("refused %s's answer (%s): the proposal runs", fields["operator"], exc)
+            d = self.campaign.answer(
+                proposal, HumanInput(operator=fields["operator"], action="accept")
+            )
+        if d is not None:
+            self.campaign.queue.insert(0, d)  # its instrument may be busy (an override)
+        if self.campaign.stopped:
+            self.desk.close()
+
+    def steered(self, human: HumanInput) -> None:
+        try:
+            self.campaign.steer(human)
+        except ValueError as exc:
+            self.campaign.log.warning("refused %s from %s: %s", human.action, human.operator, exc)
+            return
+        self.campaign.log.info("operator %s: %s %s", human.operator, human.action, human.detail)
+        if self.campaign.stopped and self.desk is not None:
+            self.desk.close()
 
 
 def result(

@@ -13,7 +13,12 @@ the four things a campaign does between measurements:
 - **record** (:meth:`Campaign.record`): describe a stored measurement, tell the agent, poll the
   background work;
 - **finish** (:meth:`Campaign.finish`): wait for the background work and bring every model up
-  to date.
+  to date;
+- **steer** (:meth:`Campaign.propose`, :meth:`Campaign.answer`, :meth:`Campaign.steer`): an
+  operator reviews a proposal (accept, override, stop) or redirects the campaign (a vote, a
+  seed point, an excluded box, an instrument's weight, budget or hold, the weight of the votes,
+  stop). Every human input is stored in the decisions table, and resume replays them, so a
+  redirect outlives a crash. Each takes effect at the instrument's next decision.
 
 It knows nothing of Prefect or of how a measurement is carried out: the flows submit each
 decision to the ``measure`` Prefect task, the efficiency simulator calls a plain function. One
@@ -24,13 +29,15 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
 from coorch.models.agent import Agent, Suggestion
 from coorch.models.observations import Observation
-from coorch.records import Decision, Measurement
+from coorch.records import Decision, HumanInput, Measurement
 from coorch.storage import CampaignStore
 from coorch.tasks.background import BackgroundWork
 from coorch.tasks.describe import Describer
@@ -49,6 +56,7 @@ class Campaign:
         budget: measurements in all, seeds included.
         work: background work, polled after every measurement.
         flow_run_id: the run that makes the decisions (provenance), if any.
+        target_weight: how far votes steer the agent once there are some (0-1).
     """
 
     name: str
@@ -60,9 +68,18 @@ class Campaign:
     work: Sequence[BackgroundWork] = ()
     flow_run_id: str | None = None
     log: logging.Logger | logging.LoggerAdapter = logging.getLogger(__name__)
+    target_weight: float = 0.5
     queue: list[Decision] = dataclasses.field(default_factory=list)
     measured: int = 0
     decided: int = 0
+    # operators' steering: see steer()
+    held: set[str] = dataclasses.field(default_factory=set)
+    limits: dict[str, int] = dataclasses.field(default_factory=dict)
+    stopped: bool = False
+    votes: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    positions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    per_instrument: Counter = dataclasses.field(default_factory=Counter)
+    _proposals: dict[str, Suggestion] = dataclasses.field(default_factory=dict)
 
     # -- the store ------------------------------------------------------------------------
     def resume(self, modalities: Sequence[str] | None = None) -> list[Measurement]:
@@ -74,6 +91,12 @@ class Campaign:
             self._tell(m)
         have = {m.measurement_id for m in done}
         for d in self.store.read_decisions():
+            if not d.requests_measurement:
+                if d.human_input is not None:
+                    self._apply(d.human_input)  # a redirect outlives a crash
+                continue
+            if d.modality in mods:
+                self.per_instrument[d.instrument] += 1
             if d.modality in mods and d.measurement_id not in have:
                 self.agent.reserve(
                     d.instrument,
@@ -94,20 +117,98 @@ class Campaign:
         self.store.append_decisions(decisions)
         self.queue.extend(decisions)
         self.decided += len(decisions)
+        self.per_instrument.update(d.instrument for d in decisions)
 
     # -- the loop ---------------------------------------------------------------------------
     def decide(self, instrument: str | None = None) -> Decision | None:
         """The next measurement for ``instrument`` (None: the agent's best pair), stored before
-        it is carried out; None once the budget is decided."""
+        it is carried out; None once the budget is decided, or while operators hold it."""
+        d = self.queued(instrument)
+        if d is not None or not self.may_decide(instrument):
+            return d
+        return self._commit(self._decision(self.agent.ask(instrument)))
+
+    def queued(self, instrument: str | None = None) -> Decision | None:
+        """The next stored decision still to be measured by ``instrument`` (resumed, seeded,
+        answered by an operator), taken off the queue; None if there is none (or it is held)."""
+        if self.stopped or instrument in self.held:
+            return None
         for d in self.queue:
             if instrument is None or d.instrument == instrument:
                 self.queue.remove(d)
                 return d
-        if self.decided >= self.budget:
+        return None
+
+    def may_decide(self, instrument: str | None) -> bool:
+        """May the agent choose a new measurement for ``instrument`` (budgets, holds, stop)?
+        Proposals waiting for an operator count as decided."""
+        open_ = len(self._proposals)
+        if self.stopped or self.decided + open_ >= self.budget or instrument in self.held:
+            return False
+        if instrument is None:
+            return True
+        mine = sum(s.instrument == instrument for s in self._proposals.values())
+        return self.per_instrument[instrument] + mine < self.limits.get(instrument, math.inf)
+
+    def accept(self, proposal: Decision) -> Decision:
+        """Store a proposal as the agent made it (nobody was asked to review it)."""
+        self.agent.accept(self._proposals.pop(proposal.measurement_id))
+        return self._commit(proposal)
+
+    def propose(self, instrument: str) -> Decision | None:
+        """The agent's choice for ``instrument``, neither stored nor pending, for an operator
+        to review; :meth:`answer` stores what they chose. None as :meth:`decide`."""
+        if not self.may_decide(instrument):
             return None
-        d = self._decision(self.agent.ask(instrument))
+        s = self.agent.propose(instrument)
+        self._proposals[s.measurement_id] = s
+        return self._decision(s)
+
+    def answer(self, proposal: Decision, human: HumanInput) -> Decision | None:
+        """Store the operator's answer to ``proposal``: ``accept`` it, ``override`` it (with
+        ``detail`` x, y and optionally instrument), or ``stop`` (None). The stored decision
+        carries ``human`` with the proposal it replaced."""
+        s = self._proposals.pop(proposal.measurement_id)
+        human = human.model_copy(update={"replaced": proposal.model_dump(mode="json")})
+        if human.action == "stop" or self.stopped:
+            if not self.stopped:
+                self.steer(human)
+            return None
+        if human.action == "accept":
+            self.agent.accept(s)
+            return self._commit(proposal.model_copy(update={"human_input": human}))
+        if human.action != "override":
+            raise ValueError(f"a review is answered by accept, override or stop, not {human}")
+        where = self._where(human.detail, proposal.instrument)
+        moved = self._decision(self.agent.reserve(*where, reason="operator"))
+        return self._commit(moved.model_copy(update={"human_input": human}))
+
+    def steer(self, human: HumanInput) -> Decision:
+        """Apply an operator's redirect and store it: a ``seed`` is a measurement to make
+        (queued), anything else a row that asks for none. Raises ValueError, with nothing
+        stored or changed, for an input this campaign cannot take."""
+        if human.action == "seed":
+            name, x = self._where(human.detail, None)
+            d = self._decision(self.agent.reserve(name, x, reason="operator"))
+            d = d.model_copy(update={"human_input": human})
+            self.store.append_decision(d)
+            self.queue.append(d)
+            self.decided += 1
+            self.per_instrument[name] += 1
+            return d
+        self._check(human)
+        self._apply(human)
+        d = Decision(
+            instrument=str(human.detail.get("instrument") or ""),
+            modality="",
+            library_x=0.0,
+            library_y=0.0,
+            policy="operator",
+            human_input=human,
+            flow_run_id=self.flow_run_id,
+            campaign=self.name,
+        )
         self.store.append_decision(d)
-        self.decided += 1
         return d
 
     def record(self, m: Measurement) -> Observation:
@@ -125,11 +226,76 @@ class Campaign:
 
     @property
     def done(self) -> bool:
-        return not self.queue and self.decided >= self.budget
+        return self.stopped or (not self.queue and self.decided >= self.budget)
+
+    # -- steering ----------------------------------------------------------------------------
+    def _where(self, detail: dict, default: str | None) -> tuple[str, np.ndarray]:
+        name = detail.get("instrument") or default
+        if name not in self.modalities:
+            raise ValueError(
+                f"unknown instrument {name!r}; this campaign has {list(self.modalities)}"
+            )
+        try:
+            x = np.array([float(detail["x"]), float(detail.get("y", 0.0))])
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"a position needs numbers x and y (mm), got {detail}") from None
+        lo, hi = self.agent.bounds[:, 0], self.agent.bounds[:, 1]
+        if not np.all((x[: len(lo)] >= lo) & (x[: len(lo)] <= hi)):
+            raise ValueError(
+                f"({x[0]}, {x[1]}) mm is outside the library {self.agent.bounds.tolist()}"
+            )
+        return name, x[: self.agent.geometry.dim]
+
+    def _check(self, human: HumanInput) -> None:
+        """Refuse what cannot be applied, before anything changes."""
+        a, d = human.action, human.detail
+        named = a in ("weight", "hold", "release") or (a == "budget" and d.get("instrument"))
+        if named and d.get("instrument") not in self.modalities:
+            raise ValueError(f"{a}: unknown instrument {d.get('instrument')!r}")
+        if a == "vote":
+            if d.get("measurement_id") not in self.positions:
+                raise ValueError(f"vote: no measurement {d.get('measurement_id')!r} yet")
+            if not 1 <= float(d.get("score", 0)) <= 5:
+                raise ValueError(f"vote: a score is 1 (bad) to 5 (good), not {d.get('score')}")
+        if a == "exclude" and len(d.get("box") or ()) != 4:
+            raise ValueError(f"exclude: a box is x0 x1 y0 y1 (mm), not {d.get('box')}")
+        if a in ("weight", "budget", "explore") and not float(d.get("value", -1)) >= 0:
+            raise ValueError(f"{a}: a value >= 0 is needed, not {d.get('value')}")
+        if a == "explore" and float(d["value"]) > 1:
+            raise ValueError(f"explore: the weight of the votes is 0 to 1, not {d['value']}")
+
+    def _apply(self, human: HumanInput) -> None:
+        """The in-memory effect of a redirect (also replayed on resume)."""
+        a, d = human.action, human.detail
+        if a == "vote":
+            self.votes.append((str(d["measurement_id"]), float(d["score"])))
+        elif a == "exclude":
+            self.agent.exclude(d["box"])
+        elif a == "weight":
+            self.agent.weigh(d["instrument"], float(d["value"]))
+        elif a == "budget" and d.get("instrument"):
+            self.limits[d["instrument"]] = int(d["value"])
+        elif a == "budget":
+            self.budget = int(d["value"])
+        elif a == "hold":
+            self.held.add(d["instrument"])
+        elif a == "release":
+            self.held.discard(d["instrument"])
+        elif a == "explore":
+            self.target_weight = float(d["value"])
+        elif a == "stop":
+            self.stopped = True
 
     # -- records ----------------------------------------------------------------------------
+    def _commit(self, d: Decision) -> Decision:
+        self.store.append_decision(d)
+        self.decided += 1
+        self.per_instrument[d.instrument] += 1
+        return d
+
     def _tell(self, m: Measurement) -> Observation:
         x = np.array([m.library_x, m.library_y])[: self.agent.geometry.dim]
+        self.positions[m.measurement_id] = x
         obs = Observation(m.instrument, x, self.describer.values(m), m.measurement_id)
         self.agent.tell([obs])
         return obs

@@ -28,6 +28,7 @@ from coorch.records import InstrumentDescription
 from coorch.storage import CampaignStore, code_version
 from coorch.tasks.fit import HyperparameterRefit, VAETraining, needs_fits, warm_up
 from coorch.tasks.physics import PhysicsFits
+from coorch.tasks.votes import Votes
 
 
 class CampaignResult(BaseModel):
@@ -135,9 +136,11 @@ class Background:
     vae: VAETraining | None = None
     refit: HyperparameterRefit | None = None
     physics: PhysicsFits | None = None
+    votes: Votes | None = None
 
     def __iter__(self) -> Iterator:
-        return iter([w for w in (self.vae, self.refit, self.physics) if w is not None])
+        work = (self.vae, self.refit, self.physics, self.votes)
+        return iter([w for w in work if w is not None])
 
 
 @contextlib.contextmanager
@@ -146,7 +149,8 @@ def background_work(
 ) -> Iterator[Background]:
     """The campaign's background work: hyperparameter refits (GP agents), VAE trainings
     (instruments with ``descriptor: vae``) and physics fits (``physics_mean``), on a Dask
-    cluster started only when one of them needs it; posteriors are built on a thread."""
+    cluster started only when one of them needs it; posteriors are built on a thread, and so
+    is the operators' reward surrogate (``steering.mode: votes``)."""
     means = {i.name: i.physics_mean for i in spec.instruments if i.physics_mean}
     vae = any(i.descriptor == "vae" for i in spec.instruments)
     with contextlib.ExitStack() as stack:
@@ -162,6 +166,8 @@ def background_work(
             work.vae = VAETraining(dask, seed=spec.seed)
         if means:
             work.physics = PhysicsFits(dask, means, every=spec.refit_every, seed=spec.seed, log=log)
+        if spec.steering.mode == "votes":
+            work.votes = Votes(stack.enter_context(ThreadPoolExecutor(1)))
         yield work
 
 
