@@ -68,10 +68,10 @@ def run_campaign(path: Path, policy: str = "coorchestrate", steps: int = 24, see
         sample="smbfo-001",
         instruments={k: t.describe().model_dump(mode="json") for k, t in setup.twins.items()},
     )
+    budget = len(problem.seeds) + steps
     campaign = Campaign(
-        campaign_spec.name, store, agent, Describer(), problem.modalities,
-        len(problem.seeds) + steps, [refit],
-    )  # fmt: skip
+        campaign_spec.name, store, agent, Describer(), problem.modalities, budget, [refit]
+    )
     campaign.reserve([(inst, problem.candidates[c]) for inst, c in problem.seeds])
     while (d := campaign.decide(None)) is not None:
         m, seconds = measure(d)
