@@ -59,8 +59,10 @@ def _mount() -> None:
     from coorch.benchmarks.ingest import bench_ingest_command
     from coorch.benchmarks.overhead import bench_overhead_command
     from coorch.benchmarks.pareto import bench_pareto_command
+    from coorch.facility_cli import down_command, up_command
     from coorch.im2spec_cli import im2spec_command
     from coorch.instrument_agents.cli import agent_app
+    from coorch.report_cli import report_command
     from coorch.steer_cli import steer_app
     from coorch.storage.cli import store_app
 
@@ -68,6 +70,9 @@ def _mount() -> None:
     app.add_typer(store_app, name="store", help="Inspect, verify and export stores.")
     app.add_typer(steer_app, name="steer", help="Review and redirect running campaigns.")
     app.command("im2spec")(im2spec_command)
+    app.command("report")(report_command)
+    app.command("up")(up_command)
+    app.command("down")(down_command)
     bench_app.command("decision")(bench_decision_command)
     bench_app.command("efficiency")(bench_efficiency_command)
     bench_app.command("overhead")(bench_overhead_command)
