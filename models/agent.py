@@ -80,6 +80,8 @@ class Agent:
         self.forbidden: set[int] = set()  # candidates an operator excluded
         self.task_weight = np.ones(self.num_tasks)  # operators' weights per task
         self.emphasis: np.ndarray | None = None  # (M,) operators' votes, see focus()
+        self.reward: np.ndarray | None = None
+        self.reward_weight = 0.0
 
     def instrument(self, name: str) -> InstrumentCost:
         try:
@@ -165,16 +167,21 @@ class Agent:
         self.task_weight[list(self.instrument(instrument).tasks)] = float(weight)
 
     def focus(self, reward: np.ndarray | None, weight: float) -> None:
-        """Value knowledge more where operators score high: ``reward`` (M,) per candidate (a
-        surrogate of their votes), ``weight`` 0 (knowledge everywhere alike) to 1 (only
-        where the reward is high). None: back to the library as a whole."""
+        """Seek what operators score high, as BOARS does: ``reward`` (M,) per candidate (a
+        surrogate of their votes), ``weight`` 0 (knowledge alone) to 1 (the reward alone).
+
+        Two effects, both scaled by ``weight``: knowledge counts more where the reward is high
+        (:attr:`emphasis`, so the map is learnt best where it matters), and the choice blends
+        knowledge with the reward (:attr:`reward`, so the agent goes back to what is valued).
+        None: back to knowledge of the library as a whole."""
         if reward is None or weight <= 0:
-            self.emphasis = None
+            self.emphasis = self.reward = None
             return
         r = np.asarray(reward, float)
         span = np.ptp(r)
         r = (r - r.min()) / span if span > 0 else np.ones_like(r)
         self.emphasis = (1.0 - weight) + weight * r / max(float(r.mean()), 1e-9)
+        self.reward, self.reward_weight = r, float(weight)
 
     def relabel(self, values: dict[str, np.ndarray]) -> None:
         """Replace the values of measurements already told (positions do not change)."""

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from coorch.models.acquisition import integrated_variance_reduction, max_variance
+from coorch.models.acquisition import blend, integrated_variance_reduction, max_variance
 from coorch.models.agent import Agent
 from coorch.models.cost import InstrumentCost, instrument_seconds, log_tasks
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
@@ -223,6 +223,8 @@ class MTGPAgent(Agent):
             self.model, list(inst.tasks), self._excluded(inst), self._emphasis()
         )
         value = score / self.cost(inst, self.candidates[idx], self.position.get(inst.name))
+        if self.reward is not None:  # operators' votes (Agent.focus)
+            value = blend(value, self.reward[idx], self.reward_weight)
         best = int(np.argmax(value))
         return int(idx[best]), float(value[best])
 

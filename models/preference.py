@@ -1,4 +1,4 @@
-"""What operators value, learned from their votes: a reward surrogate and its blend with knowledge.
+"""What operators value, learned from their votes: a reward surrogate.
 
 Operators score measured signals (1-5, or good/bad mapped to 5/1), as in BOARS-style
 human-in-the-loop BO [Biswas2024BOARS]_. A vote is about a *signal*, not a position, so the
@@ -10,8 +10,7 @@ properties look like the voted one, wherever it is on the library.
 * :class:`RewardSurrogate`: a botorch ``SingleTaskGP`` on (descriptors, scores), inputs and
   outputs standardised, fitted with ``fit_gpytorch_mll`` under a bounded number of L-BFGS-B
   iterations (a fit is on the decision path; it takes tens of milliseconds for 50 votes);
-* :func:`blend`: one number per candidate, ``(1 - weight) * knowledge + weight * reward``, both
-  normalised, for the agent to maximise.
+* the agent blends its prediction with knowledge (:func:`coorch.models.acquisition.blend`).
 
 This module knows nothing of how votes are collected or stored; the caller gives arrays.
 
@@ -33,11 +32,10 @@ from botorch.models import SingleTaskGP
 from botorch.models.transforms.input import InputStandardize
 from botorch.models.transforms.outcome import Standardize
 from gpytorch.mlls import ExactMarginalLogLikelihood
-from scipy.stats import rankdata
 
 from coorch.models._threads import torch_scope
 
-__all__ = ["RewardSurrogate", "blend"]
+__all__ = ["RewardSurrogate"]
 
 
 class RewardSurrogate:
@@ -140,64 +138,3 @@ def _check_votes(descriptors: np.ndarray, scores: np.ndarray) -> tuple[np.ndarra
     if not (np.isfinite(x).all() and np.isfinite(y).all()):
         raise ValueError("descriptors and scores must be finite")
     return x, y
-
-
-def blend(knowledge: np.ndarray, reward: np.ndarray, weight: float) -> np.ndarray:
-    """One value per candidate (M,) to maximise: ``(1 - weight) * K + weight * R``.
-
-    Args:
-        knowledge: (M,) what measuring each candidate teaches (per second); ``-inf`` (or NaN)
-            marks a candidate that must not be chosen, and it stays ``-inf`` in the result.
-        reward: (M,) what operators are predicted to value there (the surrogate's mean, or an
-            optimistic bound on it), in score units.
-        weight: 0 seeks knowledge only (the result orders candidates as ``knowledge`` does),
-            1 only what operators score.
-
-    Why the normalisations. ``K`` is the *rank* of knowledge among the choosable candidates,
-    scaled to [0, 1] (ties share their average rank). Knowledge per second spans orders of
-    magnitude across a library (an unexplored corner with a cheap instrument against a spot
-    next to ten measurements), so min-max of the raw values puts all but the few best
-    candidates near 0, and any weight above 0 hands every other choice to the reward. Min-max
-    of the log keeps ratios but needs positive values and is set by the extremes: one
-    candidate with a near-zero gain (an already measured spot) stretches the range and squeezes
-    every candidate worth considering together at the top. The rank is free of units, sign and
-    outliers, and it says what the knowledge term should say in a blend: how this candidate
-    stands against the others. ``R`` is min-max of the reward over the choosable candidates:
-    scores are on a bounded, linear scale, so their differences mean what they say and a
-    plateau of good scores stays a plateau (a rank would spread it over half the range).
-    A constant term (no spread, or one candidate) is 0.5 everywhere, so it orders nothing.
-    """
-    k = np.asarray(knowledge, dtype=float).reshape(-1)
-    r = np.asarray(reward, dtype=float).reshape(-1)
-    if k.shape != r.shape:
-        raise ValueError(f"knowledge {k.shape} and reward {r.shape} differ in length")
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"weight must be in [0, 1], got {weight}")
-    out = np.full(k.shape, -np.inf)
-    ok = ~(np.isnan(k) | np.isneginf(k))
-    if ok.any():
-        out[ok] = (1.0 - weight) * _rank01(k[ok]) + weight * _minmax01(r[ok])
-    return out
-
-
-def _rank01(v: np.ndarray) -> np.ndarray:
-    """Average ranks of ``v`` scaled to [0, 1] (+inf ranks last, like any largest value)."""
-    if len(v) < 2:
-        return np.full(len(v), 0.5)
-    return (rankdata(v, method="average") - 1.0) / (len(v) - 1)
-
-
-def _minmax01(v: np.ndarray) -> np.ndarray:
-    """``v`` min-max scaled to [0, 1] over its finite entries; NaN or -inf count as the least
-    valued (0) and +inf as the most (1), so the result has no NaN."""
-    fin = np.isfinite(v)
-    out = np.where(np.isposinf(v), 1.0, 0.0)
-    if not fin.any():
-        return out
-    lo, hi = v[fin].min(), v[fin].max()
-    span = hi - lo
-    if span <= 1e-12 * max(abs(hi), abs(lo), 1.0):
-        out[fin] = 0.5
-    else:
-        out[fin] = (v[fin] - lo) / span
-    return out

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from coorch.models.preference import RewardSurrogate, blend
+from coorch.models.acquisition import blend
+from coorch.models.preference import RewardSurrogate
 
 
 def _votes(n: int, t: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

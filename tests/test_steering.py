@@ -173,8 +173,31 @@ def test_nobody_answers_the_proposals_run_after_the_deadline_and_the_run_complet
     assert len(reviews) == 3 and all(r.state.is_completed() for r in reviews)
 
 
+@pytest.fixture(scope="module")
+def slow_twins(tmp_path_factory):
+    """PFM and Raman twins that take their (scaled) time, so operators can vote meanwhile."""
+    from coorch.deployments.config import InstrumentConfig
+    from coorch.instrument_agents.launch import start_twin
+
+    token_file = tmp_path_factory.mktemp("tokens") / "agent.token"
+    token_file.write_text("slow-twin-token")
+    kinds = [("afm", "pfm_loop"), ("raman", "raman")]
+    agents = [
+        start_twin(kind, token="slow-twin-token", seed=k + 1, time_scale=0.04)
+        for k, (kind, _) in enumerate(kinds)
+    ]
+    yield [
+        InstrumentConfig(
+            name=a.driver.describe().id, kind=kind, modality=mod, url=a.url, token_file=token_file
+        )
+        for a, (kind, mod) in zip(agents, kinds, strict=True)
+    ]
+    for a in agents:
+        a.stop()
+
+
 def in_target(x: float) -> bool:
-    return x <= 6.0  # the library's first fifth along the Sm gradient (0-30 mm)
+    return x <= 2.5  # the library's first quarter along the Sm gradient (0-10 mm)
 
 
 def votes_campaign(twins, tmp_path, name: str, vote: bool) -> list:
@@ -202,13 +225,15 @@ def votes_campaign(twins, tmp_path, name: str, vote: bool) -> list:
 
 
 @pytest.mark.slow
-def test_votes_send_more_measurements_to_what_operators_score_high(prefect_server, twins, tmp_path):
+def test_votes_send_more_measurements_to_what_operators_score_high(
+    prefect_server, slow_twins, tmp_path
+):
     def chosen_in_target(decisions) -> int:
         agent = [d for d in decisions if d.policy == "coorchestrate"]
         return sum(in_target(d.library_x) for d in agent)
 
-    plain = votes_campaign(twins, tmp_path, "plain", vote=False)
-    voted = votes_campaign(twins, tmp_path, "voted", vote=True)
+    plain = votes_campaign(slow_twins, tmp_path, "plain", vote=False)
+    voted = votes_campaign(slow_twins, tmp_path, "voted", vote=True)
     votes = [d for d in voted if d.human_input is not None and d.human_input.action == "vote"]
     assert len(votes) >= 10 and {v.human_input.operator for v in votes} == {"carol"}
     print(f"agent decisions in the target: {chosen_in_target(plain)} without votes, "
