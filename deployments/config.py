@@ -178,9 +178,24 @@ class CampaignSpec(BaseModel):
     grid: tuple[int, int] = Field((41, 5), description="candidate positions along x and y")
     refit_every: int = Field(4, ge=1, description="refit hyperparameters every N observations")
     store: str = "runs/demo/campaign.zarr"
+    report: str | None = Field(
+        None,
+        description="the HTML report, rewritten at model updates and at the end (coorch "
+        "report); None: <store>-report.html beside a local store, none for a remote one; "
+        "'': none",
+    )
     seed: int = 0
     dask: DaskConfig = Field(default_factory=DaskConfig)
     steering: SteeringConfig = Field(default_factory=SteeringConfig)
+
+    def report_path(self) -> Path | None:
+        """Where the campaign's HTML report goes (see ``report``), or None."""
+        if self.report is not None:
+            return Path(self.report) if self.report else None
+        if "://" in self.store:
+            return None
+        store = Path(self.store)
+        return store.with_name(f"{store.stem}-report.html")
 
     @field_validator("policy")
     @classmethod

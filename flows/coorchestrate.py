@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
@@ -31,9 +32,11 @@ from prefect.futures import PrefectFuture
 
 from coorch.deployments.config import CampaignSpec
 from coorch.flows import progress
+from coorch.flows.artifacts import CampaignArtifacts
 from coorch.flows.steering import Desk, answer_fields
 from coorch.records import Decision, HumanInput
 from coorch.tasks.describe import Describer
+from coorch.tasks.live_report import LiveReport
 from coorch.tasks.measure import measure
 from coorch.tasks.runtime import Campaign
 from coorch.tasks.setup import (
@@ -92,9 +95,14 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
             if not done and not campaign.queue:
                 campaign.reserve(seed_plan(spec))
             events: queue.Queue = queue.Queue()
-            with operators(spec, token, flow_run_id, events, log) as desk:
-                Conductor(spec, campaign, instruments, events, desk).run()
-            campaign.finish()
+            with (
+                CampaignArtifacts(spec.name, spec.budget) as art,
+                operators(spec, token, flow_run_id, events, log) as desk,
+            ):
+                conductor = Conductor(spec, campaign, instruments, events, desk, art)
+                conductor.run()
+                campaign.finish()
+                conductor.publish(work.report)
         return result(spec, campaign, flow_run_id, work)
 
 
@@ -125,8 +133,12 @@ class Conductor:
         instruments: Instruments,
         events: queue.Queue,
         desk: Desk | None,
+        art: CampaignArtifacts,
     ) -> None:
         self.spec, self.campaign, self.events, self.desk = spec, campaign, events, desk
+        self.art = art
+        self.history: list[Decision] = []  # what the Prefect UI's decisions table shows
+        self.version: str | None = None
         self.clients = instruments.clients
         self.busy: dict[str, Decision] = {}
         self.reviewing: dict[str, Decision] = {}
@@ -164,6 +176,7 @@ class Conductor:
             d = c.decide(name)
         if d is not None:
             self.busy[name] = d
+            self.history.append(d)
             fut = measure.submit(self.clients[name], c.store, d)
             fut.add_done_callback(lambda f, d=d: self.events.put(("measured", d, f)))
 
@@ -178,6 +191,9 @@ class Conductor:
         m = fut.result()
         obs = self.campaign.record(m)
         self.start(m.instrument)
+        self.art.progress(self.campaign.measured)
+        if self.campaign.agent.model_version != self.version:
+            self.publish(None)
         progress.report(
             m,
             n=self.campaign.measured,
@@ -210,15 +226,43 @@ class Conductor:
         if self.campaign.stopped:
             self.desk.close()
 
+    def publish(self, report: LiveReport | None) -> None:
+        """The model summary and the decisions table as Prefect artifacts; the report's link
+        once it is written."""
+        agent = self.campaign.agent
+        self.version = agent.model_version
+        self.art.summary(task_summary(self.campaign), self.version)
+        self.art.decisions(self.history)
+        if report is not None and report.written:
+            self.art.report(report.path, f"{self.spec.name}: campaign report")
+
     def steered(self, human: HumanInput) -> None:
         try:
-            self.campaign.steer(human)
+            self.history.append(self.campaign.steer(human))
         except ValueError as exc:
             self.campaign.log.warning("refused %s from %s: %s", human.action, human.operator, exc)
             return
         self.campaign.log.info("operator %s: %s %s", human.operator, human.action, human.detail)
         if self.campaign.stopped and self.desk is not None:
             self.desk.close()
+
+
+def task_summary(campaign: Campaign) -> dict[str, dict]:
+    """Per instrument: measurements so far and, for a GP agent, the mean posterior standard
+    deviation over the candidates relative to the prior's (1: nothing known)."""
+    agent = campaign.agent
+    counts = Counter(campaign.measured_by)
+    model = getattr(agent, "model", None)
+    sd = None
+    if model is not None:
+        sd = np.sqrt(model.post.variance() / model.post.hyper.prior_variance).mean(0)
+    out = {}
+    for name, inst in agent.instruments.items():
+        row = {"n": counts[name]}
+        if sd is not None:
+            row["mean_sd"] = float(sd[list(inst.tasks)].mean())
+        out[name] = row
+    return out
 
 
 def result(

@@ -78,6 +78,7 @@ class Campaign:
     stopped: bool = False
     votes: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     positions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    measured_by: Counter = dataclasses.field(default_factory=Counter)
     per_instrument: Counter = dataclasses.field(default_factory=Counter)
     _proposals: dict[str, Suggestion] = dataclasses.field(default_factory=dict)
 
@@ -296,6 +297,7 @@ class Campaign:
     def _tell(self, m: Measurement) -> Observation:
         x = np.array([m.library_x, m.library_y])[: self.agent.geometry.dim]
         self.positions[m.measurement_id] = x
+        self.measured_by[m.instrument] += 1
         obs = Observation(m.instrument, x, self.describer.values(m), m.measurement_id)
         self.agent.tell([obs])
         return obs

@@ -27,6 +27,7 @@ from coorch.models.policies import make_policy
 from coorch.records import InstrumentDescription
 from coorch.storage import CampaignStore, code_version
 from coorch.tasks.fit import HyperparameterRefit, VAETraining, needs_fits, warm_up
+from coorch.tasks.live_report import LiveReport
 from coorch.tasks.physics import PhysicsFits
 from coorch.tasks.votes import Votes
 
@@ -137,9 +138,10 @@ class Background:
     refit: HyperparameterRefit | None = None
     physics: PhysicsFits | None = None
     votes: Votes | None = None
+    report: LiveReport | None = None
 
     def __iter__(self) -> Iterator:
-        work = (self.vae, self.refit, self.physics, self.votes)
+        work = (self.vae, self.refit, self.physics, self.votes, self.report)
         return iter([w for w in work if w is not None])
 
 
@@ -168,6 +170,8 @@ def background_work(
             work.physics = PhysicsFits(dask, means, every=spec.refit_every, seed=spec.seed, log=log)
         if spec.steering.mode == "votes":
             work.votes = Votes(stack.enter_context(ThreadPoolExecutor(1)))
+        if spec.report_path() is not None:
+            work.report = LiveReport(spec.report_path())
         yield work
 
 

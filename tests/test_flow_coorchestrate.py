@@ -30,6 +30,21 @@ def task_run_names(flow_run_id: str) -> set[str]:
     return {r.name for r in runs}
 
 
+def run_artifacts(flow_run_id: str) -> dict[str, list]:
+    """The flow run's Prefect artifacts by key, oldest first."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    out: dict[str, list] = {}
+    for a in sorted(found, key=lambda a: a.created):
+        out.setdefault(a.key, []).append(a)
+    return out
+
+
 def test_flow_writes_every_measurement_with_provenance(prefect_server, twins, tmp_path):
     from coorch.flows.coorchestrate import coorchestrate
 
@@ -56,6 +71,14 @@ def test_flow_writes_every_measurement_with_provenance(prefect_server, twins, tm
     meta = store.metadata()
     assert meta["code_version"]["package"] == "coorch"  # what `coorch store ls` shows
     assert set(meta["instruments"]) == {c.name for c in twins}
+    # what an operator sees: the report beside the store, the run's artifacts in Prefect
+    report = tmp_path / "c-report.html"
+    assert report.exists() and "data:image/png;base64" in report.read_text()
+    artifacts = run_artifacts(result.flow_run_id)
+    assert set(artifacts) == {f"t-{k}" for k in ("progress", "summary", "decisions", "report")}
+    assert float(artifacts["t-progress"][-1].data) == 100.0
+    assert f"| {twins[0].name} |" in artifacts["t-summary"][-1].data
+    assert report.resolve().as_uri() in artifacts["t-report"][-1].data
 
 
 def test_flow_resumes_from_its_store_without_duplicates(prefect_server, twins, tmp_path):
