@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 from pathlib import Path
 
 import typer
@@ -11,6 +14,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+@app.callback()
+def main(
+    facility: Path = typer.Option(
+        Path("runs/facility"),
+        envvar="COORCH_FACILITY",
+        help="a facility started by `coorch up`: its Prefect server is used when "
+        "PREFECT_API_URL is not set",
+    ),
+) -> None:
+    """Co-orchestration of characterisation instruments."""
+    info = facility / "facility.json"
+    if "PREFECT_API_URL" not in os.environ and info.is_file():
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            os.environ["PREFECT_API_URL"] = json.loads(info.read_text())["prefect_api_url"]
+
+
 bench_app = typer.Typer(help="Benchmarks (figures go to docs/benchmarks.md).", no_args_is_help=True)
 app.add_typer(bench_app, name="bench")
 
@@ -22,12 +43,18 @@ def demo(
     ),
     budget: int = typer.Option(40, min=12, help="measurements per campaign, seeds included"),
     seed: int = typer.Option(0, help="seed of the twins and the policies"),
+    facility: Path | None = typer.Option(
+        None,
+        "--against",
+        help="run on the facility of `coorch up` in this folder (its twins, Dask, Prefect "
+        "server: the runs stay in its UI) instead of starting the demo's own",
+    ),
 ) -> None:
     """Run a co-orchestrated PFM + Raman + WDS + STEM campaign on digital twins, then the same
     budget at random positions, and report both against the ground truth."""
     from coorch.demo import run_demo
 
-    run_demo(run_dir, budget=budget, seed=seed)
+    run_demo(run_dir, budget=budget, seed=seed, facility=facility)
 
 
 @app.command()

@@ -26,6 +26,11 @@ DEMO_INSTRUMENTS = (("afm", "pfm_loop"), ("raman", "raman"), ("wds", "wds"), ("s
 def prepare_environment(run_dir: Path) -> None:
     """Keep Prefect's state inside the run folder and its logs quiet (before importing it)."""
     os.environ["PREFECT_HOME"] = str((run_dir / ".prefect").resolve())
+    quiet_environment()
+
+
+def quiet_environment() -> None:
+    """Prefect's and Dask's logs at WARNING (before Prefect is imported)."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("PREFECT_LOGGING_LOGGERS_DISTRIBUTED_LEVEL", "WARNING")
     quiet_libraries()
@@ -57,89 +62,130 @@ def run_demo(
     fresh: bool = True,
     time_scale: float = 0.05,
     console: Console | None = None,
+    facility: Path | None = None,
 ) -> dict:
     """Both campaigns, the report and the summary. ``time_scale`` shrinks the instruments'
-    real cost (a 30 s PFM loop takes 1.5 s at 0.05) so the background fits have time to land."""
+    real cost (a 30 s PFM loop takes 1.5 s at 0.05) so the background fits have time to land.
+
+    ``facility``: the folder of a facility started by ``coorch up``: its twins, Prefect server
+    (the runs stay there, in its UI) and Dask cluster are used instead of the demo's own."""
     from coorch.deployments.prefect_server import local_prefect_server
 
     console = console or Console()
     run_dir.mkdir(parents=True, exist_ok=True)
+    if facility is not None:
+        quiet_environment()
+        return _campaigns(run_dir, _Facility.attach(facility), budget, fresh, console)
     prepare_environment(run_dir)
     with contextlib.ExitStack() as stack:
         with console.status(f"starting a local Prefect server (state in {run_dir}/.prefect)"):
             stack.enter_context(local_prefect_server(run_dir / ".prefect"))
-        return _campaigns(
-            run_dir, budget=budget, seed=seed, fresh=fresh, time_scale=time_scale, console=console
-        )
+        site = stack.enter_context(_Facility.own(run_dir, seed, time_scale))
+        return _campaigns(run_dir, site, budget, fresh, console)
 
 
-def _campaigns(
-    run_dir: Path, *, budget: int, seed: int, fresh: bool, time_scale: float, console: Console
-) -> dict:
-    from coorch.deployments.config import CampaignSpec, InstrumentConfig
+class _Facility:
+    """Where the demo's campaigns run: its own twins (started here) or those of a running
+    ``coorch up``; ``twins`` are twin objects of the same seeds, for the ground truth."""
+
+    def __init__(self, instruments: list, twins: dict, sample: str, dask, seed: int) -> None:
+        self.instruments, self.twins, self.sample, self.dask = instruments, twins, sample, dask
+        self.seed = seed
+
+    @classmethod
+    @contextlib.contextmanager
+    def own(cls, run_dir: Path, seed: int, time_scale: float):
+        from coorch.deployments.config import DaskConfig, InstrumentConfig
+        from coorch.instrument_agents.launch import start_twin
+
+        quiet_libraries()  # again: importing Prefect reconfigured logging
+        token_file = run_dir / "agent.token"
+        token_file.write_text(secrets.token_hex(16))
+        token_file.chmod(0o600)
+        token = token_file.read_text()
+        agents = {
+            kind: start_twin(kind, "smbfo", token=token, seed=seed + k, time_scale=time_scale)
+            for k, (kind, _) in enumerate(DEMO_INSTRUMENTS)
+        }
+        for agent in agents.values():  # the demo's sample is already mounted: a 60 s check,
+            agent.driver.sample_load_cost_s = 60.0  # not a 30-minute STEM transfer
+        try:
+            instruments = [
+                InstrumentConfig(
+                    name=agents[kind].driver.describe().id,
+                    kind=kind,
+                    modality=mod,
+                    url=agents[kind].url,
+                    token_file=token_file,
+                )
+                for kind, mod in DEMO_INSTRUMENTS
+            ]
+            twins = {i.name: agents[i.kind].driver for i in instruments}
+            yield cls(instruments, twins, "smbfo-001", DaskConfig(), seed)
+        finally:
+            for a in agents.values():
+                a.stop()
+
+    @classmethod
+    def attach(cls, folder: Path) -> _Facility:
+        import yaml
+
+        from coorch.deployments.config import CampaignSpec
+        from coorch.deployments.facility import read_info
+        from coorch.instrument_agents.launch import make_twin
+
+        info = read_info(folder)
+        if info is None:
+            raise SystemExit(f"no facility is up in {folder}: start one with `coorch up`")
+        os.environ["PREFECT_API_URL"] = info.prefect_api_url
+        spec = CampaignSpec(**yaml.safe_load(Path(info.campaign_spec).read_text()))
+        twins = {  # the facility seeds its k-th twin with seed + k
+            i.name: make_twin(i.kind, info.library, seed=spec.seed + k)
+            for k, i in enumerate(spec.instruments)
+        }
+        return cls(spec.instruments, twins, spec.sample, spec.dask, spec.seed)
+
+
+def _campaigns(run_dir: Path, site: _Facility, budget: int, fresh: bool, console: Console) -> dict:
+    from coorch.deployments.config import CampaignSpec
     from coorch.flows.coorchestrate import coorchestrate
     from coorch.flows.progress import watching
-    from coorch.instrument_agents.launch import start_twin
     from coorch.storage import CampaignStore
     from coorch.tasks.setup import geometry
 
     quiet_libraries()  # again: importing Prefect reconfigured logging
-
-    token = secrets.token_hex(16)
-    token_file = run_dir / "agent.token"
-    token_file.write_text(token)
-    token_file.chmod(0o600)
-    agents = {
-        kind: start_twin(kind, "smbfo", token=token, seed=seed + k, time_scale=time_scale)
-        for k, (kind, _) in enumerate(DEMO_INSTRUMENTS)
-    }
-    for agent in agents.values():  # the demo's sample is already mounted: a 60 s check, not a
-        agent.driver.sample_load_cost_s = 60.0  # 30-minute STEM transfer
-    try:
-        instruments = [
-            InstrumentConfig(
-                name=agents[kind].driver.describe().id,
-                kind=kind,
-                modality=mod,
-                url=agents[kind].url,
-                token_file=token_file,
-            )
-            for kind, mod in DEMO_INSTRUMENTS
-        ]
-        stores = {}
-        for policy, store_name in (("coorchestrate", "campaign.zarr"), ("random", "random.zarr")):
-            store = run_dir / store_name
-            if fresh and store.exists():
-                shutil.rmtree(store)
-            spec = CampaignSpec(
-                name=f"demo-{policy}",
-                library="smbfo",
-                instruments=instruments,
-                policy=policy,
-                budget=budget,
-                store=str(store),
-                seed=seed,
-            )
-            console.rule(f"[bold]{policy}[/] campaign: {budget} measurements -> {store}")
-            t0 = time.perf_counter()
-            result = _run_with_progress(coorchestrate, watching, spec, console)
-            console.print(
-                f"  done in {time.perf_counter() - t0:.1f} s, "
-                f"{result.n_fits} background GP fits on Dask"
-            )
-            stores[policy] = CampaignStore.open(str(store), create=False).read_measurements()
-
-        return _score(run_dir, stores, instruments, agents, geometry(spec).bounds, console)
-    finally:
-        for a in agents.values():
-            a.stop()
+    stores = {}
+    for policy, store_name in (("coorchestrate", "campaign.zarr"), ("random", "random.zarr")):
+        store = run_dir / store_name
+        if fresh and store.exists():
+            shutil.rmtree(store)
+        spec = CampaignSpec(
+            name=f"demo-{policy}",
+            library="smbfo",
+            sample=site.sample,
+            instruments=site.instruments,
+            policy=policy,
+            budget=budget,
+            store=str(store),
+            seed=site.seed,
+            dask=site.dask,
+        )
+        console.rule(f"[bold]{policy}[/] campaign: {budget} measurements -> {store}")
+        t0 = time.perf_counter()
+        result = _run_with_progress(coorchestrate, watching, spec, console)
+        console.print(
+            f"  done in {time.perf_counter() - t0:.1f} s, "
+            f"{result.n_fits} background GP fits on Dask"
+        )
+        stores[policy] = CampaignStore.open(str(store), create=False).read_measurements()
+    return _score(run_dir, stores, site.instruments, site.twins, geometry(spec).bounds, console)
 
 
 def _score(
     run_dir: Path,
     stores: dict,
     instruments: list,
-    agents: dict,
+    twins: dict,
     extent: np.ndarray,
     console: Console,
 ) -> dict:
@@ -148,7 +194,6 @@ def _score(
     from coorch.tasks.report import ground_truth, nrmse_curve, plot_report, training_arrays
     from coorch.tasks.report_html import write_report
 
-    twins = {i.name: agents[i.kind].driver for i in instruments}
     modalities = {i.name: i.modality for i in instruments}
     truth = ground_truth(twins, modalities, extent)
     log_tasks = np.array([i.log_scale for i in instruments])
@@ -165,9 +210,7 @@ def _score(
         p: dict(zip(truth.tasks, np.round(c[1][-1], 4).tolist(), strict=True))
         for p, c in curves.items()
     }
-    cost = {
-        i.name: agents[i.kind].driver.describe().modality(i.modality).cost_s for i in instruments
-    }
+    cost = {i.name: twins[i.name].describe().modality(i.modality).cost_s for i in instruments}
     console.rule("[bold]result")
     for p, errs in summary.items():
         tasks = ", ".join(f"{k} {v:.3f}" for k, v in errs.items())

@@ -45,7 +45,13 @@ import httpx
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
-from coorch.deployments.config import POLICIES, CampaignSpec, DaskConfig, InstrumentConfig
+from coorch.deployments.config import (
+    POLICIES,
+    CampaignSpec,
+    DaskConfig,
+    InstrumentConfig,
+    SteeringConfig,
+)
 from coorch.deployments.prefect_server import die_with_parent, local_prefect_server
 from coorch.net import free_port, wait_until_healthy
 
@@ -88,6 +94,11 @@ class FacilityConfig(BaseModel):
     dask_port: int = Field(0, ge=0, description="Dask scheduler port; 0 picks a free one")
     budget: int = Field(40, ge=1, description="campaign.yaml's measurement budget")
     policy: str = Field("coorchestrate", description="campaign.yaml's policy")
+    steering: Literal["off", "review", "votes"] = Field(
+        "review",
+        description="campaign.yaml's steering mode (review: every 5th decision waits up to "
+        "60 s for an operator; the token is <dir>/steer.token)",
+    )
     startup_timeout_s: float = Field(120.0, gt=0, description="per service")
 
     @model_validator(mode="after")
@@ -126,6 +137,7 @@ class FacilityInfo(BaseModel):
     library: str
     instruments: list[AgentInfo]
     token_file: str
+    steer_token_file: str
     campaign_spec: str
     log_file: str
     supervisor_pid: int
@@ -143,6 +155,7 @@ def _paths(run_dir: Path) -> dict[str, Path]:
         "lock": d / "facility.lock",
         "log": d / "facility.log",
         "token": d / "agent.token",
+        "steer_token": d / "steer.token",
         "spec": d / "campaign.yaml",
         "prefect": d / ".prefect",
         "stores": d / "campaigns",
@@ -292,6 +305,9 @@ def campaign_spec(
         store=str(p["stores"] / "facility.zarr"),
         seed=cfg.seed,
         dask=DaskConfig(address=dask),
+        steering=SteeringConfig(
+            mode=cfg.steering, every=5, deadline_s=60.0, token_file=p["steer_token"]
+        ),
     )
 
 
@@ -309,6 +325,7 @@ def _start(
     description and the agent processes to watch."""
     p = _paths(run_dir)
     _write_token(p["token"])
+    _write_token(p["steer_token"])
     # Processes first: fork with preexec_fn is only safe before Dask starts its threads.
     twins = _spawn_twins(stack, cfg, p["token"])
     stack.callback(LOG.info, "stopped the Prefect server")  # runs after it has stopped
@@ -330,6 +347,7 @@ def _start(
         library=cfg.library,
         instruments=agents,
         token_file=str(p["token"]),
+        steer_token_file=str(p["steer_token"]),
         campaign_spec=str(p["spec"]),
         log_file=str(p["log"]),
         supervisor_pid=os.getpid(),

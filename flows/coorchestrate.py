@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -58,7 +59,17 @@ def why(d: Decision) -> str:
     return f"{d.policy} gain/cost={d.acquisition_value:.3g} ({d.model_version})"
 
 
-@flow(name="coorchestrate", log_prints=False)
+def run_name() -> str:
+    """A flow run named after its campaign and start time, so the Prefect UI and
+    ``coorch steer`` find it by a name an operator recognises."""
+    from prefect.runtime import flow_run
+
+    spec = flow_run.parameters["spec"]
+    name = spec["name"] if isinstance(spec, dict) else spec.name
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+@flow(name="coorchestrate", flow_run_name=run_name, log_prints=False)
 def coorchestrate(spec: CampaignSpec) -> CampaignResult:
     """Run (or resume) the campaign ``spec`` until its measurement budget is spent."""
     log = get_run_logger()

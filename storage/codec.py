@@ -10,7 +10,8 @@ normalisations, which the round-trip test (``tests/test_storage_codec.py``) stat
   are not stored; values come back as nested lists of floats;
 - measurements and decisions: an empty ``decision_id`` / ``flow_run_id`` / ``task_run_id`` /
   ``campaign`` decodes to ``None`` (they are stored as ``''`` when absent);
-- decisions: ``human_input`` is a :class:`HumanInput` as a JSON object; ``"null"`` decodes to ``None``.
+- decisions: ``human_input`` is a :class:`HumanInput` as a JSON object; ``"null"`` decodes to
+  ``None``.
 
 The decoders are column-wise (``*_from_columns``: one ``tolist`` per column, then one record per
 row) because a campaign is read back whole on resume; ``*_from_row`` decode one row.
