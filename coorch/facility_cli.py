@@ -55,13 +55,14 @@ def up_command(
     typer.echo(f"  Dask        {info.dask_address}")
     typer.echo(f"  log         {info.log_file}")
     typer.echo("Run a campaign against it (it shows in the UI under Runs, flow coorchestrate):")
+    typer.echo(f"  export PREFECT_API_URL={info.prefect_api_url}")
     typer.echo(f"  coorch run {info.campaign_spec} &")
     typer.echo(f"Steer it (token {info.steer_token_file}):")
     typer.echo("  coorch steer list")
     typer.echo("  coorch steer override RUN --x 2.5 --y 1 --token-file " + info.steer_token_file)
     typer.echo(
-        f"coorch commands use this facility's Prefect server while it is up "
-        f"(PREFECT_API_URL={info.prefect_api_url})"
+        "(coorch commands use a facility in runs/facility, or in $COORCH_FACILITY, without "
+        "the export)"
     )
     typer.echo(f"Stop it: coorch down --dir {run_dir}")
 

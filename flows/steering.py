@@ -120,13 +120,33 @@ def review(proposal: dict[str, Any], deadline_s: float, token_sha256: str) -> di
     mid = str(proposal.get("measurement_id"))
     _OPEN[mid] = run_id
     try:
-        return _wait_for_answer(run_id, mid, deadline_s, token_sha256)
+        form = ReviewAnswer.with_initial_data(
+            description=_describe(proposal, deadline_s),
+            x=proposal.get("library_x"),
+            y=proposal.get("library_y"),
+            instrument=proposal.get("instrument"),
+        )
+        return _wait_for_answer(run_id, mid, deadline_s, token_sha256, form)
     finally:
         _OPEN.pop(mid, None)
         _CLOSED.discard(mid)
 
 
-def _wait_for_answer(run_id: UUID, mid: str, deadline_s: float, token_sha256: str) -> dict:
+def _describe(p: dict[str, Any], deadline_s: float) -> str:
+    """What the Prefect UI's Resume form says above its fields."""
+    until = time.strftime("%H:%M:%S", time.localtime(time.time() + deadline_s))
+    return (
+        f"The agent proposes **{p.get('instrument')}** at x = {p.get('library_x'):.2f} mm, "
+        f"y = {p.get('library_y'):.2f} mm ({p.get('policy')}, value "
+        f"{p.get('acquisition_value')}, model {p.get('model_version')}).\n\n"
+        "Accept it, override it (edit x, y or the instrument), or stop the campaign; give your "
+        f"name and the campaign's steering token. Without an answer by {until} it runs."
+    )
+
+
+def _wait_for_answer(
+    run_id: UUID, mid: str, deadline_s: float, token_sha256: str, form: type[ReviewAnswer]
+) -> dict:
     log = logging.getLogger("coorch.steering")
     end = time.monotonic() + deadline_s
     for n in range(1, 1000):
@@ -139,7 +159,7 @@ def _wait_for_answer(run_id: UUID, mid: str, deadline_s: float, token_sha256: st
         timer.start()
         try:
             answer = pause_flow_run(
-                wait_for_input=ReviewAnswer,
+                wait_for_input=form,
                 timeout=int(remaining) + PAUSE_GRACE_S,
                 poll_interval=1,
                 key=key,

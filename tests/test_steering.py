@@ -148,6 +148,7 @@ def test_an_operator_in_another_process_overrides_a_proposal_and_a_wrong_token_i
 def test_nobody_answers_the_proposals_run_after_the_deadline_and_the_run_completes(
     prefect_server, twins, tmp_path
 ):
+    """...and while one instrument waits for its review, the other keeps measuring."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
 
@@ -155,15 +156,18 @@ def test_nobody_answers_the_proposals_run_after_the_deadline_and_the_run_complet
 
     good = token_file(tmp_path, "deadline-token-0123456789abcdef")
     store = tmp_path / "c.zarr"
-    campaign = Running(spec(twins, store, good, budget=7, mode="review", deadline_s=2))
+    s = spec(twins, store, good, budget=10, mode="review", every=2, deadline_s=2)
+    campaign = Running(s)
     run = campaign.run()
     state = campaign.finish()
     assert state.is_completed(), state
-    decisions = CampaignStore.open(str(store), create=False).read_decisions()
-    reviewed = [d for d in decisions if d.human_input is not None]
-    assert len(reviewed) == 7 - 4  # every agent decision (not the seeds) was reviewed
+    s = CampaignStore.open(str(store), create=False)
+    decisions = s.read_decisions()
+    agent = [d for d in decisions if d.policy == "coorchestrate"]
+    reviewed = [d for d in agent if d.human_input is not None]
+    assert len(agent) == 10 - 4 and len(reviewed) == 3  # every 2nd agent decision
     assert {d.human_input.operator for d in reviewed} == {DEADLINE}
-    assert all(d.policy == "coorchestrate" and d.human_input.replaced for d in reviewed)
+    assert all(d.human_input.replaced["measurement_id"] == d.measurement_id for d in reviewed)
     with get_client(sync_client=True) as client:
         reviews = client.read_flow_runs(
             flow_run_filter=FlowRunFilter(
@@ -171,6 +175,16 @@ def test_nobody_answers_the_proposals_run_after_the_deadline_and_the_run_complet
             )
         )
     assert len(reviews) == 3 and all(r.state.is_completed() for r in reviews)
+    measured = s.read_measurements()
+    # the instruments did not all wait for one review: another one measured meanwhile (not
+    # for every review: two may wait at once, and the last may have nothing left to share)
+    during = [  # from the proposal to its answer
+        m
+        for d in reviewed
+        for m in measured
+        if m.instrument != d.instrument and d.created < m.ended < d.human_input.at
+    ]
+    assert during, "every instrument waited while a proposal was under review"
 
 
 @pytest.fixture(scope="module")
