@@ -2,6 +2,14 @@
 
 A :class:`CampaignSpec` is what a flow run is parameterised with, so it must stay JSON-plain:
 tokens are referenced by file, never inlined (flow parameters are stored by Prefect).
+
+Unknown keys are refused (``extra="forbid"``): a misspelt optional field (``budjet: 200``)
+would otherwise be dropped without a word and the campaign run on the default. Fields are only
+ever added, each with a default, so a spec stored by older code (a store's metadata, a
+deployment's parameters) still loads; one from newer code, with a field this code lacks, is
+refused, and ``coorch report`` then draws from the records alone
+(``tasks/report_data.read_campaign``). Token files need not exist here: the flow may run where
+paths differ, so ``coorch run`` checks them itself before it starts the flow.
 """
 
 from __future__ import annotations
@@ -9,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 POLICIES = (
     "coorchestrate",
@@ -25,6 +33,8 @@ POLICIES = (
 
 class InstrumentConfig(BaseModel):
     """One instrument in a campaign: where its agent listens and what the campaign uses."""
+
+    model_config = ConfigDict(extra="forbid")  # see the module docstring
 
     name: str = Field(description="instrument id, as the agent describes itself")
     kind: str = Field(description="afm | raman | wds | stem (twins) or a real driver's kind")
@@ -96,6 +106,8 @@ class InstrumentConfig(BaseModel):
 class DaskConfig(BaseModel):
     """Where models are fitted: a LocalCluster by default, an existing scheduler, or jobqueue."""
 
+    model_config = ConfigDict(extra="forbid")  # see the module docstring
+
     address: str | None = Field(None, description="scheduler address; None starts a LocalCluster")
     n_workers: int = 1
     threads_per_worker: int = 1
@@ -109,6 +121,8 @@ class SteeringConfig(BaseModel):
     Redirects, votes and stop are always accepted from holders of the steering token when one
     is set; ``mode`` says whether decisions also wait for a review.
     """
+
+    model_config = ConfigDict(extra="forbid")  # see the module docstring
 
     mode: Literal["off", "review", "votes"] = Field(
         "off",
@@ -158,6 +172,8 @@ class SteeringConfig(BaseModel):
 
 class CampaignSpec(BaseModel):
     """What to measure, with what, how much, and where the data go."""
+
+    model_config = ConfigDict(extra="forbid")  # see the module docstring
 
     name: str = "demo"
     library: str = "smbfo"

@@ -16,13 +16,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from coorch.deployments.config import InstrumentConfig
 
 
 class Im2SpecSpec(BaseModel):
     """What to image, which spectrum to learn from the images, how many spectra, where to."""
+
+    # Unknown keys refused, as in CampaignSpec (see coorch.deployments.config): a misspelt
+    # option must not silently become its default.
+    model_config = ConfigDict(extra="forbid")
 
     name: str = "im2spec"
     library: str = "smbfo"
