@@ -106,7 +106,10 @@ def test_up_serves_ui_api_agents_and_dask_then_down_stops_everything(tmp_path):
 
         stopped = runner.invoke(app, ["down", "--dir", str(run_dir)])
         assert stopped.exit_code == 0 and "stopped" in stopped.output, stopped.output
-        assert [p.pid for p in processes if p.is_running() and p.status() != "zombie"] == []
+        # the supervisor has exited; a grandchild (a server's worker) may take a moment more
+        _, left = psutil.wait_procs(processes, timeout=15)
+        left = [p for p in left if p.is_running() and p.status() != "zombie"]
+        assert [(p.pid, " ".join(p.cmdline()[:4])) for p in left] == []
         ports = [port, _port(info.dask_address), *(_port(a.url) for a in info.instruments)]
         assert [p for p in ports if _listening(p)] == []
         assert read_info(run_dir) is None and running_pid(run_dir) is None
