@@ -4,9 +4,12 @@ Modules, one job each (imported explicitly, so that importing the protocol stays
 
 * ``protocol``  -- the ``Driver`` Protocol, the optional ``Resettable`` capability and the
   ``DriverError`` family (``Aborted``, ``ResponseLost``);
-* ``server``    -- ``create_app(driver, token=..)``: auth, lease, limits, exactly-once measure;
-* ``guards``    -- what the server remembers: the controller lease, results by request id;
-* ``client``    -- ``InstrumentClient`` (httpx, retries with the same request id) and errors;
+* ``server``    -- ``create_app(driver, tokens=..)``: auth, lease, limits, exactly-once measure;
+* ``lease``     -- the controller lease: one holder, named by an unguessable lease id;
+* ``tokens``    -- named control tokens (per campaign or person) and their files;
+* ``guards``    -- what the server remembers: results by request id; its error type;
+* ``client``    -- ``InstrumentClient`` (httpx, retries with the same request id, holds the
+  lease) and errors;
 * ``launch``    -- ``serve_driver`` / ``start_twin``: uvicorn on loopback in a thread;
 * ``frames``    -- ``AffineFrame`` library <-> stage from >= 3 fiducials;
 * ``libraries`` -- virtual libraries with ground truth (``get_library("smbfo" | "alscbn")``);

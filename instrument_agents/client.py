@@ -5,16 +5,30 @@ connection. Every call here retries those with exponential backoff; ``measure`` 
 request id on every attempt, and the server answers a repeated id from its cache, so a
 measurement is performed exactly once however many attempts it took. Errors a retry cannot fix
 (4xx, a latched instrument fault) raise at once as typed exceptions.
+
+The lease: the client takes the agent's lease on its first control call (or when
+:meth:`InstrumentClient.acquire_lease` says so), keeps the unguessable ``lease_id`` the agent
+answers, and sends it as ``X-Lease-Id`` on every control call. If the lease lapsed or was
+released under it, the client takes it again once and repeats the call (a measure repeats with
+the same request id, so still exactly once); if someone else holds it by then, it raises
+:class:`LeaseLost`. With ``lease_file`` the id is also kept on disk (0600), so a process that
+restarts after a crash takes over its own lease instead of waiting for it to lapse. Leaving the
+``with`` block gives the lease back.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import secrets
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +36,8 @@ import httpx
 from coorch.records import InstrumentDescription, Measurement, new_id
 
 RETRY_STATUS = {502, 503, 504}
+LEASE_HEADER = "X-Lease-Id"
+LOG = logging.getLogger(__name__)
 
 
 class InstrumentError(Exception):
@@ -38,6 +54,13 @@ class AuthError(InstrumentError):
 
 class LeaseConflict(InstrumentError):
     """409: another client holds the instrument's lease."""
+
+
+class LeaseLost(LeaseConflict):
+    """This client's lease ended (lapsed, released, taken over) and could not be taken back:
+    someone else holds the instrument now, or ``retake_lease`` is off. Also what a 403
+    ``lease_required`` / ``lease_expired`` / ``lease_invalid`` answer becomes. A subclass of
+    :class:`LeaseConflict`, so code that handles "someone else has the instrument" handles it."""
 
 
 class OutOfLimits(InstrumentError):
@@ -61,7 +84,13 @@ def _default_client_id() -> str:
 
 
 class InstrumentClient:
-    """One controller of one instrument agent (use as a context manager)."""
+    """One controller of one instrument agent (use as a context manager).
+
+    ``client_id`` names the holder in the agent's status and log (a label, not a credential).
+    ``lease_ttl_s`` is the lease's lifetime without activity when the client takes it itself;
+    ``lease_file`` keeps the lease id across restarts (see the module docstring);
+    ``retake_lease=False`` raises :class:`LeaseLost` instead of taking a lapsed lease again.
+    """
 
     def __init__(
         self,
@@ -72,6 +101,9 @@ class InstrumentClient:
         timeout_s: float = 10.0,
         max_retries: int = 5,
         backoff_s: float = 0.05,
+        lease_ttl_s: float = 30.0,
+        lease_file: str | os.PathLike[str] | None = None,
+        retake_lease: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.client_id = client_id or _default_client_id()
@@ -79,7 +111,12 @@ class InstrumentClient:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         self.attempts = 0  # HTTP attempts made (for tests and diagnostics)
+        self.retake_lease = retake_lease
         self._description: InstrumentDescription | None = None
+        self._lease_ttl_s = lease_ttl_s
+        self._lease_file = Path(lease_file) if lease_file is not None else None
+        self._lease_lock = threading.RLock()
+        self._lease_id: str | None = _read_lease_file(self._lease_file)
         # Plain http needs no TLS context; building one loads the CA bundle (~0.1 s per client).
         plain = self.base_url.startswith("http://")
         self._http = httpx.Client(
@@ -97,18 +134,36 @@ class InstrumentClient:
         self.close()
 
     def close(self) -> None:
+        """Give back a lease still held (one attempt: an agent that is down lets it lapse),
+        then close the connection."""
+        if self._lease_id is not None:
+            try:
+                self.release_lease(retries=0)
+            except InstrumentError as exc:
+                LOG.warning("%s: lease not released on close (%s); it lapses", self.base_url, exc)
         self._http.close()
 
     def _request(
-        self, method: str, path: str, *, json: Any = None, timeout_s: float | None = None
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        timeout_s: float | None = None,
+        lease_id: str | None = None,
+        retries: int | None = None,
     ) -> Any:
         last: Exception | None = None
-        for attempt in range(self.max_retries + 1):
+        headers = {LEASE_HEADER: lease_id} if lease_id else None
+        retries = self.max_retries if retries is None else retries
+        for attempt in range(retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
             self.attempts += 1
             try:
-                r = self._http.request(method, path, json=json, timeout=timeout_s or self.timeout_s)
+                r = self._http.request(
+                    method, path, json=json, headers=headers, timeout=timeout_s or self.timeout_s
+                )
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last = exc
                 continue
@@ -119,8 +174,67 @@ class InstrumentClient:
                 raise _error_for(r)
             return r.json()
         raise InstrumentUnavailable(
-            f"{method} {self.base_url}{path} failed after {self.max_retries + 1} attempts: {last!r}"
+            f"{method} {self.base_url}{path} failed after {retries + 1} attempts: {last!r}"
         ) from last
+
+    # ----------------------------------------------------------------- the lease
+    @property
+    def lease_id(self) -> str | None:
+        """The id of the lease this client believes it holds (None: none). Keep it secret."""
+        return self._lease_id
+
+    def _keep_lease(self, lease_id: str | None) -> None:
+        """Remember ``lease_id`` (None: forget it), in memory and in ``lease_file``."""
+        self._lease_id = lease_id
+        if self._lease_file is not None:
+            try:
+                _write_lease_file(self._lease_file, lease_id)
+            except OSError as exc:  # persisting only speeds up a restart: never fatal
+                LOG.warning("cannot keep the lease id in %s: %s", self._lease_file, exc)
+
+    def _forget_lease(self, lease_id: str) -> None:
+        """The agent said ``lease_id`` is not current: drop it unless already replaced."""
+        with self._lease_lock:
+            if self._lease_id == lease_id:
+                self._keep_lease(None)
+
+    def _holding(self) -> str:
+        """The lease id to send, taking the lease first if this client holds none."""
+        with self._lease_lock:
+            if self._lease_id is None:
+                self.acquire_lease(self._lease_ttl_s)
+            assert self._lease_id is not None
+            return self._lease_id
+
+    def _control(
+        self, method: str, path: str, *, json: Any = None, timeout_s: float | None = None
+    ) -> Any:
+        """A call that needs the lease: sent with ``X-Lease-Id``; a lost lease is taken again
+        once (the same body, so a measure keeps its request id) or raises :class:`LeaseLost`."""
+        lease_id = self._holding()
+        try:
+            return self._request(method, path, json=json, timeout_s=timeout_s, lease_id=lease_id)
+        except LeaseLost as exc:  # 403: no lease is live under our id (lapsed or released)
+            self._forget_lease(lease_id)
+            if not self.retake_lease:
+                raise
+            LOG.info("%s: lease lost (%s); taking it again", self.base_url, exc.error)
+            try:
+                lease_id = self._holding()
+            except LeaseConflict as taken:
+                raise LeaseLost(
+                    f"{self.base_url}: our lease ended ({exc.error}) and {taken}",
+                    status=taken.status,
+                    error=taken.error,
+                ) from taken
+            return self._request(method, path, json=json, timeout_s=timeout_s, lease_id=lease_id)
+        except LeaseConflict as exc:  # 409: someone else holds it now
+            self._forget_lease(lease_id)
+            raise LeaseLost(
+                f"{self.base_url}: lease lost to another controller: {exc}",
+                status=exc.status,
+                error=exc.error,
+            ) from exc
 
     # ----------------------------------------------------------------- API
     def health(self) -> dict[str, Any]:
@@ -136,15 +250,38 @@ class InstrumentClient:
         return self._request("GET", "/v1/status")
 
     def acquire_lease(self, ttl_s: float = 30.0) -> dict[str, Any]:
-        return self._request("POST", "/v1/lease", json={"ttl_s": ttl_s})
+        """Take the lease, or renew the one held (with ``ttl_s`` as its new lifetime). Returns
+        the agent's public view of it; the id itself stays in :attr:`lease_id`. The request id
+        makes a retry of a take whose answer was lost get the same lease, not a 409."""
+        body = {"ttl_s": ttl_s, "request_id": secrets.token_urlsafe(16)}
+        with self._lease_lock:
+            self._lease_ttl_s = ttl_s
+            try:
+                grant = self._request("POST", "/v1/lease", json=body, lease_id=self._lease_id)
+            except LeaseConflict:  # whatever id we had is not the live lease
+                if self._lease_id is not None:
+                    self._keep_lease(None)
+                raise
+            self._keep_lease(grant.pop("lease_id"))
+        return grant
 
-    def release_lease(self) -> None:
-        self._request("DELETE", "/v1/lease")
+    def release_lease(self, *, retries: int | None = None) -> None:
+        """Give the lease back. A no-op when the instrument is free; :class:`LeaseConflict`
+        when someone else holds it (the lease this client had is gone either way)."""
+        with self._lease_lock:
+            lease_id = self._lease_id
+            try:
+                self._request("DELETE", "/v1/lease", lease_id=lease_id, retries=retries)
+            except LeaseConflict:
+                if lease_id is not None:
+                    self._keep_lease(None)
+                raise
+            self._keep_lease(None)
 
     def load_sample(self, sample_id: str) -> dict[str, Any]:
         """Load a sample; the timeout allows for the instrument's (scaled) load time."""
         d = self._description or self.describe()
-        return self._request(
+        return self._control(
             "POST",
             "/v1/sample",
             json={"sample_id": sample_id},
@@ -159,7 +296,7 @@ class InstrumentClient:
                 status=422,
                 error="out_of_limits",
             )
-        return self._request(
+        return self._control(
             "POST",
             "/v1/move",
             json={"x": x, "y": y, "frame": frame},
@@ -172,7 +309,7 @@ class InstrumentClient:
         """Acquire once. Every retry reuses ``request_id`` (generated if None)."""
         rid = request_id or new_id("m")
         body = {"modality": modality, "request_id": rid, "params": params or {}}
-        data = self._request(
+        data = self._control(
             "POST",
             "/v1/measure",
             json=body,
@@ -181,17 +318,19 @@ class InstrumentClient:
         return Measurement.model_validate(data)
 
     def abort(self) -> None:
+        """Stop the instrument. Sent without the lease on purpose: an emergency stop never
+        waits for one (the agent allows it to any control token)."""
         self._request("POST", "/v1/abort")
 
     def reset(self) -> dict[str, Any]:
         """Clear a latched fault (``POST /v1/reset``)."""
-        return self._request("POST", "/v1/reset")
+        return self._control("POST", "/v1/reset")
 
     def set_frame(
         self, library_pts: Sequence[Sequence[float]], stage_pts: Sequence[Sequence[float]]
     ) -> dict[str, Any]:
         """Fit the agent's library->stage frame from >= 3 fiducial pairs; returns the residual."""
-        return self._request(
+        return self._control(
             "POST",
             "/v1/frame",
             json={"library": [list(p) for p in library_pts], "stage": [list(p) for p in stage_pts]},
@@ -223,7 +362,9 @@ def _error_for(r: httpx.Response) -> InstrumentError:
     detail = body.get("detail", r.text) if isinstance(body, dict) else r.text
     msg = f"HTTP {r.status_code} {error or ''}: {detail}".strip()
     cls: type[InstrumentError] = InstrumentError
-    if r.status_code in (401, 403):
+    if r.status_code == 403 and error.startswith("lease_"):
+        cls = LeaseLost
+    elif r.status_code in (401, 403):
         cls = AuthError
     elif r.status_code == 409:
         cls = MeasurementAborted if error == "aborted" else LeaseConflict
@@ -232,3 +373,32 @@ def _error_for(r: httpx.Response) -> InstrumentError:
     elif r.status_code == 500:
         cls = InstrumentFault
     return cls(msg, status=r.status_code, error=error)
+
+
+def _read_lease_file(path: Path | None) -> str | None:
+    """The lease id a previous run of this controller kept in ``path``, if any."""
+    if path is None:
+        return None
+    try:
+        return path.read_text().strip() or None
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # unreadable: start without it (a restart then waits for the lapse)
+        LOG.warning("cannot read the lease id in %s: %s", path, exc)
+        return None
+
+
+def _write_lease_file(path: Path, lease_id: str | None) -> None:
+    """Keep ``lease_id`` in ``path`` (None: remove it), atomically and readable by the owner
+    only: the id is a credential, like the token beside it."""
+    if lease_id is None:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # so that O_CREAT below sets the mode
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(lease_id)
+    os.replace(tmp, path)

@@ -1,17 +1,15 @@
 """What the agent server remembers between requests, and how it refuses or cuts an answer.
 
-The controller :class:`Lease` (one controller at a time, lapsing without activity), the
-:class:`MeasureCache` that makes ``measure`` exactly-once by request id, :class:`ApiError` (an
+The :class:`MeasureCache` that makes ``measure`` exactly-once by request id, :class:`ApiError` (an
 answer with an error code the client maps to an exception) and :class:`DroppedResponse` (an
-answer cut mid-body, for drivers that simulate a lost connection). The routes live in
-``server.py``.
+answer cut mid-body, for drivers that simulate a lost connection). The controller lease has its
+own module (``lease.py``); the routes live in ``server.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import OrderedDict
 from typing import Any
 
@@ -26,53 +24,6 @@ class ApiError(Exception):
     def __init__(self, status: int, error: str, detail: str) -> None:
         super().__init__(detail)
         self.status, self.error, self.detail = status, error, detail
-
-
-class Lease:
-    """One controller at a time; the lease lapses after ``ttl`` s without activity."""
-
-    def __init__(self, default_ttl_s: float) -> None:
-        self.default_ttl_s = default_ttl_s
-        self.holder: str | None = None
-        self.expires = 0.0
-        self._ttl = default_ttl_s
-        self._lock = threading.Lock()
-
-    def _live_holder(self) -> str | None:
-        if self.holder is not None and time.monotonic() >= self.expires:
-            self.holder = None
-        return self.holder
-
-    def check(self, client_id: str) -> None:
-        """Refuse ``client_id`` if someone else holds the lease; renew it if it is the holder."""
-        with self._lock:
-            holder = self._live_holder()
-            if holder is None:
-                return
-            if holder != client_id:
-                raise ApiError(409, "lease_conflict", f"instrument is leased by {holder!r}")
-            self.expires = time.monotonic() + self._ttl
-
-    def acquire(self, client_id: str, ttl_s: float | None) -> dict[str, Any]:
-        with self._lock:
-            holder = self._live_holder()
-            if holder not in (None, client_id):
-                raise ApiError(409, "lease_conflict", f"instrument is leased by {holder!r}")
-            self._ttl = ttl_s if ttl_s and ttl_s > 0 else self.default_ttl_s
-            self.holder, self.expires = client_id, time.monotonic() + self._ttl
-            return self.info()
-
-    def release(self, client_id: str) -> None:
-        with self._lock:
-            holder = self._live_holder()
-            if holder not in (None, client_id):
-                raise ApiError(409, "lease_conflict", f"instrument is leased by {holder!r}")
-            self.holder = None
-
-    def info(self) -> dict[str, Any]:
-        holder = self._live_holder()
-        left = max(0.0, self.expires - time.monotonic()) if holder else 0.0
-        return {"holder": holder, "expires_in_s": left}
 
 
 class _ExpectedDropFilter(logging.Filter):

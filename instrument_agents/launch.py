@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Mapping
 from typing import Any
 
 import uvicorn
@@ -64,7 +65,8 @@ class RunningAgent:
 def serve_driver(
     driver: Driver,
     *,
-    token: str,
+    token: str | None = None,
+    tokens: Mapping[str, str] | None = None,
     readonly_token: str | None = None,
     frame: AffineFrame | None = None,
     host: str = "127.0.0.1",
@@ -72,8 +74,11 @@ def serve_driver(
     startup_timeout_s: float = 10.0,
     **app_kw: Any,
 ) -> RunningAgent:
-    """Serve ``driver`` on ``host:port`` (0 = a free port) and return once it answers health."""
-    app = create_app(driver, token=token, readonly_token=readonly_token, frame=frame, **app_kw)
+    """Serve ``driver`` on ``host:port`` (0 = a free port) and return once it answers health.
+    ``token`` / ``tokens`` are the control tokens as :func:`create_app` takes them."""
+    app = create_app(
+        driver, token=token, tokens=tokens, readonly_token=readonly_token, frame=frame, **app_kw
+    )
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are
     # TCP, and without it every keep-alive request waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
@@ -113,15 +118,16 @@ def start_twin(
     instrument: str,
     library: str = "smbfo",
     *,
-    token: str,
+    token: str | None = None,
     seed: int = 0,
     time_scale: float = 0.0,
     fault_rate: float = 0.0,
     readonly_token: str | None = None,
+    tokens: Mapping[str, str] | None = None,
     **twin_kw: Any,
 ) -> RunningAgent:
     """Build a twin with :func:`make_twin` and serve it on a free loopback port."""
     twin = make_twin(
         instrument, library, seed=seed, time_scale=time_scale, fault_rate=fault_rate, **twin_kw
     )
-    return serve_driver(twin, token=token, readonly_token=readonly_token)
+    return serve_driver(twin, token=token, tokens=tokens, readonly_token=readonly_token)

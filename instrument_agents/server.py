@@ -1,23 +1,26 @@
 """The HTTP face of any driver: auth, lease, stage limits, frames and exactly-once measure.
 
 Every rule that protects an instrument lives here, once, rather than in each driver: a real
-driver only moves and acquires; this wrapper decides who may ask (bearer tokens, one controller
-at a time), what may be asked (stage limits checked before anything moves), and makes retries
-safe (a measurement is cached by its request id, so a client that lost an answer gets the same
-one back instead of a second acquisition).
+driver only moves and acquires; this wrapper decides who may ask (named bearer tokens, one
+controller at a time holding an unguessable lease id), what may be asked (stage limits checked
+before anything moves), and makes retries safe (a measurement is cached by its request id, so a
+client that lost an answer gets the same one back instead of a second acquisition).
 
 Routes (all JSON, prefix ``/v1``): ``GET health`` (no token), ``GET describe``, ``GET status``
 (any valid token), ``POST/DELETE lease``, ``POST sample``, ``POST move``, ``POST measure``,
-``POST abort``, ``POST reset``, ``POST frame`` (control token). Errors are
-``{"error": <code>, "detail": <text>}`` with codes the client maps to exceptions.
+``POST abort``, ``POST reset``, ``POST frame`` (control token; all but ``abort`` and ``POST
+lease`` also need the lease: ``X-Lease-Id``). Errors are ``{"error": <code>, "detail": <text>}``
+with codes the client maps to exceptions.
 
-Layout: the served state is one :class:`_Agent` in ``app.state.agent`` (lease and request-id
-cache from :mod:`~coorch.instrument_agents.guards`); who may ask is three
-FastAPI dependencies (``reader``, ``operator``, ``controller``: tokens, then the lease); the
-routes are plain functions on three routers (``reads``, ``leases``, ``controls``); driver errors
-become answers in one handler. :func:`create_app` only assembles them. The server knows drivers
-only through :mod:`~coorch.instrument_agents.protocol`: ``Driver``, the optional ``Resettable``
-(checked with ``isinstance``) and the ``DriverError`` family.
+Layout: the served state is one :class:`_Agent` in ``app.state.agent`` (the lease from
+:mod:`~coorch.instrument_agents.lease`, the request-id cache from
+:mod:`~coorch.instrument_agents.guards`, the tokens from :mod:`~coorch.instrument_agents.tokens`);
+who may ask is three FastAPI dependencies (``reader``, ``operator``, ``controller``: tokens, then
+the lease); the routes are plain functions on three routers (``reads``, ``leases``,
+``controls``); driver errors become answers in one handler. :func:`create_app` only assembles
+them. The server knows drivers only through :mod:`~coorch.instrument_agents.protocol`:
+``Driver``, the optional ``Resettable`` (checked with ``isinstance``) and the ``DriverError``
+family.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import hmac
 import math
 import time
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -34,7 +38,8 @@ from pydantic import BaseModel, Field
 from starlette.responses import Response
 
 from coorch.instrument_agents.frames import AffineFrame
-from coorch.instrument_agents.guards import ApiError, DroppedResponse, Lease, MeasureCache
+from coorch.instrument_agents.guards import ApiError, DroppedResponse, MeasureCache
+from coorch.instrument_agents.lease import Caller, Lease
 from coorch.instrument_agents.protocol import (
     Aborted,
     Driver,
@@ -42,7 +47,11 @@ from coorch.instrument_agents.protocol import (
     Resettable,
     ResponseLost,
 )
+from coorch.instrument_agents.tokens import ControlTokens
 from coorch.records import InstrumentDescription, Measurement, new_id
+
+#: The name ``create_app(token=...)`` gives its single control token.
+DEFAULT_TOKEN_NAME = "default"
 
 
 class MoveBody(BaseModel):
@@ -63,6 +72,8 @@ class SampleBody(BaseModel):
 
 class LeaseBody(BaseModel):
     ttl_s: float | None = None
+    #: Makes a retried take safe: the same id gets the same grant back (until the lease is used).
+    request_id: str | None = None
 
 
 class FrameBody(BaseModel):
@@ -75,8 +86,8 @@ class _Agent:
     """Everything one app serves: the driver and the rules around it (``app.state.agent``)."""
 
     driver: Driver
-    token: str = field(repr=False)  # secrets stay out of reprs and logs
-    readonly_token: str | None = field(repr=False)
+    tokens: ControlTokens  # its repr shows names only
+    readonly_token: str | None = field(repr=False)  # secrets stay out of reprs and logs
     frame: AffineFrame
     lease: Lease
     cache: MeasureCache
@@ -116,7 +127,7 @@ def reader(
 ) -> None:
     """Any valid token (control or read-only): describe and status."""
     tok = _bearer(authorization)
-    if not (_same(tok, agent.token) or _same(tok, agent.readonly_token)):
+    if not (tok in agent.tokens or _same(tok, agent.readonly_token)):
         raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
 
@@ -124,21 +135,31 @@ def operator(
     agent: Annotated[_Agent, Depends(get_agent)],
     authorization: OptionalHeader = None,
     x_client_id: OptionalHeader = None,
-) -> str:
-    """The control token; returns the client id (``X-Client-Id``, else ``anonymous``)."""
+) -> Caller:
+    """A control token; returns who asks: the holder name it gives (``X-Client-Id``, else
+    ``anonymous``; a label, not a credential) and the name of its token."""
     tok = _bearer(authorization)
-    if _same(tok, agent.token):
-        return x_client_id or "anonymous"
+    name = agent.tokens.name_of(tok)
+    if name is not None:
+        return Caller(client_id=x_client_id or "anonymous", token_name=name)
     if _same(tok, agent.readonly_token):
         raise ApiError(403, "forbidden", "the read-only token cannot control the instrument")
     raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
 
-def controller(client_id: str = Depends(operator), agent: _Agent = Depends(get_agent)) -> str:
-    """An operator the lease does not refuse: its holder (this renews it), or anyone while
-    the instrument is not leased."""
-    agent.lease.check(client_id)
-    return client_id
+def controller(
+    caller: Caller = Depends(operator),
+    agent: _Agent = Depends(get_agent),
+    x_lease_id: OptionalHeader = None,
+) -> Iterator[Caller]:
+    """The lease holder: an operator presenting the current lease id (``X-Lease-Id``) with
+    the token that took it. The lease is renewed, and kept alive while the call runs, so a
+    long move or transfer cannot lapse it half way; everyone else is refused (409/403)."""
+    grant = agent.lease.enter(caller, x_lease_id)
+    try:
+        yield caller
+    finally:
+        agent.lease.leave(grant)
 
 
 # ---------------------------------------------------------------------- routes
@@ -170,23 +191,30 @@ def status(agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
 @leases.post("/lease")
 def take_lease(
     body: LeaseBody | None = None,
-    client_id: str = Depends(operator),
+    caller: Caller = Depends(operator),
     agent: _Agent = Depends(get_agent),
+    x_lease_id: OptionalHeader = None,
 ) -> dict[str, Any]:
-    return agent.lease.acquire(client_id, body.ttl_s if body else None)
+    """Take the lease (answer: ``lease_id`` plus the public view), or renew it by presenting
+    its id in ``X-Lease-Id`` -- which is how a restarted campaign takes over its own lease."""
+    body = body or LeaseBody()
+    return agent.lease.acquire(caller, x_lease_id, body.ttl_s, body.request_id)
 
 
 @leases.delete("/lease")
 def drop_lease(
-    client_id: str = Depends(operator), agent: _Agent = Depends(get_agent)
+    caller: Caller = Depends(operator),
+    agent: _Agent = Depends(get_agent),
+    x_lease_id: OptionalHeader = None,
 ) -> dict[str, Any]:
-    agent.lease.release(client_id)
-    return {"holder": None}
+    """Release: only with the current lease id; a no-op when nothing is leased."""
+    agent.lease.release(caller, x_lease_id)
+    return agent.lease.info()
 
 
 @controls.post("/sample")
 def load_sample(
-    body: SampleBody, _: str = Depends(controller), agent: _Agent = Depends(get_agent)
+    body: SampleBody, _: Caller = Depends(controller), agent: _Agent = Depends(get_agent)
 ) -> dict[str, Any]:
     agent.driver.load_sample(body.sample_id)
     return {"sample": agent.driver.status().get("sample")}
@@ -194,7 +222,7 @@ def load_sample(
 
 @controls.post("/move")
 def move(
-    body: MoveBody, _: str = Depends(controller), agent: _Agent = Depends(get_agent)
+    body: MoveBody, _: Caller = Depends(controller), agent: _Agent = Depends(get_agent)
 ) -> dict[str, float]:
     if not (math.isfinite(body.x) and math.isfinite(body.y)):
         raise ApiError(422, "out_of_limits", "target is not a finite number")
@@ -217,7 +245,7 @@ def move(
 
 @controls.post("/measure", response_model=None)
 def measure(
-    body: MeasureBody, _: str = Depends(controller), agent: _Agent = Depends(get_agent)
+    body: MeasureBody, _: Caller = Depends(controller), agent: _Agent = Depends(get_agent)
 ) -> Measurement | Response:
     names = [m.name for m in agent.driver.describe().modalities]
     if body.modality not in names:
@@ -262,14 +290,15 @@ def _acquire(agent: _Agent, rid: str, body: MeasureBody) -> Measurement | Respon
 
 
 @controls.post("/abort")
-def abort(_: str = Depends(operator), agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
-    # Safety first: any control-token holder may stop the instrument, lease or not.
+def abort(_: Caller = Depends(operator), agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+    # Safety first: any control-token holder may stop the instrument, lease or not; an
+    # emergency stop must never wait for, or be refused by, a lease.
     agent.driver.abort()
     return {"aborted": True}
 
 
 @controls.post("/reset")
-def reset(_: str = Depends(controller), agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
+def reset(_: Caller = Depends(controller), agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
     if not isinstance(agent.driver, Resettable):
         raise ApiError(501, "not_supported", "this driver has no reset")
     agent.driver.reset()
@@ -278,7 +307,7 @@ def reset(_: str = Depends(controller), agent: _Agent = Depends(get_agent)) -> d
 
 @controls.post("/frame")
 def set_frame(
-    body: FrameBody, _: str = Depends(controller), agent: _Agent = Depends(get_agent)
+    body: FrameBody, _: Caller = Depends(controller), agent: _Agent = Depends(get_agent)
 ) -> dict[str, Any]:
     try:
         agent.frame = AffineFrame.fit(body.library, body.stage)
@@ -309,7 +338,8 @@ async def _driver_error(_: Request, exc: DriverError) -> JSONResponse:
 def create_app(
     driver: Driver,
     *,
-    token: str,
+    token: str | None = None,
+    tokens: Mapping[str, str] | None = None,
     readonly_token: str | None = None,
     frame: AffineFrame | None = None,
     lease_ttl_s: float = 30.0,
@@ -318,16 +348,25 @@ def create_app(
 ) -> FastAPI:
     """Serve ``driver`` over HTTP.
 
-    ``frame`` maps library mm to this instrument's stage mm; it defaults to the driver's own
-    ``frame`` attribute (the twins carry one) or the identity. ``inflight_wait_s`` bounds how
-    long a retried measure waits for the first attempt still running before answering 503.
+    Control tokens: ``tokens`` maps a name (a campaign, a person) to its token, and ``token``
+    is one more, named ``default``; at least one is required. The lease records the name of
+    the token that took it, never the token. ``frame`` maps library mm to this instrument's
+    stage mm; it defaults to the driver's own ``frame`` attribute (the twins carry one) or the
+    identity. ``inflight_wait_s`` bounds how long a retried measure waits for the first attempt
+    still running before answering 503.
     """
-    if not token:
-        raise ValueError("a control token is required")
+    named = dict(tokens or {})
+    if token:
+        if DEFAULT_TOKEN_NAME in named:
+            raise ValueError(f"token= and a token named {DEFAULT_TOKEN_NAME!r} in tokens=")
+        named[DEFAULT_TOKEN_NAME] = token
+    control = ControlTokens(named)  # raises without any
+    if readonly_token and readonly_token in control:
+        raise ValueError("the read-only token is also a control token")
     app = FastAPI(title="coorch instrument agent", version="1")
     app.state.agent = _Agent(
         driver=driver,
-        token=token,
+        tokens=control,
         readonly_token=readonly_token,
         frame=frame or getattr(driver, "frame", None) or AffineFrame.identity(),
         lease=Lease(lease_ttl_s),

@@ -6,12 +6,22 @@ Driver) -- or, for an agent already running elsewhere (a real instrument PC), by
 ``COORCH_AGENT_URL``, ``COORCH_AGENT_TOKEN`` and optionally ``COORCH_AGENT_READONLY_TOKEN``
 (see docs/drivers.md). The suite only uses the HTTP protocol; the one optional extra it reads is
 ``status()["n_measured"]`` (acquisitions performed), to prove retries never measure twice.
+
+The lease is a capability: every control call but ``abort`` must carry the lease id the agent
+issued (``X-Lease-Id``). The lease tests send raw requests, since the client would take a lease
+for them; the calls they expect refused are harmless if an agent wrongly admits them (a move to
+the centre, a measure, a reset, a sample load without a sample id, too few fiducials).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
+import secrets
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -36,7 +46,7 @@ from coorch.records import InstrumentDescription
 
 # One shared plain-http client: building an httpx.Client loads the CA bundle (~0.1 s).
 HTTP = httpx.Client(verify=False, timeout=10)
-TOKEN, RO = "conf-token", "conf-ro-token"
+TOKEN, RO, OTHER = "conf-token", "conf-ro-token", "conf-other-token"
 
 # name -> factory of a Driver. Add a real driver here (or use COORCH_AGENT_URL, below).
 BACKENDS: dict[str, Callable[[], Driver]] = {
@@ -53,6 +63,8 @@ class Agent:
     url: str
     token: str
     readonly_token: str | None
+    other_token: str | None = None  # a second control token (another campaign's)
+    in_process: bool = False  # its logs are this process's (checked for secrets)
 
 
 def _params() -> list:
@@ -70,12 +82,14 @@ def agent(request) -> Iterator[Agent]:
             os.environ["COORCH_AGENT_URL"],
             os.environ["COORCH_AGENT_TOKEN"],
             os.environ.get("COORCH_AGENT_READONLY_TOKEN"),
+            os.environ.get("COORCH_AGENT_OTHER_TOKEN"),
         )
         return
     if name == "replay" and not REPLAY_FILE.exists():
         pytest.skip(f"replay data not found at {REPLAY_FILE}")
-    with serve_driver(BACKENDS[name](), token=TOKEN, readonly_token=RO) as running:
-        yield Agent(running.url, TOKEN, RO)
+    tokens = {"conformance": TOKEN, "other-campaign": OTHER}
+    with serve_driver(BACKENDS[name](), tokens=tokens, readonly_token=RO) as running:
+        yield Agent(running.url, TOKEN, RO, OTHER, in_process=True)
 
 
 @pytest.fixture
@@ -262,3 +276,151 @@ def test_abort_leaves_the_instrument_usable(client, desc):
     t.join(30)
     assert done, "measurement neither finished nor aborted"
     assert _measure(client, modality).modality == modality
+
+
+# ------------------------------------------------------------------ the lease is a capability
+
+
+def _raw(
+    agent: Agent,
+    method: str,
+    path: str,
+    *,
+    lease_id: str | None = None,
+    token: str | None = None,
+    body: object = None,
+) -> httpx.Response:
+    """One request as a bare HTTP controller would send it (no client, no lease taken)."""
+    headers = {"Authorization": f"Bearer {token or agent.token}", "X-Client-Id": "conf-raw"}
+    if lease_id is not None:
+        headers["X-Lease-Id"] = lease_id
+    return HTTP.request(method, f"{agent.url}{path}", headers=headers, json=body)
+
+
+@contextlib.contextmanager
+def _lease(
+    agent: Agent, *, ttl_s: float = 30.0, token: str | None = None, holder: str = "conf-holder"
+) -> Iterator[str]:
+    """Take the lease with raw HTTP, yield its id, and give it back (if it is still ours)."""
+    headers = {"Authorization": f"Bearer {token or agent.token}", "X-Client-Id": holder}
+    r = HTTP.post(f"{agent.url}/v1/lease", headers=headers, json={"ttl_s": ttl_s})
+    assert r.status_code == 200, r.text
+    lease_id = r.json()["lease_id"]
+    assert isinstance(lease_id, str) and len(lease_id) >= 22  # >= 128 bits of urlsafe text
+    try:
+        yield lease_id
+    finally:
+        HTTP.delete(f"{agent.url}/v1/lease", headers={**headers, "X-Lease-Id": lease_id})
+
+
+def _controls(desc: InstrumentDescription) -> list[tuple[str, str, object]]:
+    """Every control route but abort, with bodies that do no harm if wrongly admitted."""
+    x, y = _centre(desc)
+    return [
+        ("POST", "/v1/move", {"x": x, "y": y, "frame": "stage"}),
+        ("POST", "/v1/measure", {"modality": desc.modalities[0].name}),
+        ("POST", "/v1/sample", {}),
+        ("POST", "/v1/reset", None),
+        ("POST", "/v1/frame", {"library": [[0, 0]], "stage": [[0, 0]]}),
+        ("DELETE", "/v1/lease", None),
+    ]
+
+
+def _refused(r: httpx.Response, status: int, error: str) -> None:
+    """Refused with ``status`` and the agent's usual error shape (``error`` code, ``detail``)."""
+    assert r.status_code == status, (r.request.method, r.request.url.path, r.text)
+    body = r.json()
+    assert body["error"] == error and isinstance(body["detail"], str), body
+
+
+def test_control_calls_without_a_lease_id_are_refused(agent: Agent, desc):
+    for method, path, body in _controls(desc):
+        if path == "/v1/lease":
+            continue  # releasing a free instrument is a harmless no-op
+        _refused(_raw(agent, method, path, body=body), 403, "lease_required")
+    with _lease(agent):
+        for method, path, body in _controls(desc):
+            _refused(_raw(agent, method, path, body=body), 409, "lease_conflict")
+
+
+def test_a_wrong_lease_id_is_refused(agent: Agent, desc):
+    forged = secrets.token_urlsafe(32)
+    for method, path, body in _controls(desc):
+        if path != "/v1/lease":
+            _refused(_raw(agent, method, path, lease_id=forged, body=body), 403, "lease_invalid")
+    with _lease(agent) as mine:
+        for method, path, body in _controls(desc):
+            r = _raw(agent, method, path, lease_id=forged, body=body)
+            _refused(r, 409, "lease_conflict")
+        x, y = _centre(desc)
+        move = {"x": x, "y": y, "frame": "stage"}
+        assert _raw(agent, "POST", "/v1/move", lease_id=mine, body=move).status_code == 200
+
+
+def test_another_holders_lease_id_is_refused(agent: Agent, desc):
+    x, y = _centre(desc)
+    move = {"x": x, "y": y, "frame": "stage"}
+    with _lease(agent, holder="conf-earlier") as earlier:
+        pass  # taken and given back: an old holder's id
+    with _lease(agent) as mine:
+        _refused(
+            _raw(agent, "POST", "/v1/move", lease_id=earlier, body=move), 409, "lease_conflict"
+        )
+        r = _raw(agent, "POST", "/v1/lease", lease_id=earlier, body={})
+        _refused(r, 409, "lease_conflict")  # nor can it take the lease over
+        if agent.other_token:  # the holder's id, but another campaign's token
+            r = _raw(agent, "POST", "/v1/move", lease_id=mine, token=agent.other_token, body=move)
+            _refused(r, 403, "lease_invalid")
+        assert _raw(agent, "POST", "/v1/move", lease_id=mine, body=move).status_code == 200
+    _refused(_raw(agent, "POST", "/v1/move", lease_id=mine, body=move), 403, "lease_invalid")
+
+
+def test_an_expired_lease_frees_the_instrument(agent: Agent, desc):
+    x, y = _centre(desc)
+    move = {"x": x, "y": y, "frame": "stage"}
+    with _lease(agent, ttl_s=0.5) as lapsed:
+        assert _raw(agent, "POST", "/v1/move", lease_id=lapsed, body=move).status_code == 200
+        time.sleep(1.0)  # no activity for twice its ttl
+        status = _raw(agent, "GET", "/v1/status").json()
+        assert status["lease"]["held"] is False and status["lease"]["holder"] is None
+        _refused(_raw(agent, "POST", "/v1/move", lease_id=lapsed, body=move), 403, "lease_expired")
+        with _lease(agent, holder="conf-next") as next_id:
+            assert next_id != lapsed
+            assert _raw(agent, "POST", "/v1/move", lease_id=next_id, body=move).status_code == 200
+
+
+def test_releasing_needs_the_lease_id(agent: Agent):
+    with _lease(agent) as mine:
+        _refused(_raw(agent, "DELETE", "/v1/lease"), 409, "lease_conflict")
+        _refused(_raw(agent, "DELETE", "/v1/lease", lease_id="x" * 43), 409, "lease_conflict")
+        assert _raw(agent, "GET", "/v1/status").json()["lease"]["held"] is True
+        r = _raw(agent, "DELETE", "/v1/lease", lease_id=mine)
+        assert r.status_code == 200 and r.json()["held"] is False
+        assert _raw(agent, "DELETE", "/v1/lease", lease_id=mine).status_code == 200  # a retry
+
+
+def test_a_holder_renews_its_lease_by_presenting_its_id(agent: Agent):
+    with _lease(agent, ttl_s=30) as mine:
+        r = _raw(agent, "POST", "/v1/lease", lease_id=mine, body={"ttl_s": 60})
+        assert r.status_code == 200 and r.json()["lease_id"] == mine
+        assert 30 < r.json()["expires_in_s"] <= 60
+
+
+def test_lease_ids_never_appear_in_status_or_in_logs(agent: Agent, desc, caplog):
+    caplog.set_level(logging.DEBUG)
+    x, y = _centre(desc)
+    with _lease(agent, holder="conf-audited") as mine:
+        _raw(agent, "POST", "/v1/move", lease_id=mine, body={"x": x, "y": y, "frame": "stage"})
+        _raw(agent, "POST", "/v1/move", lease_id=mine[::-1], body={"x": x, "y": y})
+        _raw(agent, "POST", "/v1/lease", lease_id=mine[::-1], body={})
+        for token in (agent.readonly_token, agent.token):
+            if token:
+                seen = _raw(agent, "GET", "/v1/status", token=token).text
+                assert mine not in seen and agent.token not in seen
+        lease = json.loads(seen)["lease"]
+        assert lease["held"] is True and lease["holder"] == "conf-audited"
+        assert lease["token_name"] and lease["since"] > 0 and "lease_id" not in lease
+    if agent.in_process:
+        assert "conf-audited" in caplog.text and "'conformance'" in caplog.text  # it is logged
+        for secret in (mine, mine[::-1], agent.token):
+            assert secret not in caplog.text

@@ -27,6 +27,12 @@ def _serve(**twin_kw):
     return serve_driver(make_twin("afm", **twin_kw), token=TOKEN)
 
 
+def _leased(agent) -> dict[str, str]:
+    """Headers of a raw controller: the token, and the lease id it just took."""
+    lease = HTTP.post(f"{agent.url}/v1/lease", headers=AUTH, json={}).json()
+    return {**AUTH, "X-Lease-Id": lease["lease_id"]}
+
+
 def test_fault_rate_02_delivers_every_measurement_exactly_once():
     """50 requests at fault rate 0.2 (transient, hang, disconnect, latch): each id measured once."""
     with (
@@ -58,11 +64,12 @@ def test_transient_errors_exhaust_retries_without_measuring():
     ):
         with pytest.raises(InstrumentUnavailable):
             c.measure("pfm_loop", request_id="t-1")
-        assert c.attempts == 1 + 3  # one describe, three measure attempts
+        assert c.attempts == 1 + 1 + 3  # one describe, one lease, three measure attempts
         assert agent.driver.n_measured == 0
+        c.close()  # gives its lease back, for the raw request below
         r = HTTP.post(
             f"{agent.url}/v1/measure",
-            headers=AUTH,
+            headers=_leased(agent),
             json={"modality": "pfm_loop", "request_id": "t-2"},
         )
         assert r.status_code == 503 and r.json()["error"] == "transient"
@@ -70,11 +77,11 @@ def test_transient_errors_exhaust_retries_without_measuring():
 
 def test_disconnect_after_acquisition_is_answered_from_cache():
     with _serve(fault_rate=1.0, fault_weights={"disconnect": 1.0}) as agent:
-        body = {"modality": "pfm_loop", "request_id": "d-1"}
+        body, headers = {"modality": "pfm_loop", "request_id": "d-1"}, _leased(agent)
         with pytest.raises(httpx.RemoteProtocolError):
-            HTTP.post(f"{agent.url}/v1/measure", headers=AUTH, json=body)
+            HTTP.post(f"{agent.url}/v1/measure", headers=headers, json=body)
         assert agent.driver.n_measured == 1
-        r = HTTP.post(f"{agent.url}/v1/measure", headers=AUTH, json=body)
+        r = HTTP.post(f"{agent.url}/v1/measure", headers=headers, json=body)
         assert r.status_code == 200 and r.json()["measurement_id"] == "d-1"
         assert agent.driver.n_measured == 1
 

@@ -121,7 +121,7 @@ def test_out_of_limits_is_422_and_nothing_moves(afm, client):
         content=b'{"x": NaN, "y": 1.0}',
         headers={
             "Authorization": f"Bearer {TOKEN}",
-            "X-Client-Id": "tester",
+            "X-Lease-Id": client.lease_id,  # the lease the client took for its moves
             "Content-Type": "application/json",
         },
     )
@@ -152,7 +152,7 @@ def test_retry_with_same_request_id_returns_first_result(afm, client):
     assert afm.driver.n_measured == n0 + 2
     r = HTTP.post(
         f"{afm.url}/v1/measure",
-        headers={"Authorization": f"Bearer {TOKEN}", "X-Client-Id": "tester"},
+        headers={"Authorization": f"Bearer {TOKEN}", "X-Lease-Id": client.lease_id},
         json={"modality": "afm_topo", "request_id": "req-idem-1"},
     )
     assert r.status_code == 422 and r.json()["error"] == "request_id_reused"
