@@ -64,7 +64,16 @@ class Instruments:
         with contextlib.ExitStack() as stack:
             for cfg in spec.instruments:
                 client = stack.enter_context(
-                    InstrumentClient(cfg.url, cfg.token(), client_id=f"coorch-{spec.name}")
+                    InstrumentClient(
+                        cfg.url,
+                        cfg.token(),
+                        client_id=f"coorch-{spec.name}",
+                        # a restarted run takes over its own lease (the id is a credential,
+                        # kept beside the token it was taken with)
+                        lease_file=cfg.token_file.with_name(
+                            f"{cfg.token_file.name}.{spec.name}.{cfg.name}.lease"
+                        ),
+                    )
                 )
                 desc = client.describe()
                 desc.modality(cfg.modality)  # fails early on a wrong modality name
