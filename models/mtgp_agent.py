@@ -200,11 +200,15 @@ class MTGPAgent(Agent):
         self.install(self.posterior_work(h)())
 
     def _build(self, h: MTGPHyperparameters, rows, data) -> Posterior:
+        """The posterior for ``h`` on ``rows`` (position, tasks), in one blocked build
+        (:meth:`IncrementalPosterior.extend`): the state adding them one by one would reach,
+        in seconds rather than the 27 s row by row took at 2000 rows (issue 15)."""
         post = IncrementalPosterior(
             self.unit, h, reference=self.reference, capacity=max(64, 2 * len(rows))
         )
-        for u, tasks in rows:
-            post.add(u, list(tasks))
+        x = np.array([u for u, ts in rows for _ in ts], float)  # one GP row per task
+        tasks = np.array([k for _, ts in rows for k in ts], int)
+        post.extend(x.reshape(len(tasks), self.unit.shape[1]), tasks)
         return Posterior(post, value_scale(h, data, self.unit), len(rows))
 
     def _condition(self, u: np.ndarray, inst: InstrumentCost) -> None:

@@ -7,18 +7,23 @@ covariance, two-stage integrated variance reduction) is timed per decision; the 
 (refit hyperparameters, then the posterior variance at all 40,000 candidate-tasks from
 scratch) is timed on a few decisions in the same run. A background refit on Dask is started
 half-way to show that decisions go on while it is in flight.
+
+The rebuild when new hyperparameters arrive (:meth:`MTGPAgent._build`, off the decision path)
+is timed too, after the decisions: the blocked build at 500 and 2000 rows and, for the ratio,
+the row-by-row build it replaced at 500 (at 2000 that took 27 s, 2 cores, issue 15: not rerun).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import numpy as np
 import typer
 
 from coorch.models.cost import InstrumentCost
-from coorch.models.incremental import exact_posterior
-from coorch.models.mtgp import fit_hyperparameters
+from coorch.models.incremental import IncrementalPosterior, exact_posterior
+from coorch.models.mtgp import MTGPHyperparameters, fit_hyperparameters
 from coorch.models.mtgp_agent import MTGPAgent
 from coorch.models.observations import Observation
 
@@ -74,6 +79,38 @@ def setup(n_obs: int, n_tasks: int, n_candidates: int, seed: int) -> tuple[MTGPA
     return agent, time.perf_counter() - t0
 
 
+def rebuild_seconds(
+    h: MTGPHyperparameters,
+    agent: MTGPAgent,
+    n_rows: int,
+    *,
+    row_by_row: bool = False,
+    repeats: int = 2,
+    seed: int = 0,
+) -> float:
+    """Seconds (best of ``repeats``) to build the posterior for ``h`` on ``n_rows`` rows
+    (uniform positions, tasks in turn) at the agent's candidates and reference set, as
+    :meth:`MTGPAgent._build` builds it: in blocks, or with ``row_by_row`` one
+    :meth:`~IncrementalPosterior.add` per row, as it was built before. Best of a few because
+    the first touch of a few hundred MB of fresh memory can cost seconds on a VM."""
+    rng = np.random.default_rng(seed)
+    x, t = rng.random((n_rows, agent.unit.shape[1])), np.arange(n_rows) % h.num_tasks
+    best = np.inf
+    for _ in range(repeats):
+        post = IncrementalPosterior(
+            agent.unit, h, reference=agent.reference, capacity=max(64, 2 * n_rows)
+        )
+        t0 = time.perf_counter()
+        if row_by_row:
+            for xi, ti in zip(x, t, strict=True):
+                post.add(xi, [ti])
+        else:
+            post.extend(x, t)
+        best = min(best, time.perf_counter() - t0)
+        del post
+    return best
+
+
 def decide_repeatedly(agent: MTGPAgent, n_decisions: int, executor) -> tuple[list, list]:
     """Keep every instrument busy for ``n_decisions`` decisions, timing tell + ask; a
     hyperparameter refit is submitted to ``executor`` (Dask) a third of the way in, its
@@ -114,6 +151,8 @@ def run(
     n_naive: int = 3,
     seed: int = 0,
     dask: bool = True,
+    rebuild_rows: tuple[int, ...] = (500, 2000),
+    row_by_row_rows: int | None = 500,
 ) -> dict:
     import warnings
 
@@ -141,6 +180,12 @@ def run(
         if client is not None:
             client.close()
             cluster.close()
+    h = agent.model.post.hyper
+    rebuild = {n: rebuild_seconds(h, agent, n) for n in rebuild_rows}
+    rbr = {}
+    if row_by_row_rows:
+        rbr[row_by_row_rows] = rebuild_seconds(h, agent, row_by_row_rows, row_by_row=True)
+    load = os.getloadavg()[0]
     lat_ms, busy = np.array(lat) * 1e3, np.array(busy)
     naive_ms = (
         np.array([[f + p for _, f, p in naive], [f for _, f, _ in naive], [p for _, _, p in naive]])
@@ -162,6 +207,9 @@ def run(
         "decisions_during_refit": int(busy.sum()),
         "initial_build_s": warm_s,
         "speedup": float(np.median(naive_ms[0]) / np.median(lat_ms)),
+        "rebuild_s": {str(n): v for n, v in rebuild.items()},
+        "rebuild_row_by_row_s": {str(n): v for n, v in rbr.items()},
+        "rebuild_load": load,
     }
 
 
@@ -171,12 +219,26 @@ def bench_decision_command(
     n_candidates: int = typer.Option(10_000, "--candidates"),
     n_decisions: int = typer.Option(60, "--decisions", help="incremental decisions timed"),
     n_naive: int = typer.Option(2, "--naive", help="naive refit-every-step decisions timed"),
+    rebuild_rows: list[int] = typer.Option(
+        [500, 2000], "--rebuild-rows", help="rows the posterior rebuild is timed at (repeat)"
+    ),
+    row_by_row_rows: int = typer.Option(
+        500, "--row-by-row-rows", help="rows the old row-by-row rebuild is timed at (0: not)"
+    ),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Decision latency: incremental path vs naive refit-every-step, in one run."""
     import json
 
-    out = run(n_obs, n_tasks, n_candidates, n_decisions, n_naive)
+    out = run(
+        n_obs,
+        n_tasks,
+        n_candidates,
+        n_decisions,
+        n_naive,
+        rebuild_rows=tuple(rebuild_rows),
+        row_by_row_rows=row_by_row_rows or None,
+    )
     if json_out:
         print(json.dumps(out))
         return
@@ -188,4 +250,23 @@ def bench_decision_command(
         f"decisions made while a Dask refit was in flight (median "
         f"{out['median_ms_refit_in_flight']:.1f} ms then, {out['median_ms_no_refit']:.1f} ms "
         f"otherwise)"
+    )
+    print(rebuild_line(out, n_tasks, n_candidates))
+
+
+def rebuild_line(out: dict, n_tasks: int, n_candidates: int) -> str:
+    """The rebuild timings of :func:`run` as one line: blocked at every size, row by row
+    where it was run (with the ratio), the 2000-row figure of issue 15 where it was not."""
+    slow = out["rebuild_row_by_row_s"]
+    parts = []
+    for n, s in out["rebuild_s"].items():
+        if n in slow:
+            parts.append(f"n={n} {s:.2f} s (row by row {slow[n]:.2f} s, {slow[n] / s:.0f}x slower)")
+        elif n == "2000" and (n_tasks, n_candidates) == (4, 10_000):
+            parts.append(f"n={n} {s:.2f} s (row by row: 27 s before issue 15, not rerun)")
+        else:
+            parts.append(f"n={n} {s:.2f} s")
+    return (
+        f"posterior rebuild on new hyperparameters ({n_candidates} candidates x {n_tasks} "
+        f"tasks, blocked, best of 2): " + "; ".join(parts) + f" (load {out['rebuild_load']:.1f})"
     )
