@@ -17,7 +17,7 @@ A new model (fitted hyperparameters) means a new state on every row conditioned 
 row that is n rank-one updates, each a memory-bound O(n M T) pass over ``V``: 1.9 s at n = 500,
 27 s at n = 2000, 227 s at n = 5000 (4 tasks, 10,000 candidates, 2 cores). :meth:`extend`
 builds the same state in blocks instead: one Cholesky of the rows' covariance and one
-triangular solve (BLAS-3) per chunk of candidates (``coorch bench decision`` prints both).
+triangular solve (BLAS-3) for every candidate at once (``coorch bench decision`` times both).
 """
 
 from __future__ import annotations
@@ -117,11 +117,14 @@ class IncrementalPosterior:
         ``L21 = K21 L11^-T``, ``L22 = chol(K22 + N - L21 L21^T)``, ``V2 = L22^-1 (K2,cand -
         L21 V1)``; from ``n = 0`` that is one Cholesky and one triangular solve.
 
-        Memory: a full right-hand side ``K2,cand`` is (b, M*T), 640 MB in float64 at b = 2000,
-        M = 10,000, T = 4 (1.6 GB at b = 5000), on top of ``V`` itself (capacity x M x T:
-        640 MB in float32 at capacity 4000). So the candidates are taken in chunks whose
-        temporaries stay under ``CHUNK_BYTES`` each (64 MiB: 1,000 candidates at b = 2000, 400
-        at b = 5000), each chunk still thousands of right-hand sides for the solve.
+        Memory: the right-hand side ``K2,cand - L21 V1`` is (b, M*T), 320 MB in float32 at
+        b = 2000, M = 10,000, T = 4 (640 MB in float64; 0.8 and 1.6 GB at b = 5000). It is
+        written straight into ``V``'s new rows and solved there in place, so it costs nothing
+        beyond ``V`` itself (capacity x M x T, 640 MB in float32 at capacity 4000); the kernel
+        evaluations that fill it go by chunks of candidates whose temporaries stay under
+        ``CHUNK_BYTES`` each (64 MiB: 1,000 candidates at b = 2000, 400 at b = 5000). One
+        solve for all candidates is also faster than one per chunk: 3.2 s against 3.9 s at
+        b = 2000 on 2 cores (measured here, load 0.8).
 
         A pivot below ``JITTER`` (a numerically singular block: noise near zero and repeated
         rows) is one :meth:`add` clamps; such a block is added row by row instead, so the state
@@ -146,10 +149,20 @@ class IncrementalPosterior:
         new = slice(n, n + b)
         self.L[new, :n], self.L[new, new] = l21, l22
         self.x[new], self.t[new] = x, tasks
-        l21, l22 = l21.astype(self.dtype), l22.astype(self.dtype)
         step = max(1, CHUNK_BYTES // (8 * b * self.num_tasks))
-        for start in range(0, len(self.candidates), step):
-            self._extend_chunk(slice(start, start + step), x, tasks, l21, l22)
+        chunks = [slice(s, s + step) for s in range(0, len(self.candidates), step)]
+        l21 = l21.astype(self.dtype)
+        for cols in chunks:
+            self._right_hand_side(cols, x, tasks, l21)
+        # X L22^T = B^T on the transpose: V's C-ordered rows are the Fortran matrix BLAS
+        # wants, solved in place (solve_triangular would copy them first)
+        trsm = get_blas_funcs("trsm", dtype=self.dtype)
+        rows = self.V[new].reshape(b, -1)
+        out = trsm(1.0, l22.astype(self.dtype), rows.T, side=1, lower=1, trans_a=1, overwrite_b=1)
+        if not np.shares_memory(out, rows):
+            rows[...] = out.T
+        for cols in chunks:
+            self._downdate(cols, new)
         self.V_ref[new] = self.V[new][:, self.reference]
         self.n += b
 
@@ -193,37 +206,38 @@ class IncrementalPosterior:
                 out[np.ix_(ra, rb)] += bq[ta[ra]][:, tb[rb]] * kernel(xa[ra], xb[rb])
         return out
 
-    def _extend_chunk(
-        self, cols: slice, x: np.ndarray, tasks: np.ndarray, l21: np.ndarray, l22: np.ndarray
+    def _right_hand_side(
+        self, cols: slice, x: np.ndarray, tasks: np.ndarray, l21: np.ndarray
     ) -> None:
-        """``V`` and ``C`` at the candidates ``cols`` for the new rows (:meth:`extend`).
-
-        The solve is BLAS ``trsm`` on the transposed right-hand side (``X L22^T = B^T``): the
-        C-ordered (b, mc*T) block, laid out as ``V`` is, is then the Fortran-ordered matrix
-        BLAS wants and is solved in place, where ``solve_triangular`` copies it first (1.9 s
-        against 2.5 s for b = 2000 at 10,000 x 4 candidate-tasks in float32, measured here).
-        ``C`` is reduced in float64, where products of float32 entries are exact, so it is no
-        less accurate than :meth:`add`'s."""
-        n, b, nt = self.n, len(tasks), self.num_tasks
-        rhs = self._prior_cross(x, tasks, self.candidates[cols]).reshape(b, -1)  # (b, mc*T)
+        """``K2,cand - L21 V1`` at the candidates ``cols`` into ``V``'s rows for the new rows
+        ``(x, tasks)`` (:meth:`extend`)."""
+        n, b = self.n, len(tasks)
+        out = self.V[n : n + b, cols]  # (b, mc, T)
+        self._prior_cross(x, tasks, self.candidates[cols], out)
         if n:
-            rhs -= l21 @ self.V[:n, cols].reshape(n, -1)
-        trsm = get_blas_funcs("trsm", dtype=self.dtype)
-        v = trsm(1.0, l22, rhs.T, side=1, lower=1, trans_a=1, overwrite_b=1).T
-        v = v.reshape(b, -1, nt)  # (b, mc, T)
-        self.V[n : n + b, cols] = v
-        for p in range(nt):
-            for q in range(p, nt):
+            flat = out.reshape(b, -1)  # a view: each row's (mc, T) is contiguous
+            flat -= l21 @ self.V[:n, cols].reshape(n, -1)
+
+    def _downdate(self, cols: slice, new: slice) -> None:
+        """``C`` at the candidates ``cols`` less the new rows' ``v v^T`` (:meth:`extend`),
+        summed in float64, where products of float32 entries are exact: no less accurate than
+        :meth:`add`'s rank-one updates."""
+        v = self.V[new, cols]  # (b, mc, T)
+        for p in range(self.num_tasks):
+            for q in range(p, self.num_tasks):
                 vv = np.einsum("im,im->m", v[:, :, p], v[:, :, q], dtype=float)
                 self.C[cols, p, q] -= vv
                 if q != p:
                     self.C[cols, q, p] -= vv
 
-    def _prior_cross(self, x: np.ndarray, tasks: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    def _prior_cross(
+        self, x: np.ndarray, tasks: np.ndarray, cand: np.ndarray, out: np.ndarray
+    ) -> None:
         """Prior covariance (b, mc, T) between the rows ``(x, tasks)`` and every task at
-        ``cand``, summed in ``dtype`` as :meth:`add` sums it. A component is evaluated only on
-        the rows and task columns its task matrix touches (:meth:`_row_covariance`)."""
-        out = np.zeros((len(tasks), len(cand), self.num_tasks), dtype=self.dtype)
+        ``cand`` into ``out``, summed in ``dtype`` as :meth:`add` sums it. A component is
+        evaluated only on the rows and task columns its task matrix touches
+        (:meth:`_row_covariance`)."""
+        out[...] = 0.0
         for kernel, bq in self.hyper.components():
             w = bq[tasks]  # (b, T)
             rows = np.flatnonzero(w.any(1))
@@ -233,7 +247,6 @@ class IncrementalPosterior:
             k = kernel(x[sel], cand)  # (r, mc)
             for j in np.flatnonzero(w[sel].any(0)):
                 out[sel, :, j] += k * w[sel, j][:, None]
-        return out
 
     def variance(self) -> np.ndarray:
         """Posterior variance (M, T) of the latent function, standardised units."""
