@@ -75,8 +75,10 @@ def _logger() -> logging.Logger | logging.LoggerAdapter:
 class CampaignArtifacts:
     """The artifacts of campaign ``campaign`` with a budget of ``budget`` measurements.
 
-    Calls return at once; ``close()`` sends what is pending (waiting at most
-    ``close_timeout_s``) and stops the thread. Keys: :func:`artifact_key` of ``campaign`` and
+    Calls return at once; one call to the Prefect API goes out per ``interval_s`` at most (a
+    measurement every 25 ms would otherwise keep the API busy with progress updates);
+    ``close()`` sends what is pending (waiting at most ``close_timeout_s``) and stops the
+    thread. Keys: :func:`artifact_key` of ``campaign`` and
     ``progress``, ``summary``, ``decisions``, ``report``. ``max_rows`` bounds the decisions
     table to the latest rows (a table artifact is one JSON document, resent whole).
     """
@@ -88,6 +90,7 @@ class CampaignArtifacts:
         *,
         max_rows: int = 1000,
         close_timeout_s: float = 10.0,
+        interval_s: float = 1.0,
     ) -> None:
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
@@ -102,6 +105,8 @@ class CampaignArtifacts:
         self._pending: dict[str, Callable[[], None]] = {}
         self._wake = threading.Condition()
         self._closed = False
+        self.interval_s = interval_s
+        self._closing = threading.Event()  # cuts the pause between sends short
         context = contextvars.copy_context()
         self._thread = threading.Thread(
             target=context.run, args=(self._work,), name=f"artifacts-{campaign}", daemon=True
@@ -140,6 +145,7 @@ class CampaignArtifacts:
         with self._wake:
             self._closed = True
             self._wake.notify()
+        self._closing.set()
         self._thread.join(self.close_timeout_s)
         if self._thread.is_alive():
             self._log.warning(
@@ -187,6 +193,9 @@ class CampaignArtifacts:
                         type(exc).__name__,
                         exc,
                     )
+            # at most one API call per interval: each costs the Prefect server CPU that, on a
+            # small machine, the flow and the instruments' agents share
+            self._closing.wait(self.interval_s)
 
     def _send_progress(self, percent: float) -> None:
         if self._progress_id is None:

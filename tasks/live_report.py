@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 class LiveReport:
     """Keeps ``path`` a current report of the campaign (see the module docstring)."""
 
-    def __init__(self, path: Path, *, min_interval_s: float = 30.0) -> None:
+    def __init__(self, path: Path, *, min_interval_s: float = 60.0) -> None:
         self.path, self.min_interval_s = Path(path), min_interval_s
         self.executor = ThreadPoolExecutor(1, thread_name_prefix="coorch-report")
         self.running: Future | None = None
