@@ -90,7 +90,7 @@ class CampaignArtifacts:
         *,
         max_rows: int = 1000,
         close_timeout_s: float = 10.0,
-        interval_s: float = 1.0,
+        interval_s: float = 5.0,
     ) -> None:
         if budget < 1:
             raise ValueError(f"budget must be >= 1, got {budget}")
