@@ -169,6 +169,26 @@ def uncertainty_curve(
     return steps, out
 
 
-def cumulative_seconds(ms: list[Measurement]) -> np.ndarray:
-    """Instrument-seconds spent after each measurement (in the order given)."""
-    return np.cumsum([max(m.ended - m.started, 0.0) for m in ms])
+def cumulative_seconds(
+    ms: list[Measurement], instruments: dict[str, dict] | None = None
+) -> np.ndarray:
+    """Instrument-seconds spent after each measurement (in the order given).
+
+    ``instruments``: the instruments' descriptions as the store's metadata keeps them. A twin
+    runs ``time_scale`` times faster than the instrument it stands for, so its wall-clock
+    durations are divided by it; an instant twin (``time_scale`` 0) is charged its modality's
+    ``cost_s``. Without descriptions, wall-clock durations."""
+    return np.cumsum([_instrument_seconds(m, (instruments or {}).get(m.instrument)) for m in ms])
+
+
+def _instrument_seconds(m: Measurement, desc: dict | None) -> float:
+    wall = max(m.ended - m.started, 0.0)
+    if not desc:
+        return wall
+    scale = float(desc.get("time_scale", 1.0) or 0.0)
+    if scale > 0:
+        return wall / scale
+    cost = [
+        mod.get("cost_s") for mod in desc.get("modalities", []) if mod.get("name") == m.modality
+    ]
+    return float(cost[0]) if cost and cost[0] is not None else wall

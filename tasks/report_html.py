@@ -132,7 +132,8 @@ def curves_section(view: CampaignView, model: Model, truth: GroundTruth | None) 
     geo = view.geometry
     query = geo.to_unit(geo.cell_centres((40, max(4, int(40 * geo.span[1] / geo.span[0])))))
     steps, sd = uncertainty_curve(model.hyper, model.x, model.t, query)
-    seconds = cumulative_seconds(model.measurements)
+    described = view.metadata.get("instruments") or {}
+    seconds = cumulative_seconds(model.measurements, described)
     timed = seconds[-1] > 0
     clock = seconds if timed else np.arange(1, len(seconds) + 1, dtype=float)
     xlabel = "instrument-seconds" if timed else "measurements (the store records no durations)"
@@ -148,7 +149,11 @@ def curves_section(view: CampaignView, model: Model, truth: GroundTruth | None) 
                 hyper=model.hyper if same else None,
                 log_tasks=np.array([view.log_scale.get(n, False) for n in truth.tasks]),
             )
-            own = cumulative_seconds(ms) if timed else np.arange(1, len(ms) + 1, dtype=float)
+            own = (
+                cumulative_seconds(ms, described)
+                if timed
+                else np.arange(1, len(ms) + 1, dtype=float)
+            )
             nrmse = (own[at - 1], err)
     data = figures.learning_curves(clock[steps - 1], sd, view.tasks, xlabel, nrmse)
     return head + _img(data, "uncertainty against instrument time", "curve")
