@@ -168,7 +168,14 @@ class Campaign:
     def answer(self, proposal: Decision, human: HumanInput) -> Decision | None:
         """Store the operator's answer to ``proposal``: ``accept`` it, ``override`` it (with
         ``detail`` x, y and optionally instrument), or ``stop`` (None). The stored decision
-        carries ``human`` with the proposal it replaced."""
+        carries ``human`` with the proposal it replaced.
+
+        Raises ValueError for an answer it cannot take (an override outside the library, an
+        unknown instrument), with the proposal still open to another answer."""
+        if human.action not in ("accept", "override", "stop"):
+            raise ValueError(f"a review is answered by accept, override or stop, not {human}")
+        if human.action == "override":
+            where = self._where(human.detail, proposal.instrument)  # checked before anything
         s = self._proposals.pop(proposal.measurement_id)
         human = human.model_copy(update={"replaced": proposal.model_dump(mode="json")})
         if human.action == "stop" or self.stopped:
@@ -178,9 +185,6 @@ class Campaign:
         if human.action == "accept":
             self.agent.accept(s)
             return self._commit(proposal.model_copy(update={"human_input": human}))
-        if human.action != "override":
-            raise ValueError(f"a review is answered by accept, override or stop, not {human}")
-        where = self._where(human.detail, proposal.instrument)
         moved = self._decision(self.agent.reserve(*where, reason="operator"))
         return self._commit(moved.model_copy(update={"human_input": human}))
 

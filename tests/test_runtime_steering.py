@@ -103,3 +103,13 @@ def test_votes_are_kept_and_replayed_on_resume(tmp_path):
     again.resume()
     want = [(d.measurement_id, float(s)) for d, s in zip(made, (5, 1, 3), strict=True)]
     assert again.votes == c.votes == want
+
+
+def test_an_override_outside_the_library_is_refused_and_the_proposal_still_answerable(tmp_path):
+    c = campaign(str(tmp_path / "c.zarr"), budget=2)
+    p = c.propose("a")
+    with pytest.raises(ValueError, match="outside the library"):
+        c.answer(p, HumanInput(operator="eve", action="override", detail={"x": 99.0}))
+    assert c.store.read_decisions() == []
+    took = c.answer(p, HumanInput(operator="ann", action="accept"))
+    assert took.measurement_id == p.measurement_id
