@@ -233,6 +233,7 @@ class Desk:
         self.stopping.set()
         if self.poller is not None:
             self.poller.join(timeout=10)
+        self.close()  # a campaign that failed mid-review must not wait out the deadline
         self.reviews.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ which is safe to read while measurements are written) and once more at the end.
 from __future__ import annotations
 
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +23,8 @@ if TYPE_CHECKING:
 class LiveReport:
     """Keeps ``path`` a current report of the campaign (see the module docstring)."""
 
-    def __init__(self, path: Path, *, min_interval_s: float = 60.0) -> None:
-        self.path, self.min_interval_s = Path(path), min_interval_s
-        self.executor = ThreadPoolExecutor(1, thread_name_prefix="coorch-report")
+    def __init__(self, path: Path, executor: Executor, *, min_interval_s: float = 60.0) -> None:
+        self.path, self.executor, self.min_interval_s = Path(path), executor, min_interval_s
         self.running: Future | None = None
         self.version: str | None = None
         self.last = -float("inf")
@@ -51,7 +50,6 @@ class LiveReport:
         except Exception as exc:  # noqa: BLE001 - a report must not fail a finished campaign
             self.failed += 1
             campaign.log.warning("the campaign report could not be written: %s", exc)
-        self.executor.shutdown(wait=False)
 
     def _landed(self, campaign: Campaign) -> None:
         _, exc = outcome(self.running)

@@ -180,7 +180,7 @@ def background_work(
         if spec.steering.mode == "votes":
             work.votes = Votes(stack.enter_context(ThreadPoolExecutor(1)))
         if spec.report_path() is not None:
-            work.report = LiveReport(spec.report_path())
+            work.report = LiveReport(spec.report_path(), stack.enter_context(ThreadPoolExecutor(1)))
         yield work
 
 

@@ -13,7 +13,7 @@ whenever the votes, the model or the weight changed since the last one.
 
 from __future__ import annotations
 
-from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,8 +34,8 @@ def _reward(voted: np.ndarray, scores: np.ndarray, candidates: np.ndarray, seed:
 class Votes:
     """Keeps the agent's focus on what operators scored high (see the module docstring)."""
 
-    def __init__(self, executor: Executor | None = None) -> None:
-        self.executor = executor or ThreadPoolExecutor(1, thread_name_prefix="coorch-votes")
+    def __init__(self, executor: Executor) -> None:
+        self.executor = executor
         self.running: Future | None = None
         self.running_weight = 0.0
         self.fitted_for: tuple | None = None
