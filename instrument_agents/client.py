@@ -14,6 +14,13 @@ the same request id, so still exactly once); if someone else holds it by then, i
 :class:`LeaseLost`. With ``lease_file`` the id is also kept on disk (0600), so a process that
 restarts after a crash takes over its own lease instead of waiting for it to lapse. Leaving the
 ``with`` block gives the lease back.
+
+An agent that restarted has forgotten every lease: it answers the id this client holds with 403
+``lease_invalid``, which is handled as above (taken again if nobody else took the instrument in
+between, then the call is repeated). A take is itself crash-safe: before asking, the client
+writes ``pending:<request id>`` to ``lease_file``, so a process killed between the agent's grant
+and writing the id down asks again with the same request id and gets the same lease back, instead
+of a 409 from its own lease until it lapses.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from coorch.records import InstrumentDescription, Measurement, new_id
 
 RETRY_STATUS = {502, 503, 504}
 LEASE_HEADER = "X-Lease-Id"
+#: How ``lease_file`` marks a take sent but not (yet) answered: ``pending:<request id>``.
+PENDING = "pending:"
 LOG = logging.getLogger(__name__)
 
 
@@ -116,7 +125,7 @@ class InstrumentClient:
         self._lease_ttl_s = lease_ttl_s
         self._lease_file = Path(lease_file) if lease_file is not None else None
         self._lease_lock = threading.RLock()
-        self._lease_id: str | None = _read_lease_file(self._lease_file)
+        self._lease_id, self._pending_take = _read_lease_file(self._lease_file)
         # Plain http needs no TLS context; building one loads the CA bundle (~0.1 s per client).
         plain = self.base_url.startswith("http://")
         self._http = httpx.Client(
@@ -185,10 +194,13 @@ class InstrumentClient:
 
     def _keep_lease(self, lease_id: str | None) -> None:
         """Remember ``lease_id`` (None: forget it), in memory and in ``lease_file``."""
-        self._lease_id = lease_id
+        self._lease_id, self._pending_take = lease_id, None
+        self._persist(lease_id)
+
+    def _persist(self, content: str | None) -> None:
         if self._lease_file is not None:
             try:
-                _write_lease_file(self._lease_file, lease_id)
+                _write_lease_file(self._lease_file, content)
             except OSError as exc:  # persisting only speeds up a restart: never fatal
                 LOG.warning("cannot keep the lease id in %s: %s", self._lease_file, exc)
 
@@ -252,15 +264,19 @@ class InstrumentClient:
     def acquire_lease(self, ttl_s: float = 30.0) -> dict[str, Any]:
         """Take the lease, or renew the one held (with ``ttl_s`` as its new lifetime). Returns
         the agent's public view of it; the id itself stays in :attr:`lease_id`. The request id
-        makes a retry of a take whose answer was lost get the same lease, not a 409."""
-        body = {"ttl_s": ttl_s, "request_id": secrets.token_urlsafe(16)}
+        makes a retry of a take whose answer was lost get the same lease, not a 409; when no
+        lease is held, it is written to ``lease_file`` first, so that holds for a retry by the
+        next process too (see the module docstring)."""
         with self._lease_lock:
             self._lease_ttl_s = ttl_s
+            if self._lease_id is None:
+                self._pending_take = self._pending_take or secrets.token_urlsafe(16)
+                self._persist(f"{PENDING}{self._pending_take}")
+            body = {"ttl_s": ttl_s, "request_id": self._pending_take or secrets.token_urlsafe(16)}
             try:
                 grant = self._request("POST", "/v1/lease", json=body, lease_id=self._lease_id)
             except LeaseConflict:  # whatever id we had is not the live lease
-                if self._lease_id is not None:
-                    self._keep_lease(None)
+                self._keep_lease(None)
                 raise
             self._keep_lease(grant.pop("lease_id"))
         return grant
@@ -375,17 +391,21 @@ def _error_for(r: httpx.Response) -> InstrumentError:
     return cls(msg, status=r.status_code, error=error)
 
 
-def _read_lease_file(path: Path | None) -> str | None:
-    """The lease id a previous run of this controller kept in ``path``, if any."""
+def _read_lease_file(path: Path | None) -> tuple[str | None, str | None]:
+    """What a previous run of this controller kept in ``path``: ``(lease id, None)``, or
+    ``(None, request id)`` of a take it may not have seen answered, or ``(None, None)``."""
     if path is None:
-        return None
+        return None, None
     try:
-        return path.read_text().strip() or None
+        kept = path.read_text().strip()
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as exc:  # unreadable: start without it (a restart then waits for the lapse)
         LOG.warning("cannot read the lease id in %s: %s", path, exc)
-        return None
+        return None, None
+    if kept.startswith(PENDING):
+        return None, kept.removeprefix(PENDING) or None
+    return kept or None, None
 
 
 def _write_lease_file(path: Path, lease_id: str | None) -> None:

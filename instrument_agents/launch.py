@@ -4,11 +4,15 @@ The demo and the tests need real HTTP services without spawning processes or lea
 ``serve_driver`` binds a socket itself (port 0 picks a free one, so parallel tests never clash),
 starts uvicorn on it in a daemon thread, waits until ``/v1/health`` answers, and ``stop`` (or
 leaving the ``with`` block) shuts it down and aborts the driver so nothing keeps running.
+With ``command_log`` the agent appends every control command to that file and answers a
+retried measurement it already logged from there, even after a restart
+(:mod:`~coorch.instrument_agents.command_log`); pass ``port`` to restart it where it was.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
 from collections.abc import Mapping
@@ -16,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from coorch.instrument_agents.command_log import CommandLog, attach_command_log
 from coorch.instrument_agents.frames import AffineFrame
 from coorch.instrument_agents.protocol import Driver
 from coorch.instrument_agents.server import create_app
@@ -33,8 +38,10 @@ class RunningAgent:
         thread: threading.Thread,
         url: str,
         sock: socket.socket,
+        command_log: CommandLog | None = None,
     ) -> None:
         self.driver, self.url = driver, url
+        self.command_log = command_log
         self._server, self._thread, self._sock = server, thread, sock
 
     def __enter__(self) -> RunningAgent:
@@ -49,6 +56,13 @@ class RunningAgent:
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Abort the driver (ends any hang), then stop uvicorn and join its thread."""
+        try:
+            self._stop(timeout_s)
+        finally:
+            if self.command_log is not None:
+                self.command_log.close()
+
+    def _stop(self, timeout_s: float) -> None:
         if not self._thread.is_alive():
             self._sock.close()
             return
@@ -72,18 +86,27 @@ def serve_driver(
     host: str = "127.0.0.1",
     port: int = 0,
     startup_timeout_s: float = 10.0,
+    command_log: str | os.PathLike[str] | None = None,
     **app_kw: Any,
 ) -> RunningAgent:
     """Serve ``driver`` on ``host:port`` (0 = a free port) and return once it answers health.
-    ``token`` / ``tokens`` are the control tokens as :func:`create_app` takes them."""
+    ``token`` / ``tokens`` are the control tokens as :func:`create_app` takes them;
+    ``command_log`` a file for the agent's command log (appended to, and read back first)."""
     app = create_app(
         driver, token=token, tokens=tokens, readonly_token=readonly_token, frame=frame, **app_kw
     )
+    log = attach_command_log(app, command_log) if command_log is not None else None
     # proto=IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on sockets that say they are
     # TCP, and without it every keep-alive request waits ~40 ms for a delayed ACK.
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        if log is not None:
+            log.close()
+        raise
     bound_port = sock.getsockname()[1]
     config = uvicorn.Config(
         app,
@@ -99,7 +122,7 @@ def serve_driver(
     )
     thread.start()
     url = f"http://{host}:{bound_port}"
-    agent = RunningAgent(driver, server, thread, url, sock)
+    agent = RunningAgent(driver, server, thread, url, sock, log)
     try:
         wait_until_healthy(
             f"{url}/v1/health",
@@ -124,10 +147,20 @@ def start_twin(
     fault_rate: float = 0.0,
     readonly_token: str | None = None,
     tokens: Mapping[str, str] | None = None,
+    port: int = 0,
+    command_log: str | os.PathLike[str] | None = None,
     **twin_kw: Any,
 ) -> RunningAgent:
-    """Build a twin with :func:`make_twin` and serve it on a free loopback port."""
+    """Build a twin with :func:`make_twin` and serve it on loopback: on a free port, or on
+    ``port`` (an agent restarted where it was); ``command_log`` as :func:`serve_driver`."""
     twin = make_twin(
         instrument, library, seed=seed, time_scale=time_scale, fault_rate=fault_rate, **twin_kw
     )
-    return serve_driver(twin, token=token, tokens=tokens, readonly_token=readonly_token)
+    return serve_driver(
+        twin,
+        token=token,
+        tokens=tokens,
+        readonly_token=readonly_token,
+        port=port,
+        command_log=command_log,
+    )
