@@ -26,6 +26,8 @@ class AffineFrame:
     def __post_init__(self) -> None:
         object.__setattr__(self, "matrix", np.asarray(self.matrix, float).reshape(2, 2))
         object.__setattr__(self, "offset", np.asarray(self.offset, float).reshape(2))
+        if not (np.isfinite(self.matrix).all() and np.isfinite(self.offset).all()):
+            raise ValueError("affine frame is not finite (fiducials too far apart or too large)")
         if abs(np.linalg.det(self.matrix)) < 1e-12:
             raise ValueError("affine frame matrix is singular")
 
@@ -53,19 +55,42 @@ class AffineFrame:
             raise ValueError("library and stage fiducials differ in number")
         if len(lib) < 3:
             raise ValueError("an affine frame needs at least 3 fiducials")
+        if not (np.isfinite(lib).all() and np.isfinite(stg).all()):
+            raise ValueError("fiducials must be finite numbers")
         design = np.hstack([lib, np.ones((len(lib), 1))])
-        coef, *_ = np.linalg.lstsq(design, stg, rcond=None)
-        if np.linalg.matrix_rank(design) < 3:
+        with np.errstate(all="ignore"):
+            try:
+                coef, *_ = np.linalg.lstsq(design, stg, rcond=None)
+                rank = np.linalg.matrix_rank(design)
+            except np.linalg.LinAlgError as exc:  # overflow inside the SVD
+                raise ValueError(f"fiducials give no frame: {exc}") from None
+        if rank < 3:
             raise ValueError("fiducials are collinear; the frame is undetermined")
         resid = stg - design @ coef
-        rms = float(np.sqrt(np.mean(np.sum(resid**2, axis=1))))
+        with np.errstate(all="ignore"):
+            rms = float(np.sqrt(np.mean(np.sum(resid**2, axis=1))))
+        if not np.isfinite(rms):
+            raise ValueError("fiducials give no finite frame (values too large)")
         return cls(coef[:2].T, coef[2], residual_mm=rms)
+
+    def check_maps(self, x_range: Sequence[float], y_range: Sequence[float]) -> None:
+        """Raise ``ValueError`` unless the stage box ``x_range`` x ``y_range`` maps to finite
+        library coordinates and back: an agent must never answer a position it cannot write
+        as JSON, and a frame fitted from absurd fiducials can overflow."""
+        (x0, x1), (y0, y1) = x_range, y_range
+        sx, sy = np.array([x0, x1, x0, x1], float), np.array([y0, y0, y1, y1], float)
+        with np.errstate(all="ignore"):
+            lx, ly = self.to_library(sx, sy)
+            bx, by = self.to_stage(lx, ly)
+        if not all(np.isfinite(a).all() for a in (lx, ly, bx, by)):
+            raise ValueError("the frame maps this stage to non-finite library coordinates")
 
     def to_stage(self, x: Any, y: Any) -> tuple[Any, Any]:
         """Library mm -> stage mm (scalars or arrays)."""
         x, y = np.asarray(x, float), np.asarray(y, float)
         m, b = self.matrix, self.offset
-        sx, sy = m[0, 0] * x + m[0, 1] * y + b[0], m[1, 0] * x + m[1, 1] * y + b[1]
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is inf: out of any limit
+            sx, sy = m[0, 0] * x + m[0, 1] * y + b[0], m[1, 0] * x + m[1, 1] * y + b[1]
         return _unwrap(sx), _unwrap(sy)
 
     def to_library(self, sx: Any, sy: Any) -> tuple[Any, Any]:

@@ -201,6 +201,11 @@ class ReplayDriver:
     def abort(self) -> None:
         """Nothing runs long enough to stop; present so the replay passes the same suite."""
 
+    def reset(self) -> None:
+        """Nothing latches in a replay, so there is nothing to clear; being
+        :class:`~coorch.instrument_agents.protocol.Resettable` keeps ``POST /v1/reset`` a 200
+        here like on every twin (a 501 is for drivers that really cannot reset)."""
+
     # ----------------------------------------------------------------- helpers
     def _library(self) -> tuple[float, float]:
         x, y = self.frame.to_library(*self._pos)

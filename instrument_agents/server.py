@@ -26,59 +26,47 @@ family.
 from __future__ import annotations
 
 import hmac
-import math
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Request
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from fastapi import APIRouter, Depends, FastAPI, Header, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel
 from starlette.responses import Response
 
+from coorch.instrument_agents.contract import (
+    BodyLimit,
+    errors,
+    install_handlers,
+    install_openapi,
+)
 from coorch.instrument_agents.frames import AffineFrame
 from coorch.instrument_agents.guards import ApiError, DroppedResponse, MeasureCache
 from coorch.instrument_agents.lease import Caller, Lease
-from coorch.instrument_agents.protocol import (
-    Aborted,
-    Driver,
-    DriverError,
-    Resettable,
-    ResponseLost,
-)
+from coorch.instrument_agents.protocol import Driver, Resettable, ResponseLost
 from coorch.instrument_agents.tokens import ControlTokens
+from coorch.instrument_agents.wire import (
+    AbortView,
+    FrameBody,
+    FrameView,
+    Health,
+    LeaseBody,
+    LeaseGrant,
+    LeaseView,
+    MeasureBody,
+    MoveBody,
+    Position,
+    ResetView,
+    SampleBody,
+    SampleView,
+    StatusView,
+)
 from coorch.records import InstrumentDescription, Measurement, new_id
 
 #: The name ``create_app(token=...)`` gives its single control token.
 DEFAULT_TOKEN_NAME = "default"
-
-
-class MoveBody(BaseModel):
-    x: float
-    y: float
-    frame: Literal["stage", "library"] = "library"
-
-
-class MeasureBody(BaseModel):
-    modality: str
-    request_id: str | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
-
-
-class SampleBody(BaseModel):
-    sample_id: str
-
-
-class LeaseBody(BaseModel):
-    ttl_s: float | None = None
-    #: Makes a retried take safe: the same id gets the same grant back (until the lease is used).
-    request_id: str | None = None
-
-
-class FrameBody(BaseModel):
-    library: list[tuple[float, float]]
-    stage: list[tuple[float, float]]
 
 
 @dataclass
@@ -108,59 +96,83 @@ async def get_agent(request: Request) -> _Agent:
     return request.app.state.agent
 
 
-def _bearer(authorization: str | None) -> str | None:
-    if not authorization:
-        return None
-    scheme, _, value = authorization.partition(" ")
-    return value.strip() if scheme.lower() == "bearer" else None
+#: How a token and a lease id are sent, as OpenAPI security schemes (so generated clients and
+#: fuzzers know them); both read absent as None and the refusals below are the agent's own.
+BEARER = HTTPBearer(auto_error=False, description="a control token, or the read-only token")
+LEASE_ID = APIKeyHeader(
+    name="X-Lease-Id",
+    scheme_name="LeaseId",
+    auto_error=False,
+    description="the lease id POST /v1/lease answered, with the token that took it",
+)
+Credentials = Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)]
+
+
+def _bearer(creds: HTTPAuthorizationCredentials | None) -> str | None:
+    return creds.credentials.strip() if creds is not None else None
 
 
 def _same(a: str | None, b: str | None) -> bool:
     return a is not None and b is not None and hmac.compare_digest(a.encode(), b.encode())
 
 
+def _label(client_id: str | None) -> str:
+    """The holder name as shown in status and logs: printable, at most 64 characters."""
+    text = "".join(ch for ch in (client_id or "") if ch.isprintable())[:64].strip()
+    return text or "anonymous"
+
+
 OptionalHeader = Annotated[str | None, Header()]
 
 
-def reader(
-    agent: Annotated[_Agent, Depends(get_agent)], authorization: OptionalHeader = None
-) -> None:
+def reader(agent: Annotated[_Agent, Depends(get_agent)], creds: Credentials = None) -> None:
     """Any valid token (control or read-only): describe and status."""
-    tok = _bearer(authorization)
+    tok = _bearer(creds)
     if not (tok in agent.tokens or _same(tok, agent.readonly_token)):
         raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
 
 def operator(
     agent: Annotated[_Agent, Depends(get_agent)],
-    authorization: OptionalHeader = None,
+    creds: Credentials = None,
     x_client_id: OptionalHeader = None,
 ) -> Caller:
     """A control token; returns who asks: the holder name it gives (``X-Client-Id``, else
     ``anonymous``; a label, not a credential) and the name of its token."""
-    tok = _bearer(authorization)
+    tok = _bearer(creds)
     name = agent.tokens.name_of(tok)
     if name is not None:
-        return Caller(client_id=x_client_id or "anonymous", token_name=name)
+        return Caller(client_id=_label(x_client_id), token_name=name)
     if _same(tok, agent.readonly_token):
         raise ApiError(403, "forbidden", "the read-only token cannot control the instrument")
     raise ApiError(401, "unauthorized", "a valid bearer token is required")
 
 
+LeaseId = Annotated[str | None, Security(LEASE_ID)]
+
+
 def controller(
-    caller: Caller = Depends(operator),
-    agent: _Agent = Depends(get_agent),
-    x_lease_id: OptionalHeader = None,
+    caller: Caller = Depends(operator), agent: _Agent = Depends(get_agent), lease_id: LeaseId = None
 ) -> Iterator[Caller]:
     """The lease holder: an operator presenting the current lease id (``X-Lease-Id``) with
     the token that took it. The lease is renewed, and kept alive while the call runs, so a
     long move or transfer cannot lapse it half way; everyone else is refused (409/403)."""
-    grant = agent.lease.enter(caller, x_lease_id)
+    grant = agent.lease.enter(caller, lease_id)
     try:
         yield caller
     finally:
         agent.lease.leave(grant)
 
+
+def _ok(model: type[BaseModel], *statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {200: {"model": model}, **errors(*statuses)}
+
+
+# Statuses per kind of route: driver calls may fail (500 fault, 503 transient, 409 aborted);
+# bodies may be unreadable (400), too large (413) or invalid (422); 500 internal is any bug.
+READ = (401, 500, 503)
+CONTROL = (401, 403, 409, 500, 503)
+WITH_BODY = (400, 413, 422)
 
 # ---------------------------------------------------------------------- routes
 
@@ -169,17 +181,19 @@ leases = APIRouter(prefix="/v1")
 controls = APIRouter(prefix="/v1")
 
 
-@reads.get("/health")
+@reads.get("/health", response_model=Health)
 def health() -> dict[str, Any]:
     return {"status": "ok"}
 
 
-@reads.get("/describe", dependencies=[Depends(reader)])
+@reads.get("/describe", dependencies=[Depends(reader)], responses=errors(*READ))
 def describe(agent: _Agent = Depends(get_agent)) -> InstrumentDescription:
     return agent.driver.describe()
 
 
-@reads.get("/status", dependencies=[Depends(reader)])
+@reads.get(
+    "/status", dependencies=[Depends(reader)], response_model=None, responses=_ok(StatusView, *READ)
+)
 def status(agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
     st = dict(agent.driver.status())
     st.update(agent.where())
@@ -188,7 +202,9 @@ def status(agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
     return st
 
 
-@leases.post("/lease")
+@leases.post(
+    "/lease", response_model=None, responses=_ok(LeaseGrant, 401, 403, 409, 500, *WITH_BODY)
+)
 def take_lease(
     body: LeaseBody | None = None,
     caller: Caller = Depends(operator),
@@ -201,18 +217,16 @@ def take_lease(
     return agent.lease.acquire(caller, x_lease_id, body.ttl_s, body.request_id)
 
 
-@leases.delete("/lease")
+@leases.delete("/lease", response_model=None, responses=_ok(LeaseView, 401, 403, 409, 500))
 def drop_lease(
-    caller: Caller = Depends(operator),
-    agent: _Agent = Depends(get_agent),
-    x_lease_id: OptionalHeader = None,
+    caller: Caller = Depends(operator), agent: _Agent = Depends(get_agent), lease_id: LeaseId = None
 ) -> dict[str, Any]:
     """Release: only with the current lease id; a no-op when nothing is leased."""
-    agent.lease.release(caller, x_lease_id)
+    agent.lease.release(caller, lease_id)
     return agent.lease.info()
 
 
-@controls.post("/sample")
+@controls.post("/sample", response_model=None, responses=_ok(SampleView, *CONTROL, *WITH_BODY))
 def load_sample(
     body: SampleBody, _: Caller = Depends(controller), agent: _Agent = Depends(get_agent)
 ) -> dict[str, Any]:
@@ -220,12 +234,10 @@ def load_sample(
     return {"sample": agent.driver.status().get("sample")}
 
 
-@controls.post("/move")
+@controls.post("/move", response_model=None, responses=_ok(Position, *CONTROL, *WITH_BODY))
 def move(
     body: MoveBody, _: Caller = Depends(controller), agent: _Agent = Depends(get_agent)
 ) -> dict[str, float]:
-    if not (math.isfinite(body.x) and math.isfinite(body.y)):
-        raise ApiError(422, "out_of_limits", "target is not a finite number")
     if body.frame == "library":
         sx, sy = agent.frame.to_stage(body.x, body.y)
     else:
@@ -233,7 +245,7 @@ def move(
     limits = agent.driver.describe().stage_limits
     for axis, value in (("x", sx), ("y", sy)):
         lo, hi = limits[axis]
-        if not lo <= value <= hi:
+        if not lo <= value <= hi:  # False for NaN: a frame overflow cannot slip through
             raise ApiError(
                 422,
                 "out_of_limits",
@@ -243,13 +255,13 @@ def move(
     return agent.where()
 
 
-@controls.post("/measure", response_model=None)
+@controls.post("/measure", response_model=None, responses=_ok(Measurement, *CONTROL, *WITH_BODY))
 def measure(
     body: MeasureBody, _: Caller = Depends(controller), agent: _Agent = Depends(get_agent)
 ) -> Measurement | Response:
     names = [m.name for m in agent.driver.describe().modalities]
     if body.modality not in names:
-        raise ApiError(422, "unknown_modality", f"no modality {body.modality!r}; have {names}")
+        raise ApiError(422, "unknown_modality", f"no modality {body.modality[:64]!r}; have {names}")
     rid = body.request_id or new_id("m")
     done = agent.cache.claim(rid, agent.inflight_wait_s)
     if done is None:
@@ -289,7 +301,7 @@ def _acquire(agent: _Agent, rid: str, body: MeasureBody) -> Measurement | Respon
     return DroppedResponse() if lost else m
 
 
-@controls.post("/abort")
+@controls.post("/abort", response_model=None, responses=_ok(AbortView, 401, 403, 500, 503))
 def abort(_: Caller = Depends(operator), agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
     # Safety first: any control-token holder may stop the instrument, lease or not; an
     # emergency stop must never wait for, or be refused by, a lease.
@@ -297,7 +309,7 @@ def abort(_: Caller = Depends(operator), agent: _Agent = Depends(get_agent)) -> 
     return {"aborted": True}
 
 
-@controls.post("/reset")
+@controls.post("/reset", response_model=None, responses=_ok(ResetView, *CONTROL, 501))
 def reset(_: Caller = Depends(controller), agent: _Agent = Depends(get_agent)) -> dict[str, Any]:
     if not isinstance(agent.driver, Resettable):
         raise ApiError(501, "not_supported", "this driver has no reset")
@@ -305,34 +317,21 @@ def reset(_: Caller = Depends(controller), agent: _Agent = Depends(get_agent)) -
     return {"fault": agent.driver.status().get("fault")}
 
 
-@controls.post("/frame")
+@controls.post("/frame", response_model=None, responses=_ok(FrameView, *CONTROL, *WITH_BODY))
 def set_frame(
     body: FrameBody, _: Caller = Depends(controller), agent: _Agent = Depends(get_agent)
 ) -> dict[str, Any]:
     try:
-        agent.frame = AffineFrame.fit(body.library, body.stage)
+        frame = AffineFrame.fit(body.library, body.stage)
+        limits = agent.driver.describe().stage_limits
+        frame.check_maps(limits["x"], limits["y"])
     except ValueError as exc:
         raise ApiError(422, "bad_fiducials", str(exc)) from None
+    agent.frame = frame
     return agent.frame.to_dict()
 
 
-# ---------------------------------------------------------------------- errors and the app
-
-
-async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-    return JSONResponse({"error": exc.error, "detail": exc.detail}, status_code=exc.status)
-
-
-async def _driver_error(_: Request, exc: DriverError) -> JSONResponse:
-    if isinstance(exc, Aborted):
-        status, code = 409, "aborted"
-    elif exc.transient:
-        status, code = 503, "transient"
-    else:
-        status, code = 500, "fault"
-    return JSONResponse(
-        {"error": code, "detail": str(exc), "transient": exc.transient}, status_code=status
-    )
+# ---------------------------------------------------------------------- the app
 
 
 def create_app(
@@ -345,6 +344,7 @@ def create_app(
     lease_ttl_s: float = 30.0,
     inflight_wait_s: float = 5.0,
     cache_size: int = 10_000,
+    max_body_bytes: int = 1 << 20,
 ) -> FastAPI:
     """Serve ``driver`` over HTTP.
 
@@ -353,7 +353,10 @@ def create_app(
     the token that took it, never the token. ``frame`` maps library mm to this instrument's
     stage mm; it defaults to the driver's own ``frame`` attribute (the twins carry one) or the
     identity. ``inflight_wait_s`` bounds how long a retried measure waits for the first attempt
-    still running before answering 503.
+    still running before answering 503. A request body over ``max_body_bytes`` is refused
+    (413) while it is read. Every error answer is the one body of
+    :mod:`~coorch.instrument_agents.contract`, and the schema says which statuses each route
+    answers.
     """
     named = dict(tokens or {})
     if token:
@@ -373,8 +376,12 @@ def create_app(
         cache=MeasureCache(cache_size),
         inflight_wait_s=inflight_wait_s,
     )
-    app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(DriverError, _driver_error)
+    install_handlers(app)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     for router in (reads, leases, controls):
         app.include_router(router)
+    desc = driver.describe()
+    (x0, x1), (y0, y1) = desc.stage_limits["x"], desc.stage_limits["y"]
+    centre = {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "frame": "stage"}
+    install_openapi(app, modalities=[m.name for m in desc.modalities], move_example=centre)
     return app
