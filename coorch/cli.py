@@ -3,41 +3,56 @@
 Errors a user can fix (a spec that is not YAML, a field pydantic refuses, a token file that is
 missing, a store folder that cannot be written) end a command with one or two lines naming the
 file and the field, and exit status 2, before any Prefect server starts: see
-:func:`user_errors`, :func:`load_spec`, :func:`check_local_files`. A campaign that fails while
-it runs ends with one line and status 1 (:func:`flow_failures`). ``coorch --debug`` shows the
-full tracebacks instead.
+:func:`user_errors`, :func:`load_spec` (in :mod:`coorch.errors`, shared with the store's
+commands) and :func:`check_local_files`; click's usage errors say the same in two lines
+(:class:`~coorch.errors.ShortErrorsGroup`). A campaign that fails while it runs ends with one
+line and status 1 (:func:`flow_failures`). ``coorch --debug`` shows the full tracebacks instead.
 """
 
 from __future__ import annotations
 
 import contextlib
-import difflib
+import functools
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
+from typing import Any
 
 import typer
 
-if TYPE_CHECKING:
-    from pydantic import BaseModel, ValidationError
+from coorch.errors import (
+    DEBUG_ENV,
+    Context,
+    ShortErrorsGroup,
+    check_writable,
+    debugging,
+    error_lines,
+    fail,
+    load_spec,
+    user_errors,
+    validation_lines,
+)
 
-    M = TypeVar("M", bound=BaseModel)
+__all__ = [
+    "app",
+    "check_local_files",
+    "debugging",
+    "error_lines",
+    "fail",
+    "flow_failures",
+    "load_spec",
+    "user_errors",
+    "validation_lines",
+]
 
 app = typer.Typer(
     help="Co-orchestration of characterisation instruments.",
     no_args_is_help=True,
     add_completion=False,
+    cls=ShortErrorsGroup,
 )
-
-#: Set (to "1" or "0") by ``--debug``, read by :func:`debugging`. An environment variable rather
-#: than a module global so that it holds whichever copy of this module reads it (``python -m
-#: coorch.cli`` runs it as ``__main__`` while sub-commands import ``coorch.cli``) and in the
-#: processes the command starts.
-DEBUG_ENV = "COORCH_DEBUG"
 
 
 @app.callback()
@@ -63,157 +78,6 @@ def main(
             os.environ["PREFECT_API_URL"] = json.loads(info.read_text())["prefect_api_url"]
 
 
-def debugging() -> bool:
-    """Whether ``--debug`` (or ``COORCH_DEBUG``, spelt as click reads a flag) asked for
-    tracebacks."""
-    return os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "t", "yes", "y", "on"}
-
-
-def fail(command: str, lines: list[str], status: int = 2) -> NoReturn:
-    """Print at most two ``coorch COMMAND: ...`` lines on stderr and exit with ``status``."""
-    for line in lines[:2]:
-        typer.echo(f"coorch {command}: {line}", err=True)
-    raise typer.Exit(status)
-
-
-def error_lines(exc: BaseException) -> list[str]:
-    """What to tell a user about ``exc``: its message's lines, a validation error's fields
-    (:func:`validation_lines`), an OS error as ``file: reason`` (not ``[Errno 2] ...``)."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        return validation_lines(exc)
-    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
-        return [f"{exc.filename}: {exc.strerror}"]
-    return [line for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
-
-
-@contextlib.contextmanager
-def user_errors(command: str) -> Iterator[None]:
-    """Errors the user can fix become one or two lines on stderr and exit status 2.
-
-    ``ValueError`` (``pydantic.ValidationError`` is one), ``OSError`` (``FileNotFoundError``
-    is one) and ``yaml.YAMLError`` raised in the block are what a bad spec or a missing file
-    raises; their traceback is 30 lines of typer, pydantic and this module that hide the one
-    naming the field, so ``--debug`` alone shows it. Status 2 is click's usage-error status:
-    scripts tell a bad input from a failed campaign (1). Anything else propagates untouched.
-    """
-    import yaml
-
-    try:
-        yield
-    except (ValueError, OSError, yaml.YAMLError) as exc:
-        if debugging():
-            raise
-        fail(command, error_lines(exc))
-
-
-def validation_lines(
-    exc: ValidationError, model: type[BaseModel] | None = None, most: int = 2
-) -> list[str]:
-    """``field.path: message`` for the first ``most`` errors of ``exc``, the fields of the
-    others counted on the last line: pydantic's own text takes four lines per error and shows
-    the whole input. ``model`` (the validated class) lets an unknown key suggest a known one."""
-    errors = exc.errors(include_url=False, include_input=False)
-    # Unknown keys first: a misspelt key ("tokenfile") explains the "missing" that follows.
-    errors.sort(key=lambda e: e["type"] != "extra_forbidden")
-    lines = [_error_line(e, model) for e in errors[:most]]
-    rest = [_path(e["loc"]) or "(top level)" for e in errors[most:]]
-    if rest:
-        lines[-1] += f" (and {len(rest)} more: {', '.join(rest)})"
-    return lines
-
-
-def _path(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc)
-
-
-def _error_line(error: Any, model: type[BaseModel] | None) -> str:
-    """One pydantic error as ``path: message``, with the messages a spec author meets most
-    often (missing field, unknown key, a validator's ValueError) said plainly."""
-    path = _path(error["loc"])
-    if error["type"] == "extra_forbidden":
-        message = _unknown_key(error["loc"], model)
-    elif error["type"] == "missing":
-        message = "missing (a required field)"
-    else:
-        message = error["msg"].removeprefix("Value error, ")
-    return f"{path}: {message}" if path else message
-
-
-def _unknown_key(loc: tuple[int | str, ...], model: type[BaseModel] | None) -> str:
-    """Name the known key closest to a misspelt one, else list the keys known there."""
-    known = _fields_at(model, loc[:-1]) if model is not None else []
-    close = difflib.get_close_matches(str(loc[-1]), known, n=1)
-    if close:
-        return f"unknown key; did you mean {close[0]!r}?"
-    return f"unknown key; known: {', '.join(known)}" if known else "unknown key"
-
-
-def _fields_at(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str]:
-    """The field names of the (nested) model found at ``loc`` in ``model``, or []."""
-    for part in loc:
-        if isinstance(part, int):  # an item of a list of models
-            continue
-        field = model.model_fields.get(part)
-        inner = _model_in(field.annotation) if field is not None else None
-        if inner is None:
-            return []
-        model = inner
-    return list(model.model_fields)
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model in a field's annotation (``M``, ``list[M]``, ``M | None``)."""
-    from typing import get_args
-
-    from pydantic import BaseModel
-
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in get_args(annotation):
-        if (inner := _model_in(arg)) is not None:
-            return inner
-    return None
-
-
-def load_spec(path: Path, model: type[M]) -> M:
-    """The spec in ``path`` (YAML, or JSON, which YAML reads) validated as ``model``.
-
-    Every way the file can be wrong is raised as an ``OSError`` (cannot read it) or a
-    ``ValueError`` whose lines name the file and then the field (for :func:`user_errors`); the
-    original error is chained, for ``--debug``. The flow validates its parameters again, but
-    only once a Prefect server has started: this is the check a user waits seconds for.
-    """
-    import yaml
-    from pydantic import ValidationError
-
-    try:
-        text = path.read_text()
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not YAML or JSON (not text: {exc.reason})") from exc
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not YAML or JSON: {_yaml_problem(exc)}") from exc
-    if not isinstance(data, dict):
-        what = "empty" if data is None else f"a {type(data).__name__}"
-        raise ValueError(f"{path}: a {model.__name__} is a mapping of fields, this is {what}")
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        lines = validation_lines(exc, model)
-        raise ValueError("\n".join(f"{path}: {line}" for line in lines)) from exc
-
-
-def _yaml_problem(exc: Exception) -> str:
-    """A YAML error's problem and where (1-based line and column), on one line."""
-    problem, mark = getattr(exc, "problem", None), getattr(exc, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    return " ".join(str(exc).split())
-
-
 def check_local_files(spec_file: Path, tokens: dict[str, Path | None], store: str) -> None:
     """Raise a ``ValueError`` naming the field when a token file (``tokens``: field path ->
     file, None for an unset one) cannot be read or is empty, or when a local ``store`` (the
@@ -222,6 +86,8 @@ def check_local_files(spec_file: Path, tokens: dict[str, Path | None], store: st
     Checked by the command, not by the spec's model: the flow may run on a worker where paths
     differ, so a spec stays valid without its files; but ``coorch run`` runs the flow here, and
     a missing token otherwise shows only after a Prefect server has started (about 20 s).
+    Remote (fsspec URL) stores are left to the flow: their credentials are configured where it
+    runs.
     """
     for field, token_file in tokens.items():
         if token_file is None:
@@ -233,30 +99,9 @@ def check_local_files(spec_file: Path, tokens: dict[str, Path | None], store: st
             raise ValueError(f"{spec_file}: {field}: cannot read {token_file}: {reason}") from exc
         if not token:
             raise ValueError(f"{spec_file}: {field}: {token_file} is empty (it holds the token)")
-    _check_store_writable(spec_file, store)
-
-
-def _check_store_writable(spec_file: Path, store: str) -> None:
-    """A local store, or the nearest folder that exists above a new one, takes a file.
-
-    Probed by creating (and at once removing) an anonymous file rather than by ``os.access``,
-    which answers yes to root on a read-only mount. Remote (fsspec URL) stores are left to the
-    flow: their credentials are configured where it runs.
-    """
     local = store.removeprefix("file://")
-    if "://" in local:
-        return
-    folder = Path(local)
-    while not folder.exists():  # ends: "." (relative) or "/" exists
-        folder = folder.parent
-    if not folder.is_dir():
-        raise ValueError(f"{spec_file}: store: cannot write {store}: {folder} is not a folder")
-    try:
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise ValueError(f"{spec_file}: store: cannot write {store} in {folder}: {reason}") from exc
+    if "://" not in local:
+        check_writable(local, f"{spec_file}: store", folder=True)
 
 
 class _WithoutTraceback(logging.Formatter):
@@ -318,7 +163,60 @@ def flow_failures(command: str, campaign: str) -> Iterator[None]:
             h.setFormatter(f)
 
 
-bench_app = typer.Typer(help="Benchmarks (figures go to docs/benchmarks.md).", no_args_is_help=True)
+#: ``coorch bench NAME`` -> (module, command function): imported only when a benchmark runs.
+BENCHMARKS = {
+    "decision": ("coorch.benchmarks.decision", "bench_decision_command"),
+    "efficiency": ("coorch.benchmarks.efficiency", "bench_efficiency_command"),
+    "overhead": ("coorch.benchmarks.overhead", "bench_overhead_command"),
+    "pareto": ("coorch.benchmarks.pareto", "bench_pareto_command"),
+    "ingest": ("coorch.benchmarks.ingest", "bench_ingest_command"),
+}
+
+
+class _LazyBenchmarks(ShortErrorsGroup):
+    """``coorch bench``, whose commands are imported when one is asked for (its list, its
+    help, a run): the benchmarks import torch, gpytorch and xarray, seconds that every other
+    command (``coorch run`` on a bad spec, ``coorch store ls``) would otherwise pay first."""
+
+    def _load(self) -> None:
+        if self.commands:
+            return
+        import importlib
+
+        bench = typer.Typer(cls=ShortErrorsGroup)
+        for name, (module, function) in BENCHMARKS.items():
+            command = getattr(importlib.import_module(module), function)
+            bench.command(name)(_argument_errors(f"bench {name}", command))
+        self.commands.update(typer.main.get_group(bench).commands)
+
+    def list_commands(self, ctx: Context) -> list[str]:
+        self._load()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: Context, cmd_name: str) -> Any:
+        self._load()
+        return super().get_command(ctx, cmd_name)
+
+
+def _argument_errors(command: str, function: Callable[..., None]) -> Callable[..., None]:
+    """``function`` (a typer command) with :func:`user_errors`: a benchmark's argument it cannot
+    use (a dataset file that is missing, an unknown library, a count of zero) ends in two lines
+    and status 2, as every command's does. Its signature is ``function``'s (typer reads it
+    through ``functools.wraps``)."""
+
+    @functools.wraps(function)
+    def guarded(*args: Any, **kwargs: Any) -> None:
+        with user_errors(command, also=(KeyError,)):
+            function(*args, **kwargs)
+
+    return guarded
+
+
+bench_app = typer.Typer(
+    help="Benchmarks (figures go to docs/benchmarks.md).",
+    no_args_is_help=True,
+    cls=_LazyBenchmarks,
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -338,8 +236,10 @@ def demo(
 ) -> None:
     """Run a co-orchestrated PFM + Raman + WDS + STEM campaign on digital twins, then the same
     budget at random positions, and report both against the ground truth."""
-    from coorch.demo import run_demo
+    from coorch.demo import check_arguments, run_demo
 
+    with user_errors("demo"):
+        check_arguments(run_dir, facility)
     run_demo(run_dir, budget=budget, seed=seed, facility=facility)
 
 
@@ -370,12 +270,7 @@ def run(
 
 
 def _mount() -> None:
-    """Sub-commands owned by the layers and the benchmarks."""
-    from coorch.benchmarks.decision import bench_decision_command
-    from coorch.benchmarks.efficiency import bench_efficiency_command
-    from coorch.benchmarks.ingest import bench_ingest_command
-    from coorch.benchmarks.overhead import bench_overhead_command
-    from coorch.benchmarks.pareto import bench_pareto_command
+    """Sub-commands owned by the layers (the benchmarks: :class:`_LazyBenchmarks`)."""
     from coorch.facility_cli import down_command, up_command
     from coorch.im2spec_cli import im2spec_command
     from coorch.instrument_agents.cli import agent_app
@@ -390,11 +285,6 @@ def _mount() -> None:
     app.command("report")(report_command)
     app.command("up")(up_command)
     app.command("down")(down_command)
-    bench_app.command("decision")(bench_decision_command)
-    bench_app.command("efficiency")(bench_efficiency_command)
-    bench_app.command("overhead")(bench_overhead_command)
-    bench_app.command("pareto")(bench_pareto_command)
-    bench_app.command("ingest")(bench_ingest_command)
 
 
 _mount()

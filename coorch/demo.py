@@ -54,6 +54,23 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
 
 
+def check_arguments(run_dir: Path, facility: Path | None) -> None:
+    """Raise a ``ValueError`` naming the option when ``--run-dir`` cannot be written or
+    ``--against`` names a folder where no facility is up: found before a Prefect server, twins
+    and Dask start (seconds), for ``coorch demo`` to say in one line."""
+    from coorch.errors import check_writable
+
+    check_writable(run_dir, "--run-dir", folder=True)
+    if facility is None:
+        return
+    from coorch.deployments.facility import read_info
+
+    if read_info(facility) is None:
+        raise ValueError(
+            f"--against {facility}: no facility is up there (start one: coorch up --dir {facility})"
+        )
+
+
 def run_demo(
     run_dir: Path,
     *,

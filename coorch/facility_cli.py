@@ -8,23 +8,22 @@ commands sit beside nothing but their output; the work is in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NoReturn
 
 import typer
+
+from coorch.errors import debugging, fail, user_errors
 
 _DIR_HELP = "the facility's folder: state, logs, token, facility.json, campaign.yaml"
 
 
-def _one_line(exc: Exception) -> str:
-    """A pydantic error of a FACILITY.yaml as "where: what; ...", anything else squeezed."""
-    from pydantic import ValidationError
-
-    if isinstance(exc, ValidationError):
-        parts = []
-        for e in exc.errors():
-            where, what = ".".join(map(str, e["loc"])), e["msg"].removeprefix("Value error, ")
-            parts.append(f"{where}: {what}" if where else what)
-        return "config: " + "; ".join(parts)
-    return " ".join(str(exc).split())
+def _failed(command: str, exc: Exception) -> NoReturn:
+    """A facility that did not start or stop (status 1), one line; ``--debug``: the traceback.
+    What the user got wrong (a ``FacilityInputError`` is a ``ValueError``) is left to
+    :func:`~coorch.errors.user_errors`: two lines, status 2."""
+    if debugging():
+        raise exc
+    fail(command, [" ".join(str(exc).split())], status=1)
 
 
 def up_command(
@@ -36,17 +35,21 @@ def up_command(
         dir_okay=False,
         help="FACILITY.yaml (a FacilityConfig); default: the demo's four twins on smbfo",
     ),
-    port: int = typer.Option(4200, "--port", help="port of the Prefect API and UI (127.0.0.1)"),
+    port: int = typer.Option(
+        4200, "--port", min=1, max=65535, help="port of the Prefect API and UI (127.0.0.1)"
+    ),
 ) -> None:
     """Start a local Prefect server with its UI, twin instrument agents and a Dask cluster in
     the background; return once all answer. Stop them with `coorch down`."""
-    from coorch.deployments.facility import FacilityError, up
+    from coorch.deployments.facility import FacilityError, FacilityInputError, up
 
-    try:
-        info, already = up(run_dir, config=config, port=port)
-    except (FacilityError, ValueError) as exc:
-        typer.echo(f"coorch up: {_one_line(exc)}", err=True)
-        raise typer.Exit(1) from None
+    with user_errors("up"):
+        try:
+            info, already = up(run_dir, config=config, port=port)
+        except FacilityInputError:
+            raise
+        except FacilityError as exc:
+            _failed("up", exc)
     state = "already up" if already else "up"
     typer.echo(f"facility {state} in {run_dir} (supervisor pid {info.supervisor_pid})")
     typer.echo(f"  Prefect UI  {info.ui_url}")
@@ -72,13 +75,15 @@ def down_command(
 ) -> None:
     """Stop the facility started by `coorch up` in --dir: every agent, Dask, the Prefect
     server (its state stays in <dir>/.prefect for the next `up`)."""
-    from coorch.deployments.facility import FacilityError, down
+    from coorch.deployments.facility import FacilityError, FacilityInputError, down
 
-    try:
-        stopped = down(run_dir)
-    except FacilityError as exc:
-        typer.echo(f"coorch down: {exc}", err=True)
-        raise typer.Exit(1) from None
+    with user_errors("down"):
+        try:
+            stopped = down(run_dir)
+        except FacilityInputError:
+            raise
+        except FacilityError as exc:
+            _failed("down", exc)
     if stopped is None:
         typer.echo(f"no facility running in {run_dir}")
         return

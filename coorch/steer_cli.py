@@ -8,16 +8,27 @@ table. Talks to the Prefect server named by ``PREFECT_API_URL``.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
+import math
+import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from coorch.errors import ShortErrorsGroup, debugging, error_lines, fail, user_errors
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
+
 steer_app = typer.Typer(
     help="Review and redirect running campaigns (steering mode, token, operator).",
     no_args_is_help=True,
+    cls=ShortErrorsGroup,
 )
 
 TOKEN = typer.Option(
@@ -32,15 +43,16 @@ OPERATOR = typer.Option(None, help="your name, recorded with what you do (defaul
 RUN = typer.Argument(..., help="the campaign's flow run id or name (coorch steer list)")
 
 
-def _fail(message: str) -> None:
-    typer.echo(f"coorch steer: {message}", err=True)
-    raise typer.Exit(2)
-
-
-def _token(path: Path) -> str:
-    token = path.read_text().strip()
+def _token(path: Path, command: str) -> str:
+    """The steering token in ``path``, read before the Prefect server is asked anything."""
+    with user_errors(command):
+        try:
+            token = path.read_text().strip()
+        except UnicodeDecodeError:
+            token = None
     if not token:
-        _fail(f"{path} is empty: it must hold the campaign's steering token")
+        what = "is empty" if token is not None else "is not text"
+        fail(command, [f"--token-file {path} {what}: it must hold the campaign's steering token"])
     return token
 
 
@@ -48,25 +60,104 @@ def _operator(name: str | None) -> str:
     return name or getpass.getuser()
 
 
-def _send(run: str, token_file: Path, operator: str | None, action: str, **fields) -> None:
-    from coorch.flows.steer_client import SteeringError, find_run, send
+#: How a field sent to the campaign is spelt on the command line (for messages).
+_SPELT = {"x": "--x", "y": "--y", "box": "--box", "value": "VALUE", "score": "SCORE"}
+
+
+def _finite(command: str, fields: dict[str, Any]) -> None:
+    """Refuse NaN and infinities (which click's FLOAT and FloatRange let through) before the
+    token is read or the server asked: a campaign cannot measure at x=nan or weigh a map by
+    inf."""
+    for name, value in fields.items():
+        numbers = value if isinstance(value, list) else [value]
+        bad = [v for v in numbers if isinstance(v, float) and not math.isfinite(v)]
+        if bad:
+            fail(command, [f"{_SPELT.get(name, name)}: {bad[0]} is not a finite number"])
+
+
+@contextlib.contextmanager
+def _server(command: str) -> Iterator[None]:
+    """The Prefect server unreachable (nothing listens at PREFECT_API_URL, a wrong URL), or a
+    steering error (unknown campaign, wrong token, nothing to answer): one or two lines,
+    status 2, naming the server or the campaign."""
+    import httpx
+
+    from coorch.flows.steer_client import SteeringError
 
     try:
-        r = find_run(run)
-        send(r, _token(token_file), _operator(operator), action, **fields)
+        yield
     except SteeringError as exc:
-        _fail(str(exc))
+        fail(command, error_lines(exc))
+    except httpx.HTTPError as exc:
+        if debugging():
+            raise
+        url = os.environ.get("PREFECT_API_URL") or "Prefect's local server"
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        fail(
+            command,
+            [
+                f"cannot reach the Prefect server at {url}: {reason}",
+                "(start one with coorch up, or set PREFECT_API_URL)",
+            ],
+        )
+
+
+def _bounds(run: FlowRun) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """The library bounds (mm) of the campaign ``run`` runs, from its spec parameter; None
+    when the run's spec is not one this code reads (the campaign checks positions anyway)."""
+    from pydantic import ValidationError
+
+    from coorch.deployments.config import CampaignSpec
+
+    try:
+        return CampaignSpec.model_validate(run.parameters.get("spec")).library_extent()
+    except (ValidationError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _check_inside(command: str, run: FlowRun, x: float, y: float) -> None:
+    """Refuse a position (``--x``, ``--y``) outside the campaign's library before it is sent:
+    the campaign would refuse it later, out of the operator's sight (in its log)."""
+    bounds = _bounds(run)
+    if bounds is None:
+        return
+    (x0, x1), (y0, y1) = bounds
+    if not (x0 <= x <= x1 and y0 <= y <= y1):
+        fail(
+            command,
+            [
+                f"--x {x:g} --y {y:g} is outside the library of campaign {run.name}: "
+                f"x in [{x0:g}, {x1:g}] mm, y in [{y0:g}, {y1:g}] mm"
+            ],
+        )
+
+
+def _send(run: str, token_file: Path, operator: str | None, action: str, **fields: Any) -> None:
+    command = f"steer {action}"
+    _finite(command, fields)
+    token = _token(token_file, command)
+    from coorch.flows.steer_client import find_run, send
+
+    with _server(command):
+        r = find_run(run)
+        if action == "seed":
+            _check_inside(command, r, fields["x"], fields["y"])
+        send(r, token, _operator(operator), action, **fields)
     shown = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
     typer.echo(f"{r.name}: {action} {shown} sent; it applies at the next decision")
 
 
-def _answer(run: str, token_file: Path, operator: str | None, of: str | None, **fields):
-    from coorch.flows.steer_client import SteeringError, answer, find_run
+def _answer(run: str, token_file: Path, operator: str | None, of: str | None, **fields: Any):
+    command = f"steer {fields['action']}"
+    _finite(command, fields)
+    token = _token(token_file, command)
+    from coorch.flows.steer_client import answer, find_run
 
-    try:
-        p = answer(find_run(run), _token(token_file), _operator(operator), of=of, **fields)
-    except SteeringError as exc:
-        _fail(str(exc))
+    with _server(command):
+        r = find_run(run)
+        if fields["action"] == "override":
+            _check_inside(command, r, fields["x"], fields["y"])
+        p = answer(r, token, _operator(operator), of=of, **fields)
     d = p.decision
     typer.echo(
         f"{fields['action']}: {d['instrument']} at ({d['library_x']:.2f}, {d['library_y']:.2f}) mm"
@@ -80,8 +171,9 @@ def list_command() -> None:
     from coorch.flows.steer_client import open_proposals, steerable_runs
 
     table = Table("run", "name", "proposal", "instrument", "x (mm)", "y (mm)", "value", "since")
-    for r in steerable_runs():
-        proposals = open_proposals(r)
+    with _server("steer list"):
+        runs = [(r, open_proposals(r)) for r in steerable_runs()]
+    for r, proposals in runs:
         if not proposals:
             table.add_row(str(r.id), r.name, "-", "", "", "", "", "")
         for p in proposals:

@@ -10,14 +10,80 @@ deployment's parameters) still loads; one from newer code, with a field this cod
 refused, and ``coorch report`` then draws from the records alone
 (``tasks/report_data.read_campaign``). Token files need not exist here: the flow may run where
 paths differ, so ``coorch run`` checks them itself before it starts the flow.
+
+Everything a campaign would trip over later, after a Prefect server has started, is refused
+here with the field named: NaN and infinite numbers (``allow_inf_nan=False``), counts out of
+any sane range (a grid of 0 or of a billion candidates, a budget of 10**30), an extent that is
+empty or reaches outside a known library, an unknown library without an extent, names that
+would climb out of a folder (a campaign's and an instrument's name go into a lease file's
+name, a modality's into the store's group names), a store that names no folder of its own.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from coorch.instrument_agents.libraries import LIBRARY_NAMES, get_library
+
+#: The most candidate positions a grid may have: the agent scores every one at every decision.
+MAX_CANDIDATES = 1_000_000
+#: Models of a spec: unknown keys refused (see the module docstring), NaN and inf too.
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+Extent = tuple[tuple[float, float], tuple[float, float]]
+
+
+def plain_name(value: str) -> str:
+    """``value`` if it can be part of a file or store group name as it is: not empty, no path
+    separator, no control character, not hidden (``.``, ``..``), at most 128 characters."""
+    if not value.strip():
+        raise ValueError("must not be empty")
+    if len(value) > 128:
+        raise ValueError(f"at most 128 characters, got {len(value)}")
+    bad = next((c for c in value if c in "/\\" or ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(
+            f"{value!r} holds {bad!r}: names become file and group names (no path separators "
+            "or control characters)"
+        )
+    if value.startswith("."):
+        raise ValueError(f"{value!r} starts with '.': names become file and group names")
+    return value
+
+
+def known_extent(library: str) -> Extent | None:
+    """The extent (mm) of the virtual library called ``library``, None for another (real)."""
+    return get_library(library).extent if library in LIBRARY_NAMES else None
+
+
+def _folder_name(value: str, field: str) -> str:
+    """A local path or URL that names a folder or file of its own (not ``/``, ``.``, ``..``)."""
+    if "\0" in value:
+        raise ValueError(f"{field} {value!r} holds a NUL character")
+    local = value.removeprefix("file://")
+    if "://" in local:
+        path = local.split("://", 1)[1]
+        if any(part in (".", "..") for part in path.split("/")):
+            raise ValueError(f"{value!r} has a '.' or '..' segment: an object store keeps it")
+        if not path.strip("/"):
+            raise ValueError(f"{value!r} names no bucket or folder")
+        return value
+    if os.path.basename(os.path.normpath(local or ".")) in ("", ".", ".."):
+        raise ValueError(f"{value!r} names no {field} of its own: e.g. runs/campaign.zarr")
+    return value
+
 
 POLICIES = (
     "coorchestrate",
@@ -34,7 +100,7 @@ POLICIES = (
 class InstrumentConfig(BaseModel):
     """One instrument in a campaign: where its agent listens and what the campaign uses."""
 
-    model_config = ConfigDict(extra="forbid")  # see the module docstring
+    model_config = STRICT
 
     name: str = Field(description="instrument id, as the agent describes itself")
     kind: str = Field(description="afm | raman | wds | stem (twins) or a real driver's kind")
@@ -71,6 +137,26 @@ class InstrumentConfig(BaseModel):
         "smallest positive one)",
     )
 
+    @field_validator("name", "kind", "modality")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return plain_name(v)
+
+    @field_validator("modality")
+    @classmethod
+    def _not_a_store_group(cls, v: str) -> str:
+        if v == "decisions":  # storage's RESERVED_GROUPS: the store's own table
+            raise ValueError("'decisions' is the store's own table, not a modality")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{v!r} is not an http(s) URL with a host, e.g. http://127.0.0.1:8101")
+        return v
+
     @model_validator(mode="after")
     def _log_scale_needs_a_physics_task(self) -> InstrumentConfig:
         if self.log_scale and self.descriptor != "physics":
@@ -106,11 +192,11 @@ class InstrumentConfig(BaseModel):
 class DaskConfig(BaseModel):
     """Where models are fitted: a LocalCluster by default, an existing scheduler, or jobqueue."""
 
-    model_config = ConfigDict(extra="forbid")  # see the module docstring
+    model_config = STRICT
 
     address: str | None = Field(None, description="scheduler address; None starts a LocalCluster")
-    n_workers: int = 1
-    threads_per_worker: int = 1
+    n_workers: int = Field(1, ge=1, le=1024)
+    threads_per_worker: int = Field(1, ge=1, le=256)
     jobqueue: str | None = Field(None, description="e.g. 'slurm': dask-jobqueue cluster class")
     jobqueue_kwargs: dict = Field(default_factory=dict)
 
@@ -122,7 +208,7 @@ class SteeringConfig(BaseModel):
     is set; ``mode`` says whether decisions also wait for a review.
     """
 
-    model_config = ConfigDict(extra="forbid")  # see the module docstring
+    model_config = STRICT
 
     mode: Literal["off", "review", "votes"] = Field(
         "off",
@@ -131,13 +217,17 @@ class SteeringConfig(BaseModel):
         "proposal as the answer after deadline_s; votes: never waits, operators score "
         "measured signals and the agent also seeks what they score high",
     )
-    every: int = Field(1, ge=1, description="review every N-th decision of the agent")
+    every: int = Field(1, ge=1, le=1_000_000, description="review every N-th decision")
     below: float | None = Field(
         None,
         description="review only decisions whose acquisition value is below this (None: all)",
     )
     deadline_s: float = Field(
-        300.0, gt=0, description="seconds a review waits for an answer before the proposal runs"
+        300.0,
+        gt=0,
+        le=30 * 86400.0,
+        description="seconds a review waits for an answer before the proposal runs (30 days "
+        "at most)",
     )
     target_weight: float = Field(
         0.5,
@@ -173,7 +263,7 @@ class SteeringConfig(BaseModel):
 class CampaignSpec(BaseModel):
     """What to measure, with what, how much, and where the data go."""
 
-    model_config = ConfigDict(extra="forbid")  # see the module docstring
+    model_config = STRICT
 
     name: str = "demo"
     library: str = "smbfo"
@@ -186,13 +276,20 @@ class CampaignSpec(BaseModel):
         "{'directions': [1, -1]} (maximise the first task, minimise the second); for "
         "'coorchestrate' {'min_fit_values': 6, 'max_correlation': 0.7}",
     )
-    budget: int = Field(30, ge=1, description="total measurements, seeds included")
-    seeds_per_instrument: int = Field(3, ge=0)
-    extent: tuple[tuple[float, float], tuple[float, float]] | None = Field(
-        None, description="library bounds ((x0, x1), (y0, y1)) in mm; None: the twin library's"
+    budget: int = Field(30, ge=1, le=1_000_000, description="total measurements, seeds included")
+    seeds_per_instrument: int = Field(3, ge=0, le=10_000)
+    extent: Extent | None = Field(
+        None,
+        description="library bounds ((x0, x1), (y0, y1)) in mm, inside a virtual library's; "
+        "None: the virtual library's (a real sample needs one)",
     )
-    grid: tuple[int, int] = Field((41, 5), description="candidate positions along x and y")
-    refit_every: int = Field(4, ge=1, description="refit hyperparameters every N observations")
+    grid: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
+        (41, 5),
+        description=f"candidate positions along x and y ({MAX_CANDIDATES} at most in all)",
+    )
+    refit_every: int = Field(
+        4, ge=1, le=1_000_000, description="refit hyperparameters every N observations"
+    )
     store: str = "runs/demo/campaign.zarr"
     report: str | None = Field(
         None,
@@ -200,18 +297,78 @@ class CampaignSpec(BaseModel):
         "report); None: <store>-report.html beside a local store, none for a remote one; "
         "'': none",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="numpy's and torch's seeds")
     dask: DaskConfig = Field(default_factory=DaskConfig)
     steering: SteeringConfig = Field(default_factory=SteeringConfig)
 
     def report_path(self) -> Path | None:
-        """Where the campaign's HTML report goes (see ``report``), or None."""
+        """Where the campaign's HTML report goes (see ``report``), or None. Paths are
+        normalised (``a/../c.zarr`` -> ``c-report.html``): writing the report makes no folder
+        ``a``; a ``file://`` store is local."""
         if self.report is not None:
-            return Path(self.report) if self.report else None
-        if "://" in self.store:
+            return Path(os.path.normpath(self.report)) if self.report else None
+        local = self.store.removeprefix("file://")
+        if "://" in local:
             return None
-        store = Path(self.store)
+        store = Path(os.path.normpath(local))
         return store.with_name(f"{store.stem}-report.html")
+
+    def library_extent(self) -> Extent:
+        """The bounds ((x0, x1), (y0, y1)) in mm campaigns measure in: ``extent``, else the
+        virtual library's (validation ensured one of them)."""
+        extent = self.extent if self.extent is not None else known_extent(self.library)
+        assert extent is not None  # _extent_inside_the_library
+        return extent
+
+    @field_validator("name")
+    @classmethod
+    def _plain(cls, v: str) -> str:
+        return plain_name(v)
+
+    @field_validator("store")
+    @classmethod
+    def _store_is_a_folder(cls, v: str) -> str:
+        return _folder_name(v, "folder")
+
+    @field_validator("report")
+    @classmethod
+    def _report_is_a_file(cls, v: str | None) -> str | None:
+        return _folder_name(v, "file") if v else v
+
+    @field_validator("grid")
+    @classmethod
+    def _not_too_many_candidates(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if v[0] * v[1] > MAX_CANDIDATES:
+            raise ValueError(
+                f"{v[0]} x {v[1]} = {v[0] * v[1]} candidates; {MAX_CANDIDATES} at most (the "
+                "agent scores every one at every decision)"
+            )
+        return v
+
+    @field_validator("extent")
+    @classmethod
+    def _extent_inside_the_library(cls, v: Extent | None, info: ValidationInfo) -> Extent | None:
+        if v is None:
+            return v
+        (x0, x1), (y0, y1) = v
+        if not (x0 < x1 and y0 < y1):
+            raise ValueError(f"{v} is empty: it needs x0 < x1 and y0 < y1 (mm)")
+        library = info.data.get("library")
+        known = known_extent(library) if isinstance(library, str) else None
+        if known is not None:
+            (kx0, kx1), (ky0, ky1) = known
+            if x0 < kx0 or x1 > kx1 or y0 < ky0 or y1 > ky1:
+                raise ValueError(f"{v} mm reaches outside the {library} library, {known} mm")
+        return v
+
+    @model_validator(mode="after")
+    def _a_library_or_an_extent(self) -> CampaignSpec:
+        if self.extent is None and known_extent(self.library) is None:
+            raise ValueError(
+                f"library: {self.library!r} is no virtual library ({', '.join(LIBRARY_NAMES)}): "
+                "a real sample needs extent ((x0, x1), (y0, y1)) in mm"
+            )
+        return self
 
     @field_validator("policy")
     @classmethod
@@ -230,11 +387,12 @@ class CampaignSpec(BaseModel):
             )
         return self
 
-    @model_validator(mode="after")
-    def _unique_instruments(self) -> CampaignSpec:
-        names = [i.name for i in self.instruments]
+    @field_validator("instruments")
+    @classmethod
+    def _unique_instruments(cls, v: list[InstrumentConfig]) -> list[InstrumentConfig]:
+        names = [i.name for i in v]
         if len(set(names)) != len(names):
             raise ValueError(f"instrument names must be unique, got {names}")
         if not names:
             raise ValueError("a campaign needs at least one instrument")
-        return self
+        return v

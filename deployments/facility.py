@@ -43,7 +43,7 @@ from typing import IO, TYPE_CHECKING, Literal
 
 import httpx
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from coorch.deployments.config import (
     POLICIES,
@@ -53,6 +53,7 @@ from coorch.deployments.config import (
     SteeringConfig,
 )
 from coorch.deployments.prefect_server import die_with_parent, local_prefect_server
+from coorch.errors import load_spec
 from coorch.net import free_port, wait_until_healthy
 
 if TYPE_CHECKING:
@@ -64,6 +65,8 @@ STARTUP_ERROR = "facility did not start:"  # the supervisor's last words, which 
 
 class TwinConfig(BaseModel):
     """One digital-twin agent of the facility and the modality campaigns use on it."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # as CampaignSpec's
 
     kind: Literal["afm", "raman", "wds", "stem"] = Field(description="which twin")
     modality: str = Field(description="the modality campaign.yaml uses, e.g. pfm_loop")
@@ -78,7 +81,13 @@ def _demo_twins() -> list[TwinConfig]:
 
 
 class FacilityConfig(BaseModel):
-    """What ``coorch up`` runs (``--config FACILITY.yaml``; every field has a default)."""
+    """What ``coorch up`` runs (``--config FACILITY.yaml``; every field has a default).
+
+    Unknown keys and NaN or infinite numbers are refused, as in a
+    :class:`~coorch.deployments.config.CampaignSpec`: a misspelt ``budjet`` would otherwise run
+    the facility's campaign on the default without a word."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     library: Literal["smbfo", "alscbn"] = Field("smbfo", description="virtual library")
     instruments: list[TwinConfig] = Field(default_factory=_demo_twins)
@@ -113,10 +122,14 @@ class FacilityConfig(BaseModel):
 
     @classmethod
     def from_file(cls, path: Path | None) -> FacilityConfig:
-        """The config in YAML file ``path``, or the defaults for None."""
+        """The config in YAML file ``path`` (an empty file: the defaults), or the defaults for
+        None. A bad file raises an ``OSError`` or a ``ValueError`` whose lines name the file
+        and the field (:func:`coorch.errors.load_spec`)."""
         if path is None:
             return cls()
-        return cls(**(yaml.safe_load(path.read_text()) or {}))
+        if not path.read_text().strip():
+            return cls()
+        return load_spec(path, cls)
 
 
 class AgentInfo(BaseModel):
@@ -146,6 +159,12 @@ class FacilityInfo(BaseModel):
 
 class FacilityError(RuntimeError):
     """``up`` or ``down`` could not do its job; the message is one line for the user."""
+
+
+class FacilityInputError(FacilityError, ValueError):
+    """What the user gave ``up`` or ``down`` is wrong (a port in use, a config or a
+    facility.json that cannot be read), found before anything started: ``coorch up`` says so
+    with status 2, where a facility that fails to start is status 1."""
 
 
 def _paths(run_dir: Path) -> dict[str, Path]:
@@ -451,6 +470,11 @@ def read_info(run_dir: Path) -> FacilityInfo | None:
         return FacilityInfo.model_validate_json(path.read_text())
     except FileNotFoundError:
         return None
+    except (OSError, UnicodeDecodeError, ValidationError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not a facility"
+        raise FacilityInputError(
+            f"{path}: cannot read it ({why}); `coorch down --dir {run_dir}` removes it"
+        ) from exc
 
 
 def _startup_error(log: Path, offset: int) -> str:
@@ -490,6 +514,8 @@ def up(
     """Start the facility in ``run_dir`` as a detached supervisor and return once all is
     healthy: (its description, False). Already up (or starting): (its description, True).
     On failure nothing is left running and :class:`FacilityError` says why in one line."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FacilityInputError(f"--dir {run_dir} is not a folder")
     run_dir.mkdir(parents=True, exist_ok=True)
     p = _paths(run_dir)
     offset = p["log"].stat().st_size if p["log"].exists() else 0
@@ -497,7 +523,9 @@ def up(
         return _wait_ready(run_dir, pid, None, timeout_s, offset), True
     FacilityConfig.from_file(config)  # a bad config fails here, before anything starts
     if not _port_free(port):
-        raise FacilityError(f"port {port} is in use (another Prefect server?); choose --port")
+        raise FacilityInputError(
+            f"--port {port} is in use (another Prefect server?); choose another"
+        )
     p["info"].unlink(missing_ok=True)  # left by a supervisor that was killed
     cmd = [sys.executable, "-m", "coorch.deployments.facility", "serve"]
     cmd += ["--dir", str(run_dir.resolve()), "--port", str(port)]
@@ -572,7 +600,10 @@ def down(run_dir: Path, *, timeout_s: float = 60.0) -> tuple[FacilityInfo | None
     wait; remove facility.json. Returns (its last description or None if it was still
     starting, the supervisor pid), or None when nothing was running."""
     pid = running_pid(run_dir)
-    info = read_info(run_dir)
+    try:
+        info = read_info(run_dir)
+    except FacilityInputError:  # unreadable: stop the facility all the same, remove the file
+        info = None
     if pid is None:
         _paths(run_dir)["info"].unlink(missing_ok=True)  # left by a killed supervisor
         return None

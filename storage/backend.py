@@ -12,6 +12,10 @@ the same append protocol (``zarr_table.py``) run on a laptop and on S3.
   (a conditional PUT), holding an expiry so that a crashed holder's lock can be broken.
 
 Credentials are never logged: only the URL (which carries none) appears in messages.
+
+Nothing is written outside the store's folder: a local root is normalised before use (``a/../b``
+is ``b``, and no stray ``a`` is made), and every key is checked by :func:`check_key` (no ``..``,
+no absolute key), so a name that reaches a key (a modality, a record id) cannot climb out.
 """
 
 from __future__ import annotations
@@ -31,6 +35,23 @@ from typing import Any, Protocol
 import fsspec
 
 LOCK_KEY = ".coorch-lock"
+
+
+def check_key(key: str) -> str:
+    """``key`` if it names something inside the store, else ``ValueError``: a key is relative,
+    '/'-separated, with no empty, ``.`` or ``..`` segment and no NUL. Keys are made by the store
+    itself (journal ids are percent-quoted, modality names checked), so this is the last line,
+    not the first: cheap string tests on every read and write."""
+    if not key or key.startswith("/") or "\0" in key or "\\" in key:
+        raise ValueError(f"store key {key!r} is not a relative key inside the store")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise ValueError(f"store key {key!r} is not a relative key inside the store")
+    return key
+
+
+def _check_prefix(prefix: str) -> str:
+    """A listing prefix: empty (the whole store) or a key (:func:`check_key`)."""
+    return check_key(prefix.rstrip("/")) if prefix else prefix
 
 
 class Backend(Protocol):
@@ -61,7 +82,9 @@ class LocalBackend:
     """A directory on a POSIX file system."""
 
     def __init__(self, root: str | os.PathLike[str], *, durable: bool = False) -> None:
-        self.root = Path(root).expanduser().absolute()
+        # abspath, not Path.absolute(): it folds "a/../b" into "b", so that mkdir -p of the
+        # root makes no folder "a" outside the store (symlinks are the kernel's, as in a shell)
+        self.root = Path(os.path.abspath(os.path.expanduser(os.fspath(root))))
         self.url = str(self.root)
         self.durable = durable
         self._thread_lock = threading.RLock()
@@ -73,9 +96,9 @@ class LocalBackend:
 
     def read(self, key: str) -> bytes | None:
         try:
-            with open(self.root / key, "rb") as f:
+            with open(self.root / check_key(key), "rb") as f:
                 return f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # a root that is a file holds no key
             return None
 
     def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
@@ -83,7 +106,7 @@ class LocalBackend:
 
     def write_many(self, items: Mapping[str, bytes]) -> None:
         for key, data in items.items():
-            self._write_atomic(self.root / key, data)
+            self._write_atomic(self.root / check_key(key), data)
 
     def _tmp_write(self, path: Path, data: bytes) -> str:
         parent = path.parent
@@ -116,7 +139,7 @@ class LocalBackend:
     def create_exclusive(self, key: str, data: bytes) -> bool:
         """Write ``key`` whole, only if absent: tmp file, ``os.link`` (fails if the key
         exists, atomically), unlink tmp. False if the key already existed."""
-        path = self.root / key
+        path = self.root / check_key(key)
         tmp = self._tmp_write(path, data)
         try:
             os.link(tmp, path)
@@ -130,14 +153,14 @@ class LocalBackend:
 
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
-            (self.root / key).unlink()
+            (self.root / check_key(key)).unlink()
 
     def delete_many(self, keys: list[str]) -> None:
         for k in keys:
             self.delete(k)
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        base = self.root / prefix if prefix else self.root
+        base = self.root / _check_prefix(prefix) if prefix else self.root
         if not base.exists():
             return []
         out = []
@@ -189,6 +212,9 @@ class FsspecBackend:
         lock_lease_s: float = 60.0,
     ) -> None:
         self.url = url.rstrip("/")
+        if any(part in (".", "..") for part in self.url.split("://", 1)[-1].split("/")):
+            # an object store keeps "a/../b" as a literal key prefix, a file system climbs
+            raise ValueError(f"store URL {url!r} has a '.' or '..' segment: name the store plainly")
         self.fs, path = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
         self.root = path.rstrip("/")
         self.lock_lease_s = lock_lease_s
@@ -197,7 +223,7 @@ class FsspecBackend:
         self._owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
     def _p(self, key: str) -> str:
-        return f"{self.root}/{key}" if key else self.root
+        return f"{self.root}/{check_key(key)}" if key else self.root
 
     def exists(self) -> bool:
         return self.read("zarr.json") is not None
@@ -245,7 +271,7 @@ class FsspecBackend:
                 self.fs.rm([self._p(k) for k in keys])
 
     def list_keys(self, prefix: str = "") -> list[str]:
-        base = self._p(prefix)
+        base = f"{self.root}/{_check_prefix(prefix)}" if prefix else self.root
         self.fs.invalidate_cache(base)
         try:
             found = self.fs.find(base)

@@ -5,22 +5,33 @@
 path or an fsspec URL; S3 endpoint and credentials come from the environment
 (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...) or ``--option key=value`` (values are never
 printed).
+
+A store that is missing or is not a campaign store, a bad ``--option``, an export that cannot
+be written: one or two ``coorch store CMD: ...`` lines and status 2, before any work
+(:mod:`coorch.errors`; ``coorch --debug`` shows the traceback).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.tree import Tree
 
-from .store import CampaignStore
+from coorch.errors import ShortErrorsGroup, check_writable, fail, user_errors
 
-store_app = typer.Typer(help="Inspect, verify and export campaign stores.", no_args_is_help=True)
+if TYPE_CHECKING:  # imported when a command runs: xarray and zarr cost every `coorch` a second
+    from .store import CampaignStore
+
+store_app = typer.Typer(
+    help="Inspect, verify and export campaign stores.",
+    no_args_is_help=True,
+    cls=ShortErrorsGroup,
+)
 
 
 class _Console:
@@ -47,24 +58,30 @@ def _options(opts: list[str] | None) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for item in opts:
         key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"expected key=value, got {item!r}")
+        if not sep or not key:  # the item is not shown: it may hold a secret
+            raise typer.BadParameter(
+                "expected key=value (e.g. endpoint_url=http://127.0.0.1:9000), got "
+                + ("an empty key" if sep else "an item without '='"),
+                param_hint="'--option'",
+            )
         out[key] = value
     return out
 
 
-def _open(url: str, opts: list[str] | None) -> CampaignStore:
-    try:
-        return CampaignStore.open(url, create=False, storage_options=_options(opts))
-    except FileNotFoundError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+def _open(url: str, opts: list[str] | None, command: str) -> CampaignStore:
+    """The campaign store at ``url``; a missing one, or a folder or zarr store that is not a
+    campaign store: two lines naming it, status 2 (``coorch store COMMAND: ...``)."""
+    options = _options(opts)
+    with user_errors(f"store {command}"):
+        from .store import CampaignStore
+
+        return CampaignStore.open(url, create=False, storage_options=options)
 
 
 @store_app.command("ls")
 def ls(url: str, option: OptionsArg = None) -> None:
     """Modalities (rows, signal, dims), decisions and campaign metadata of a store."""
-    store = _open(url, option)
+    store = _open(url, option, "ls")
     md = store.metadata()
     table = Table(title=f"campaign {store.url}")
     for col in ("group", "rows", "signal", "dims", "instruments"):
@@ -98,14 +115,14 @@ def show(
     option: OptionsArg = None,
 ) -> None:
     """Campaign metadata, or one modality as xarray sees it plus its latest measurements."""
-    store = _open(url, option)
+    store = _open(url, option, "show")
     if modality is None:
         console.print_json(json.dumps(store.metadata(), default=str))
         console.print(f"modalities: {', '.join(store.modalities()) or '-'}")
         return
     if modality not in store.modalities():
-        console.print(f"[red]no modality {modality!r}; have {store.modalities()}[/red]")
-        raise typer.Exit(2)
+        have = ", ".join(store.modalities()) or "none"
+        fail("store show", [f"--modality: {store.url} has no modality {modality!r} (has {have})"])
     console.print(store.read_modality(modality))
     mt = store.measurements_table()
     sub = mt[mt["modality"] == modality].tail(rows)
@@ -135,12 +152,9 @@ def lineage_cmd(
 ) -> None:
     """Where a measurement came from (decision, its training data), what it influenced, and
     what operators did about it (an override of its proposal, votes on its signal)."""
-    store = _open(url, option)
-    try:
+    store = _open(url, option, "lineage")
+    with user_errors("store lineage", also=(KeyError,)):
         lin = store.lineage(measurement_id)
-    except KeyError as exc:
-        console.print(f"[red]{exc.args[0]}[/red]")
-        raise typer.Exit(2) from exc
     if as_json:
         console.print_json(json.dumps(lin, default=str))
         return
@@ -210,7 +224,7 @@ def _num(value: Any, spec: str) -> str:
 @store_app.command("verify")
 def verify_cmd(url: str, option: OptionsArg = None) -> None:
     """Hashes, dangling references, duplicates, partial writes. Exit 1 on any problem."""
-    store = _open(url, option)
+    store = _open(url, option, "verify")
     problems = store.verify()
     if not problems:
         n = len(store.measurement_ids())
@@ -232,16 +246,17 @@ def export_cmd(
     option: OptionsArg = None,
 ) -> None:
     """Export to one NetCDF-4 file (a group per modality + decisions) or a Parquet folder."""
+    if to not in ("netcdf", "parquet"):
+        raise typer.BadParameter(f"{to!r} is neither netcdf nor parquet", param_hint="'--to'")
+    base = Path(url.rstrip("/").rsplit("/", 1)[-1]).stem or "campaign"
+    out = out or Path(f"{base}.nc" if to == "netcdf" else f"{base}-parquet")
+    with user_errors("store export"):
+        check_writable(out, "--out", folder=to == "parquet")
+    store = _open(url, option, "export")
     from .export import export_netcdf, export_parquet
 
-    store = _open(url, option)
-    base = Path(store.url.rstrip("/").rsplit("/", 1)[-1]).stem
-    if to == "netcdf":
-        path = export_netcdf(store, out or Path(f"{base}.nc"))
-    elif to == "parquet":
-        path = export_parquet(store, out or Path(f"{base}-parquet"))
-    else:
-        raise typer.BadParameter("--to must be netcdf or parquet")
+    with user_errors("store export"):
+        path = (export_netcdf if to == "netcdf" else export_parquet)(store, out)
     console.print(f"wrote {path}")
 
 

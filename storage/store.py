@@ -9,6 +9,7 @@ it writes is plain zarr v3 that ``xarray.open_zarr(url, group=modality)`` reads 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import time
@@ -22,7 +23,7 @@ import xarray as xr
 
 from coorch.records import Decision, Measurement
 
-from .backend import Backend, open_backend
+from .backend import Backend, check_key, open_backend
 from .reader import StoreReader
 from .tables import Tables
 from .writer import StoreWriter
@@ -76,6 +77,7 @@ class CampaignStore:
         left by a writer that crashed mid-consolidation (committed data is never damaged).
         """
         backend = open_backend(url, storage_options, durable=durable)
+        _check_campaign_root(backend)
         store = cls(
             backend, storage_options, flush_every=flush_every, flush_interval_s=flush_interval_s
         )
@@ -104,10 +106,12 @@ class CampaignStore:
         ``flush_interval_s`` (inline when ``flush_every == 1``), or at :meth:`flush`/
         :meth:`close`. An append never waits for a consolidation running in another thread.
         """
+        _check_names(m.measurement_id, m.modality)
         return self.writer.append_measurement(m)
 
     def append_decision(self, d: Decision) -> bool:
         """Store one decision; False if its id is already stored (same path as measurements)."""
+        _check_names(d.decision_id)
         return self.writer.append_decision(d)
 
     def append_many(self, measurements: Iterable[Measurement]) -> list[bool]:
@@ -117,7 +121,10 @@ class CampaignStore:
         repeated earlier in the batch). The whole batch becomes visible at once, to every
         reader including plain xarray, or not at all.
         """
-        return self.writer.append_many(measurements)
+        ms = list(measurements)
+        for m in ms:
+            _check_names(m.measurement_id, m.modality)
+        return self.writer.append_many(ms)
 
     def append_decisions(self, decisions: Iterable[Decision]) -> list[bool]:
         """Store a batch of decisions in one consolidation; flags as in :meth:`append_many`."""
@@ -207,6 +214,43 @@ class CampaignStore:
 
     def __repr__(self) -> str:
         return f"CampaignStore({self.url!r})"
+
+
+def _check_names(record_id: str, modality: str | None = None) -> None:
+    """Refuse, before anything is acknowledged, a record the store would lose or choke on
+    later: an empty id, or one starting with '.' (its journal entry would be taken for a
+    crashed writer's temporary, skipped, then deleted: acknowledged, never stored); a modality
+    that is no store key segment (NUL, '\\', '.', '..': every later consolidation would fail
+    on its group, the whole store stuck behind it)."""
+    if not record_id or record_id.startswith("."):
+        raise ValueError(f"record id {record_id!r} is empty or starts with '.'")
+    if modality is not None:
+        try:
+            check_key(modality)
+        except ValueError:
+            raise ValueError(f"invalid modality name {modality!r}") from None
+
+
+def _check_campaign_root(backend: Backend) -> None:
+    """Raise a ``ValueError`` naming the URL when a store exists there but is no campaign store
+    (a zarr.json that is not JSON, a zarr group coorch did not make): opening it would write a
+    lock file into someone else's data, then fail deep in the reader or show an empty campaign.
+    A folder without zarr.json is left to :meth:`CampaignStore.open` (created, or refused)."""
+    raw = backend.read("zarr.json")
+    if raw is None:
+        return
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise ValueError(
+            f"{backend.url} is not a campaign store: its zarr.json is not JSON"
+        ) from None
+    attrs = doc.get("attributes") if isinstance(doc, dict) else None
+    if not isinstance(attrs, dict) or "coorch_store_format" not in attrs:
+        raise ValueError(
+            f"{backend.url} is not a campaign store: a zarr store coorch did not write "
+            "(no coorch_store_format in its zarr.json)"
+        )
 
 
 def code_version() -> dict[str, Any]:
