@@ -5,6 +5,10 @@ benchmark (``ingest.py``), the crash/concurrency writer processes and the store 
 all of them exercise the store with the shapes the instruments really return. No science here:
 values are seeded noise, which also makes the data incompressible (a fair throughput test).
 
+``start_timed_twin``: a twin served over HTTP whose driver notes when each command ran
+(:class:`TimedDriver`), so a benchmark can see how long an instrument sat idle between
+commands, at the instrument; ``measured_request_ids`` lists the request ids an agent measured.
+
 ``moto_endpoint``: a real S3 API on loopback, ``moto_server`` in its own process (not moto's
 in-thread server) so that the server does not compete with the client for the GIL: the
 benchmark then measures the store, not Python thread scheduling. moto is a development
@@ -17,11 +21,16 @@ import contextlib
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
+from coorch.instrument_agents.launch import RunningAgent, serve_driver
+from coorch.instrument_agents.protocol import Driver
+from coorch.instrument_agents.twins import make_twin
 from coorch.net import free_port, wait_until_healthy
 from coorch.records import Decision, Measurement, Signal
 
@@ -106,6 +115,85 @@ def decision(
         acquisition_value=0.5,
         n_candidates=100,
     )
+
+
+class TimedDriver:
+    """``driver`` unchanged, except that each command it carries out (load_sample, move,
+    measure) is noted as ``(command, start, end, ok)`` in :attr:`commands`, wall-clock seconds.
+
+    Why: an instrument's idle time waiting on orchestration is the gap between the end of one
+    command and the start of the next, and only the driver sees both ends (the HTTP request
+    and the store's timestamps each miss part of it). Everything else (describe, status,
+    abort, reset, frame) is the driver's own, so the agent serves it as it would serve
+    ``driver``.
+    """
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.commands: list[tuple[str, float, float, bool]] = []
+        self._lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.driver, name)
+
+    def _timed(self, command: str, fn: Any, *args: Any) -> Any:
+        t0, ok = time.time(), False
+        try:
+            out = fn(*args)
+            ok = True
+            return out
+        finally:
+            with self._lock:
+                self.commands.append((command, t0, time.time(), ok))
+
+    def load_sample(self, sample_id: str) -> None:
+        self._timed("load_sample", self.driver.load_sample, sample_id)
+
+    def move(self, stage_x: float, stage_y: float) -> None:
+        self._timed("move", self.driver.move, stage_x, stage_y)
+
+    def measure(self, modality: str, params: dict[str, Any]) -> Any:
+        return self._timed("measure", self.driver.measure, modality, params)
+
+    def idle_gaps(self) -> list[float]:
+        """Seconds from the end of each successful measure to the start of the next command
+        (the next measurement's move): how long the instrument waited for its next order."""
+        cmds = sorted(self.commands, key=lambda c: c[1])
+        return [
+            nxt[1] - cur[2]
+            for cur, nxt in zip(cmds, cmds[1:], strict=False)
+            if cur[0] == "measure" and cur[3]
+        ]
+
+
+def start_timed_twin(
+    instrument: str,
+    library: str = "smbfo",
+    *,
+    token: str | None = None,
+    seed: int = 0,
+    time_scale: float = 0.0,
+    instrument_id: str | None = None,
+    sample_load_cost_s: float | None = None,
+) -> RunningAgent:
+    """A twin (:func:`make_twin`) behind a :class:`TimedDriver`, served on a free loopback
+    port; ``agent.driver`` is the :class:`TimedDriver`. ``sample_load_cost_s`` overrides the
+    twin's (a STEM transfer is 30 minutes: the demo's sample is already mounted)."""
+    twin = make_twin(
+        instrument, library, seed=seed, time_scale=time_scale, instrument_id=instrument_id
+    )
+    if sample_load_cost_s is not None:
+        twin.sample_load_cost_s = sample_load_cost_s
+    return serve_driver(TimedDriver(twin), token=token)
+
+
+def measured_request_ids(agent: RunningAgent) -> list[str]:
+    """The request ids ``agent`` measured (and still caches), oldest first: what the instrument
+    did, to hold against what a store says it did. Reads the served app's state, since the
+    agent has no route that lists them."""
+    cache = agent._server.config.app.state.agent.cache
+    with cache.lock:
+        return list(cache.done)
 
 
 @contextlib.contextmanager
