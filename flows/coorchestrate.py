@@ -8,6 +8,13 @@ decision, made here in the flow with the points still being measured elsewhere c
 pending, then carried out by one ``measure`` task run. No science here: it composes
 ``coorch.tasks``.
 
+An instrument that stops answering does not stop the campaign: its unfinished decision waits
+(stored, queued with its request id), a watchdog probes it, and the others go on
+(:mod:`coorch.tasks.availability`); when it answers again its decision is re-issued. A latched
+fault is reset and the same request sent again. If the campaign ends with decisions still
+waiting for an instrument, the run fails with one line saying so, and running it again resumes
+them.
+
 Operators steer through :mod:`coorch.flows.steering` when the spec names a steering token:
 in review mode an instrument's proposal waits for an answer while the others keep measuring;
 redirects and votes arrive between decisions. Everything (measurements, answers, commands)
@@ -36,6 +43,7 @@ from coorch.flows import progress
 from coorch.flows.artifacts import CampaignArtifacts
 from coorch.flows.steering import Desk, answer_fields
 from coorch.records import Decision, HumanInput
+from coorch.tasks.availability import FAULTED, LOST, Watchdog
 from coorch.tasks.describe import Describer
 from coorch.tasks.live_report import LiveReport
 from coorch.tasks.measure import measure
@@ -109,12 +117,33 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
             with (
                 CampaignArtifacts(spec.name, spec.budget) as art,
                 operators(spec, token, flow_run_id, events, log) as desk,
+                Watchdog(instruments.reconnect, events, log=log) as watchdog,
             ):
-                conductor = Conductor(spec, campaign, instruments, events, desk, art)
+                conductor = Conductor(spec, campaign, instruments, events, desk, art, watchdog)
                 conductor.run()
                 campaign.finish()
                 conductor.publish(work.report)
+        check_finished(campaign)
         return result(spec, campaign, flow_run_id, work)
+
+
+class InstrumentsUnavailable(RuntimeError):
+    """The campaign ended with decisions still waiting for instruments that stopped
+    answering; running it again resumes them."""
+
+
+def check_finished(campaign: Campaign) -> None:
+    """Fail the run, in one line, if an unavailable instrument left decisions unmeasured
+    (everything else is stored and the report written by now)."""
+    waiting = Counter(d.instrument for d in campaign.unfinished)
+    if waiting:
+        why = "; ".join(
+            f"{name}: {n} waiting ({campaign.unavailable[name]})" for name, n in waiting.items()
+        )
+        raise InstrumentsUnavailable(
+            f"campaign {campaign.name} ended with instruments unavailable, {why}. "
+            "Run it again once they answer: the waiting decisions are re-issued."
+        )
 
 
 @contextlib.contextmanager
@@ -132,6 +161,10 @@ def operators(
         yield desk
 
 
+#: Resets of one instrument in a row (each after a fault) before it counts as unavailable.
+MAX_RESETS = 3
+
+
 class Conductor:
     """Keeps every instrument busy until the budget is spent, the operators stop the campaign,
     or nothing is left to do; reads every event (a measurement done, a review answered, an
@@ -145,9 +178,11 @@ class Conductor:
         events: queue.Queue,
         desk: Desk | None,
         art: CampaignArtifacts,
+        watchdog: Watchdog,
     ) -> None:
         self.spec, self.campaign, self.events, self.desk = spec, campaign, events, desk
-        self.art = art
+        self.art, self.watchdog = art, watchdog
+        self.faults: Counter = Counter()  # consecutive faults per instrument
         self.history: list[Decision] = []  # what the Prefect UI's decisions table shows
         self.version: str | None = None
         self.clients = instruments.clients
@@ -165,6 +200,8 @@ class Conductor:
                 self.measured(*event)
             elif kind == "answer":
                 self.answered(*event)
+            elif kind == "regained":
+                self.history.append(self.campaign.regain(*event))
             else:
                 self.steered(*event)
             for name in self.clients:
@@ -199,7 +236,15 @@ class Conductor:
 
     def measured(self, d: Decision, fut: PrefectFuture) -> None:
         del self.busy[d.instrument]
-        m = fut.result()
+        try:
+            m = fut.result()
+        except LOST as exc:
+            self.lost(d, exc)
+            return
+        except FAULTED as exc:
+            self.faulted(d, exc)
+            return
+        self.faults.pop(d.instrument, None)
         obs = self.campaign.record(m)
         self.start(m.instrument)
         self.art.progress(self.campaign.measured)
@@ -212,6 +257,29 @@ class Conductor:
             descriptor=obs.values,
             why=why(d),
         )
+
+    def lost(self, d: Decision, exc: Exception) -> None:
+        """``d``'s instrument stopped answering: ``d`` waits, the watchdog probes."""
+        self.history.append(self.campaign.lose(d, f"{type(exc).__name__}: {exc}"))
+        self.watchdog.watch(d.instrument)
+
+    def faulted(self, d: Decision, exc: Exception) -> None:
+        """A fault a retry will not clear: reset the instrument and send ``d`` again (the
+        agent measured nothing under its id); after ``MAX_RESETS`` in a row, it is lost."""
+        name = d.instrument
+        self.faults[name] += 1
+        if self.faults[name] > MAX_RESETS:
+            self.lost(d, exc)
+            return
+        self.campaign.log.warning(
+            "instrument %s: %s; reset, then %s again", name, exc, d.measurement_id
+        )
+        try:
+            self.clients[name].reset()
+        except (*LOST, *FAULTED) as again:
+            self.lost(d, again)
+            return
+        self.campaign.queue.insert(0, d)
 
     def answered(self, proposal: Decision, fut) -> None:
         del self.reviewing[proposal.instrument]

@@ -18,7 +18,12 @@ the four things a campaign does between measurements:
   operator reviews a proposal (accept, override, stop) or redirects the campaign (a vote, a
   seed point, an excluded box, an instrument's weight, budget or hold, the weight of the votes,
   stop). Every human input is stored in the decisions table, and resume replays them, so a
-  redirect outlives a crash. Each takes effect at the instrument's next decision.
+  redirect outlives a crash. Each takes effect at the instrument's next decision;
+- **lose and regain an instrument** (:meth:`Campaign.lose`, :meth:`Campaign.regain`): a
+  measurement that could not be made (the agent died, the network went) goes back on the queue
+  with its request id, the instrument is marked unavailable (a ``policy="unavailable"`` row in
+  the decisions table names the decision it left unfinished), and the other instruments go on;
+  when it answers again its decision is re-issued first. Resume re-issues it too.
 
 It knows nothing of Prefect or of how a measurement is carried out: the flows submit each
 decision to the ``measure`` Prefect task, the efficiency simulator calls a plain function. One
@@ -80,6 +85,8 @@ class Campaign:
     positions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     measured_by: Counter = dataclasses.field(default_factory=Counter)
     per_instrument: Counter = dataclasses.field(default_factory=Counter)
+    # instruments that stopped answering: name -> why (see lose())
+    unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
     _proposals: dict[str, Suggestion] = dataclasses.field(default_factory=dict)
 
     # -- the store ------------------------------------------------------------------------
@@ -132,9 +139,11 @@ class Campaign:
     def queued(self, instrument: str | None = None) -> Decision | None:
         """The next stored decision still to be measured by ``instrument`` (resumed, seeded,
         answered by an operator), taken off the queue; None if there is none (or it is held)."""
-        if self.stopped or instrument in self.held:
+        if self.stopped or instrument in self.held or instrument in self.unavailable:
             return None
         for d in self.queue:
+            if d.instrument in self.unavailable:
+                continue
             if instrument is None or d.instrument == instrument:
                 self.queue.remove(d)
                 return d
@@ -144,7 +153,9 @@ class Campaign:
         """May the agent choose a new measurement for ``instrument`` (budgets, holds, stop)?
         Proposals waiting for an operator count as decided."""
         open_ = len(self._proposals)
-        if self.stopped or self.decided + open_ >= self.budget or instrument in self.held:
+        if self.stopped or self.decided + open_ >= self.budget:
+            return False
+        if instrument in self.held or instrument in self.unavailable:
             return False
         if instrument is None:
             return True
@@ -203,16 +214,7 @@ class Campaign:
             return d
         self._check(human)
         self._apply(human)
-        d = Decision(
-            instrument=str(human.detail.get("instrument") or ""),
-            modality="",
-            library_x=0.0,
-            library_y=0.0,
-            policy="operator",
-            human_input=human,
-            flow_run_id=self.flow_run_id,
-            campaign=self.name,
-        )
+        d = self._event(str(human.detail.get("instrument") or ""), "operator", [], human)
         self.store.append_decision(d)
         return d
 
@@ -223,6 +225,36 @@ class Campaign:
         for w in self.work:
             w.poll(self)
         return obs
+
+    def lose(self, d: Decision, reason: str) -> Decision:
+        """``d`` could not be measured because its instrument stopped answering: queue it again
+        (first, with its request id, still reserved so the agent does not choose it twice),
+        mark the instrument unavailable and store that (a row naming ``d`` as pending)."""
+        self.queue.insert(0, d)
+        self.unavailable[d.instrument] = reason
+        self.log.warning(
+            "instrument %s unavailable (%s): %s waits for it; the others go on",
+            d.instrument,
+            reason,
+            d.measurement_id,
+        )
+        row = self._event(d.instrument, "unavailable", [d.measurement_id])
+        self.store.append_decision(row)
+        return row
+
+    def regain(self, instrument: str) -> Decision:
+        """``instrument`` answers again: its queued decisions go out first; stored as a row."""
+        self.unavailable.pop(instrument, None)
+        waiting = [d.measurement_id for d in self.queue if d.instrument == instrument]
+        self.log.info("instrument %s available again; re-issuing %s", instrument, waiting)
+        row = self._event(instrument, "available", waiting)
+        self.store.append_decision(row)
+        return row
+
+    @property
+    def unfinished(self) -> list[Decision]:
+        """Stored decisions left unmeasured because their instrument is unavailable."""
+        return [d for d in self.queue if d.instrument in self.unavailable]
 
     def finish(self) -> None:
         """Wait for the background work; every model then uses every measurement."""
@@ -297,6 +329,23 @@ class Campaign:
         self.decided += 1
         self.per_instrument[d.instrument] += 1
         return d
+
+    def _event(
+        self, instrument: str, what: str, pending: list[str], human: HumanInput | None = None
+    ) -> Decision:
+        """A decisions-table row that asks for no measurement: an operator's input, or an
+        instrument lost or regained (``what`` is its policy column)."""
+        return Decision(
+            instrument=instrument,
+            modality="",
+            library_x=0.0,
+            library_y=0.0,
+            policy=what,
+            pending=pending,
+            human_input=human,
+            flow_run_id=self.flow_run_id,
+            campaign=self.name,
+        )
 
     def _tell(self, m: Measurement) -> Observation:
         x = np.array([m.library_x, m.library_y])[: self.agent.geometry.dim]

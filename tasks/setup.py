@@ -54,12 +54,14 @@ class Instruments:
         self.clients: dict[str, InstrumentClient] = {}
         self.descriptions: dict[str, InstrumentDescription] = {}
         self.modalities = {i.name: i.modality for i in spec.instruments}
+        self.sample = spec.sample
 
     @classmethod
     @contextlib.contextmanager
     def connect(cls, spec: CampaignSpec) -> Iterator[Instruments]:
         """Take every instrument's lease and load the sample (all instruments at once: a
-        STEM transfer takes half an hour); release every lease on exit."""
+        STEM transfer takes half an hour); release every lease on exit (an agent that is down
+        by then lets its lease lapse)."""
         self = cls(spec)
         with contextlib.ExitStack() as stack:
             for cfg in spec.instruments:
@@ -77,13 +79,21 @@ class Instruments:
                 )
                 desc = client.describe()
                 desc.modality(cfg.modality)  # fails early on a wrong modality name
-                client.acquire_lease(ttl_s=300)
-                stack.callback(client.release_lease)
+                client.acquire_lease(ttl_s=300)  # given back as the client closes
                 self.clients[cfg.name] = client
                 self.descriptions[cfg.name] = desc
             with ThreadPoolExecutor(len(self.clients)) as pool:
                 list(pool.map(lambda c: c.load_sample(spec.sample), self.clients.values()))
             yield self
+
+    def reconnect(self, name: str) -> None:
+        """Take ``name`` back after it stopped answering: its lease again (a restarted agent
+        has forgotten it) and the sample (a restarted agent may have unloaded it; loading the
+        loaded sample again is harmless). Raises InstrumentError while it is still away."""
+        client = self.clients[name]
+        client.health()
+        client.acquire_lease(ttl_s=300)
+        client.load_sample(self.sample)
 
     def open_store(self, spec: CampaignSpec, flow_run_id: str) -> CampaignStore:
         store = CampaignStore.open(spec.store, create=True)
