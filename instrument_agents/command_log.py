@@ -254,13 +254,20 @@ class Audit:
     commands: Counter = field(default_factory=Counter)
 
 
-def audit(paths: Iterable[str | os.PathLike[str]]) -> Audit:
-    """Read command logs back: each request id's acquisitions, replays and cut-short ones."""
+def audit(
+    paths: Iterable[str | os.PathLike[str]], request_ids: Iterable[str] | None = None
+) -> Audit:
+    """Read command logs back: each request id's acquisitions, replays and cut-short ones;
+    only those of ``request_ids`` when given (one campaign's, on agents others used too)."""
     result = Audit()
+    only = None if request_ids is None else set(request_ids)
     for path in paths:
         open_begins: Counter = Counter()
         for line in read_log(path):
             command = line.get("command")
+            rid = line.get("request_id")
+            if only is not None and command in ("measure", "measure_begin") and rid not in only:
+                continue
             result.commands[command] += 1
             if command == "agent_start":
                 result.starts += 1

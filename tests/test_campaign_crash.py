@@ -11,19 +11,16 @@ from __future__ import annotations
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
+from crash_support import TOKEN, end_group, failure, run_campaign
 
 from coorch.deployments.prefect_server import local_prefect_server
 from coorch.instrument_agents.launch import start_twin
 from coorch.storage import CampaignStore
 
-TOKEN = "crash-test-token"
 BUDGET = 24
 
 
@@ -31,18 +28,6 @@ BUDGET = 24
 def prefect_api(tmp_path_factory):
     with local_prefect_server(tmp_path_factory.mktemp("prefect")) as url:
         yield url
-
-
-def run_campaign(spec_file: Path, api_url: str) -> subprocess.Popen:
-    env = {**os.environ, "PREFECT_API_URL": api_url}
-    coorch = Path(sys.executable).with_name("coorch")
-    return subprocess.Popen(
-        [str(coorch), "run", str(spec_file)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
 
 
 @pytest.mark.slow
@@ -87,10 +72,10 @@ def test_kill_9_at_random_moments_then_resume_loses_and_duplicates_nothing(prefe
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 kills += 1
-            proc.wait(30)
+            end_group(proc)
         proc = run_campaign(spec_file, prefect_api)
-        _, err = proc.communicate(timeout=300)
-        assert proc.returncode == 0, err.decode()[-3000:]
+        proc.wait(300)
+        assert proc.returncode == 0, failure(proc)
         assert kills >= 2, "the campaign finished before it could be killed: slow it down"
 
         store = CampaignStore.open(str(store_url), create=False)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -168,3 +169,37 @@ def test_coorch_agent_serve_killed_mid_measurement_and_restarted(tmp_path):
     assert sorted(found.measured) == ["m-1", "m-2"] and found.twice == []
     assert found.interrupted == 1 and found.starts == 2 and found.replays == 1
     assert {x["token_name"] for x in read_log(log) if "token_name" in x} == {"campaign"}
+
+
+def test_agent_cli_user_errors_are_one_or_two_lines_and_exit_2(tmp_path):
+    token_file = tmp_path / "campaign.token"
+    token_file.write_text(TOKEN)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    cases = {
+        "nope.token": ["--token-file", str(tmp_path / "nope.token")],
+        f"--port {busy.getsockname()[1]}": [
+            "--token-file",
+            str(token_file),
+            "--port",
+            str(busy.getsockname()[1]),
+        ],
+        str(tmp_path): [
+            "--token-file",
+            str(token_file),
+            "--port",
+            "0",
+            "--command-log",
+            str(tmp_path),
+        ],
+    }
+    try:
+        for named, args in cases.items():
+            cmd = [sys.executable, "-m", "coorch.instrument_agents.cli", "serve", *args]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 2 and 1 <= len(lines) <= 2, r.stderr
+            assert lines[0].startswith("coorch agent serve: ") and named in lines[0], r.stderr
+    finally:
+        busy.close()
