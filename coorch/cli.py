@@ -173,21 +173,19 @@ BENCHMARKS = {
 }
 
 
-class _LazyBenchmarks(ShortErrorsGroup):
-    """``coorch bench``, whose commands are imported when one is asked for (its list, its
-    help, a run): the benchmarks import torch, gpytorch and xarray, seconds that every other
-    command (``coorch run`` on a bad spec, ``coorch store ls``) would otherwise pay first."""
+class _LazyGroup(ShortErrorsGroup):
+    """A command group whose commands are imported when one is asked for (its list, its help,
+    a run), not when ``coorch`` starts: the benchmarks import torch and gpytorch, the agents
+    FastAPI, the store xarray and zarr, seconds that every other command (``coorch run`` on a
+    bad spec) would otherwise pay before it says a word. ``coorch --help`` shows the group's
+    own help only, so it imports nothing either."""
+
+    def _commands(self) -> dict[str, Any]:
+        raise NotImplementedError
 
     def _load(self) -> None:
-        if self.commands:
-            return
-        import importlib
-
-        bench = typer.Typer(cls=ShortErrorsGroup)
-        for name, (module, function) in BENCHMARKS.items():
-            command = getattr(importlib.import_module(module), function)
-            bench.command(name)(_argument_errors(f"bench {name}", command))
-        self.commands.update(typer.main.get_group(bench).commands)
+        if not self.commands:
+            self.commands.update(self._commands())
 
     def list_commands(self, ctx: Context) -> list[str]:
         self._load()
@@ -196,6 +194,39 @@ class _LazyBenchmarks(ShortErrorsGroup):
     def get_command(self, ctx: Context, cmd_name: str) -> Any:
         self._load()
         return super().get_command(ctx, cmd_name)
+
+
+class _LazyBenchmarks(_LazyGroup):
+    """``coorch bench``: :data:`BENCHMARKS`, each with :func:`_argument_errors`."""
+
+    def _commands(self) -> dict[str, Any]:
+        import importlib
+
+        bench = typer.Typer(cls=ShortErrorsGroup)
+        for name, (module, function) in BENCHMARKS.items():
+            command = getattr(importlib.import_module(module), function)
+            bench.command(name)(_argument_errors(f"bench {name}", command))
+        return dict(typer.main.get_group(bench).commands)
+
+
+class _LazyAgents(_LazyGroup):
+    """``coorch agent``: the commands of ``coorch.instrument_agents.cli.agent_app`` (whose
+    group callback takes no options: only its commands are needed)."""
+
+    def _commands(self) -> dict[str, Any]:
+        from coorch.instrument_agents.cli import agent_app
+
+        return dict(typer.main.get_group(agent_app).commands)
+
+
+class _LazyStore(_LazyGroup):
+    """``coorch store``: the commands of ``coorch.storage.cli.store_app`` (importing the
+    storage package loads xarray, zarr and pandas)."""
+
+    def _commands(self) -> dict[str, Any]:
+        from coorch.storage.cli import store_app
+
+        return dict(typer.main.get_group(store_app).commands)
 
 
 def _argument_errors(command: str, function: Callable[..., None]) -> Callable[..., None]:
@@ -270,16 +301,17 @@ def run(
 
 
 def _mount() -> None:
-    """Sub-commands owned by the layers (the benchmarks: :class:`_LazyBenchmarks`)."""
+    """Sub-commands owned by the layers (the agents', the store's and the benchmarks' are
+    imported when used: :class:`_LazyGroup`)."""
     from coorch.facility_cli import down_command, up_command
     from coorch.im2spec_cli import im2spec_command
-    from coorch.instrument_agents.cli import agent_app
     from coorch.report_cli import report_command
     from coorch.steer_cli import steer_app
-    from coorch.storage.cli import store_app
 
-    app.add_typer(agent_app, name="agent", help="Instrument agents (serve a twin or replay).")
-    app.add_typer(store_app, name="store", help="Inspect, verify and export stores.")
+    agents = typer.Typer(no_args_is_help=True, cls=_LazyAgents)
+    app.add_typer(agents, name="agent", help="Instrument agents (serve a twin or replay).")
+    stores = typer.Typer(no_args_is_help=True, cls=_LazyStore)
+    app.add_typer(stores, name="store", help="Inspect, verify and export stores.")
     app.add_typer(steer_app, name="steer", help="Review and redirect running campaigns.")
     app.command("im2spec")(im2spec_command)
     app.command("report")(report_command)

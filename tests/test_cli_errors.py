@@ -4,8 +4,8 @@ field, exit status 2, no traceback, found before Prefect is imported or its serv
 ``coorch --debug`` shows the traceback; a campaign failing in its flow ends in one line too.
 
 Real subprocesses (the installed ``coorch``, ``python -m coorch.cli``), as many at once as there
-are CPUs: each pays seconds of imports before it reads its spec (the sub-commands mounted by the
-CLI import torch, xarray and scipy), so one after the other they would take a minute or more.
+are CPUs: each pays a second or more of imports (pydantic, PyYAML, the spec's modules) before it
+reads its spec. The other sub-commands are in ``test_cli_errors_subcommands.py``.
 """
 
 from __future__ import annotations
