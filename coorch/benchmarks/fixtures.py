@@ -7,7 +7,7 @@ values are seeded noise, which also makes the data incompressible (a fair throug
 
 ``start_timed_twin``: a twin served over HTTP whose driver notes when each command ran
 (:class:`TimedDriver`), so a benchmark can see how long an instrument sat idle between
-commands, at the instrument; ``measured_request_ids`` lists the request ids an agent measured.
+commands, at the instrument.
 
 ``moto_endpoint``: a real S3 API on loopback, ``moto_server`` in its own process (not moto's
 in-thread server) so that the server does not compete with the client for the GIL: the
@@ -175,25 +175,18 @@ def start_timed_twin(
     time_scale: float = 0.0,
     instrument_id: str | None = None,
     sample_load_cost_s: float | None = None,
+    command_log: str | os.PathLike[str] | None = None,
 ) -> RunningAgent:
     """A twin (:func:`make_twin`) behind a :class:`TimedDriver`, served on a free loopback
     port; ``agent.driver`` is the :class:`TimedDriver`. ``sample_load_cost_s`` overrides the
-    twin's (a STEM transfer is 30 minutes: the demo's sample is already mounted)."""
+    twin's (a STEM transfer is 30 minutes: the demo's sample is already mounted);
+    ``command_log`` as :func:`serve_driver` takes it."""
     twin = make_twin(
         instrument, library, seed=seed, time_scale=time_scale, instrument_id=instrument_id
     )
     if sample_load_cost_s is not None:
         twin.sample_load_cost_s = sample_load_cost_s
-    return serve_driver(TimedDriver(twin), token=token)
-
-
-def measured_request_ids(agent: RunningAgent) -> list[str]:
-    """The request ids ``agent`` measured (and still caches), oldest first: what the instrument
-    did, to hold against what a store says it did. Reads the served app's state, since the
-    agent has no route that lists them."""
-    cache = agent._server.config.app.state.agent.cache
-    with cache.lock:
-        return list(cache.done)
+    return serve_driver(TimedDriver(twin), token=token, command_log=command_log)
 
 
 @contextlib.contextmanager

@@ -10,7 +10,8 @@ campaigns`` per campaign), and ``--campaigns`` ``coorch run SPEC`` processes sta
 Measured, after every campaign has exited:
 
 - **stored once**: per campaign store, rows, distinct measurement ids and decisions, held
-  against the request ids its agents actually measured (the agents' caches) and the twins'
+  against the request ids its agents' command logs say they measured (each agent keeps one,
+  fsynced, as a facility's would: :mod:`coorch.instrument_agents.command_log`) and the twins'
   own acquisition counts;
 - **throughput**: measurements stored per second of wall time (all campaign processes, start
   to last exit, imports included) and per second of the measuring span (first measurement
@@ -45,7 +46,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from coorch.benchmarks.fixtures import measured_request_ids, start_timed_twin
+from coorch.benchmarks.fixtures import start_timed_twin
 from coorch.benchmarks.load_figures import dask_use, print_summary, summarise
 
 #: Twin kind -> the modality a campaign measures with it.
@@ -108,6 +109,7 @@ def rig(
                     time_scale=time_scale,
                     instrument_id=f"{kind}-{len(started):02d}",
                     sample_load_cost_s=60.0,  # mounted already: a check, not a transfer
+                    command_log=work / f"{kind}-{len(started):02d}.commands.jsonl",
                 )
                 started.append(agent)
                 mine.append((kind, agent))
@@ -189,13 +191,14 @@ def run_campaigns(owned: list[Owned], api_url: str, timeout_s: float) -> list[Fi
 def check_campaign(o: Owned) -> dict:
     """One campaign's store against its agents: counts, duplicates, what the agents measured,
     and the decision latencies and idle gaps of its instruments (seconds)."""
+    from coorch.instrument_agents.command_log import audit
     from coorch.storage import CampaignStore
 
     store = CampaignStore.open(str(o.store), create=False)
     table = store.measurements_table()
     decisions = [d for d in store.read_decisions() if d.requests_measurement]
     ids = table["measurement_id"].tolist()
-    measured = [rid for _, a in o.agents for rid in measured_request_ids(a)]
+    seen = audit(a.command_log.path for _, a in o.agents)
     acquisitions = sum(a.driver.driver.n_measured for _, a in o.agents)
     start = table["start_time"].astype("int64").to_numpy() / 1e9
     end = table["end_time"].astype("int64").to_numpy() / 1e9
@@ -207,9 +210,10 @@ def check_campaign(o: Owned) -> dict:
         "distinct": len(set(ids)),
         "duplicates": len(ids) - len(set(ids)),
         "decisions": len(decisions),
-        "agents_measured": len(measured),
+        "agents_measured": len(seen.measured),
+        "agents_measured_twice": len(seen.twice),
         "acquisitions": acquisitions,
-        "store_matches_agents": sorted(ids) == sorted(measured),
+        "store_matches_agents": sorted(ids) == sorted(seen.measured) and not seen.twice,
         "one_measurement_per_decision": sorted(ids) == sorted(d.measurement_id for d in decisions)
         and table["decision_id"].is_unique,
         "first_start": float(start.min()) if len(ids) else None,

@@ -101,14 +101,15 @@ def _ms(s: float | None) -> float | None:
 def dask_use(records: list[dict], n_workers: int) -> dict:
     """What the campaigns ran on the shared cluster: tasks by function, their compute seconds,
     and how busy the workers were from the first task's start to the last one's end."""
-    spans = [
-        (r["key"].split("-")[0], s["start"], s["stop"])
+    raw = [
+        (r["key"].split("-")[0], r.get("worker", ""), s["start"], s["stop"])
         for r in records
         for s in r["startstops"]
         if s["action"] == "compute"
     ]
+    spans = [(fn, a, b) for fn, _, a, b in raw]
     if not spans:
-        return {"tasks": {}, "busy": None}
+        return {"tasks": {}, "busy": None, "spans": []}
     secs: dict[str, list[float]] = {}
     for fn, a, b in spans:
         secs.setdefault(fn, []).append(b - a)
@@ -119,6 +120,7 @@ def dask_use(records: list[dict], n_workers: int) -> dict:
         },
         "busy": sum(b - a for _, a, b in spans) / (n_workers * window) if window > 0 else None,
         "window_s": window,
+        "spans": raw,
     }
 
 
