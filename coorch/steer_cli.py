@@ -87,6 +87,8 @@ def _server(command: str) -> Iterator[None]:
     try:
         yield
     except SteeringError as exc:
+        if debugging():
+            raise
         fail(command, error_lines(exc))
     except httpx.HTTPError as exc:
         if debugging():
