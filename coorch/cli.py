@@ -170,6 +170,7 @@ BENCHMARKS = {
     "overhead": ("coorch.benchmarks.overhead", "bench_overhead_command"),
     "pareto": ("coorch.benchmarks.pareto", "bench_pareto_command"),
     "ingest": ("coorch.benchmarks.ingest", "bench_ingest_command"),
+    "load": ("coorch.benchmarks.load", "bench_load_command"),
 }
 
 
