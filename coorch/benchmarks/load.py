@@ -247,6 +247,7 @@ def run_load(
     dask_workers: int = 2,
     timeout_s: float = 900.0,
     work: Path | None = None,
+    preload: tuple[str, ...] = (),
 ) -> dict:
     """Start the rig, run the campaigns at once, check every store; the summary."""
     from coorch.deployments.prefect_server import local_prefect_server
@@ -260,12 +261,13 @@ def run_load(
         "budget": budget,
         "time_scale": time_scale,
         "dask_workers": dask_workers,
+        "scheduler_preload": list(preload),
         "cpus": os.cpu_count(),
         "work": str(work),
     }
     with (
         local_prefect_server(work / "prefect-server") as api_url,
-        shared_dask(dask_workers) as (address, task_stream),
+        shared_dask(dask_workers, preload) as (address, task_stream),
         rig(
             work,
             agents=agents,
@@ -283,9 +285,16 @@ def run_load(
 
 
 @contextlib.contextmanager
-def shared_dask(n_workers: int) -> Iterator[tuple[str, Callable[[], list[dict]]]]:
-    """A LocalCluster for every campaign: its scheduler address, and a function returning the
-    scheduler's record of every task run since (what ran, where, for how long)."""
+def shared_dask(
+    n_workers: int, preload: tuple[str, ...] = ()
+) -> Iterator[tuple[str, Callable[[], list[dict]]]]:
+    """A LocalCluster for every campaign, as ``coorch up`` starts one: its scheduler address,
+    and a function returning the scheduler's record of every task run since (what ran, where,
+    for how long). ``preload``: modules the scheduler imports before any client connects.
+
+    Why preload matters: the scheduler unpickles each submitted graph, so the first campaign's
+    ``warm_up`` makes it import ``coorch.tasks.fit`` (torch, gpytorch) on its event loop, and
+    every other campaign's ``Client()`` waits until that import is done."""
     import logging
 
     from distributed import Client, LocalCluster
@@ -298,6 +307,7 @@ def shared_dask(n_workers: int) -> Iterator[tuple[str, Callable[[], list[dict]]]
             dashboard_address=None,
             host="127.0.0.1",
             silence_logs=logging.CRITICAL,  # a heartbeat cut by the shutdown is no news
+            scheduler_kwargs={"preload": list(preload)} if preload else None,
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -317,11 +327,18 @@ def bench_load_command(
     ),
     dask_workers: int = typer.Option(2, help="workers of the shared Dask LocalCluster"),
     timeout_s: float = typer.Option(900.0, help="a campaign still running then is killed"),
+    preload: list[str] = typer.Option(
+        [],
+        help="a module the shared Dask scheduler imports at start (e.g. coorch.tasks.fit: "
+        "else the first campaign's first task makes it import torch while the others wait)",
+    ),
     json_path: Path | None = typer.Option(None, "--json", help="also write the figures here"),
 ) -> None:
     """Concurrent campaigns on one Prefect server and one Dask cluster: every measurement stored
     once; throughput, decision latency and instrument idle time."""
-    out = run_load(agents, campaigns, budget, time_scale, dask_workers, timeout_s)
+    out = run_load(
+        agents, campaigns, budget, time_scale, dask_workers, timeout_s, preload=tuple(preload)
+    )
     print_summary(out)
     if json_path is not None:
         json_path.write_text(json.dumps(out, indent=2))

@@ -98,6 +98,19 @@ def _ms(s: float | None) -> float | None:
     return None if s is None else s * 1e3
 
 
+def busy_seconds(raw: list[tuple[str, str, float, float]]) -> float:
+    """Seconds each worker spent computing, summed over workers: the union of its compute
+    spans, since one worker's spans can overlap (seen for its first tasks, while it imports
+    torch) though it runs one task at a time."""
+    total = 0.0
+    for worker in {w for _, w, _, _ in raw}:
+        end = float("-inf")
+        for a, b in sorted((a, b) for _, w, a, b in raw if w == worker):
+            total += max(0.0, b - max(a, end))
+            end = max(end, b)
+    return total
+
+
 def dask_use(records: list[dict], n_workers: int) -> dict:
     """What the campaigns ran on the shared cluster: tasks by function, their compute seconds,
     and how busy the workers were from the first task's start to the last one's end."""
@@ -118,7 +131,7 @@ def dask_use(records: list[dict], n_workers: int) -> dict:
         "tasks": {
             fn: {"n": len(v), "p50_s": pct(v, 50), "max_s": max(v)} for fn, v in secs.items()
         },
-        "busy": sum(b - a for _, a, b in spans) / (n_workers * window) if window > 0 else None,
+        "busy": busy_seconds(raw) / (n_workers * window) if window > 0 else None,
         "window_s": window,
         "spans": raw,
     }
