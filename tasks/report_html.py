@@ -78,7 +78,9 @@ def header_section(view: CampaignView) -> str:
     start = min((m.started for m in ms), default=None)
     end = max((m.ended for m in ms), default=None)
     span = f"{_when(start)} to {_when(end)} ({(end - start) / 60:.1f} min)" if ms else "-"
-    operator = sum(not d.requests_measurement for d in view.decisions)
+    operator = sum(not d.requests_measurement and d.human_input is not None for d in view.decisions)
+    # an instrument that stopped answering, or came back (coorch.tasks.availability)
+    lost = Counter(d.instrument for d in view.decisions if d.policy == "unavailable")
     facts = [
         ["store", view.url],
         ["policy", view.policy],
@@ -86,6 +88,7 @@ def header_section(view: CampaignView) -> str:
         ["library extent (mm)", f"{view.geometry.bounds.tolist()} ({view.extent_source})"],
         ["measurements", f"{len(ms)} (" + ", ".join(f"{k}: {counts[k]}" for k in view.tasks) + ")"],
         ["decisions", f"{len(view.decisions)} ({operator} operator inputs without a measurement)"],
+        ["instruments unavailable", ", ".join(f"{k}: {n} times" for k, n in lost.items()) or "-"],
         ["time span", span],
         ["code version", _plain(meta.get("code_version", "-"))],
         ["report written", _when(datetime.now(UTC).timestamp())],
@@ -299,7 +302,7 @@ def decisions_section(view: CampaignView) -> str:
             [
                 _when(d.created),
                 d.instrument or "-",
-                d.modality or "(operator input)",
+                d.modality or ("(operator input)" if d.human_input else "(instrument state)"),
                 where,
                 d.policy,
                 acq,
