@@ -36,6 +36,7 @@ from pydantic import (
 )
 
 from coorch.instrument_agents.libraries import LIBRARY_NAMES, get_library
+from coorch.instrument_agents.wire import SAFE_ID
 
 #: The most candidate positions a grid may have: the agent scores every one at every decision.
 MAX_CANDIDATES = 1_000_000
@@ -267,7 +268,11 @@ class CampaignSpec(BaseModel):
 
     name: str = "demo"
     library: str = "smbfo"
-    sample: str = "smbfo-001"
+    sample: str = Field(
+        "smbfo-001",
+        pattern=SAFE_ID,
+        description="the physical sample's id, as the instrument agents load it",
+    )
     instruments: list[InstrumentConfig]
     policy: str = "coorchestrate"
     policy_options: dict = Field(

@@ -214,11 +214,11 @@ def run(
 
 
 def bench_decision_command(
-    n_obs: int = typer.Option(500, "--observations", help="observations already told"),
-    n_tasks: int = typer.Option(4, "--tasks", help="tasks = instruments"),
-    n_candidates: int = typer.Option(10_000, "--candidates"),
-    n_decisions: int = typer.Option(60, "--decisions", help="incremental decisions timed"),
-    n_naive: int = typer.Option(2, "--naive", help="naive refit-every-step decisions timed"),
+    n_obs: int = typer.Option(500, "--observations", min=1, help="observations already told"),
+    n_tasks: int = typer.Option(4, "--tasks", min=1, help="tasks = instruments"),
+    n_candidates: int = typer.Option(10_000, "--candidates", min=1),
+    n_decisions: int = typer.Option(60, "--decisions", min=1, help="incremental decisions timed"),
+    n_naive: int = typer.Option(2, "--naive", min=1, help="naive refit-every-step decisions timed"),
     rebuild_rows: list[int] = typer.Option(
         [500, 2000], "--rebuild-rows", help="rows the posterior rebuild is timed at (repeat)"
     ),

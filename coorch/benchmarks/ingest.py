@@ -219,12 +219,16 @@ def _run_s3(n: int, n_single: int, batch: int) -> list[dict[str, Any]]:
 
 
 def bench_ingest_command(
-    n: Annotated[int, typer.Option(help="spectra per batch case (local)")] = 1000,
-    n_single: Annotated[int, typer.Option(help="spectra per single-append case (local)")] = 200,
-    batch: Annotated[int, typer.Option(help="spectra per append_many / zarr block write")] = 64,
+    n: Annotated[int, typer.Option(min=1, help="spectra per batch case (local)")] = 1000,
+    n_single: Annotated[
+        int, typer.Option(min=1, help="spectra per single-append case (local)")
+    ] = 200,
+    batch: Annotated[
+        int, typer.Option(min=1, help="spectra per append_many / zarr block write")
+    ] = 64,
     s3: Annotated[bool, typer.Option("--s3/--no-s3", help="also run on a moto S3 server")] = True,
-    s3_n: Annotated[int, typer.Option(help="spectra per batch case on S3")] = 256,
-    s3_single: Annotated[int, typer.Option(help="spectra per single case on S3")] = 8,
+    s3_n: Annotated[int, typer.Option(min=1, help="spectra per batch case on S3")] = 256,
+    s3_single: Annotated[int, typer.Option(min=1, help="spectra per single case on S3")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     workdir: Annotated[
         Path | None, typer.Option(help="where local stores go (a temp dir inside it)")

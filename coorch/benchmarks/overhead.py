@@ -125,7 +125,7 @@ def run(n: int = 200, warmup: int = 20) -> dict:
 
 
 def bench_overhead_command(
-    n: int = typer.Option(200, "--measurements", help="measurements timed"),
+    n: int = typer.Option(200, "--measurements", min=1, help="measurements timed"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Orchestration overhead per measurement (instrument time excluded)."""

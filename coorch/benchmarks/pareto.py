@@ -57,8 +57,8 @@ def run(n: int = 112, decisions: int = 20, seed: int = 0) -> dict:
 
 
 def bench_pareto_command(
-    n: int = typer.Option(112, help="observations told before timing"),
-    decisions: int = typer.Option(20, help="timed decisions"),
+    n: int = typer.Option(112, min=1, help="observations told before timing"),
+    decisions: int = typer.Option(20, min=1, help="timed decisions"),
 ) -> None:
     """Decision latency of the Pareto (qLogNEHVI) policy, fits inside ``ask`` included."""
     print(json.dumps(run(n, decisions)))
