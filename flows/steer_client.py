@@ -8,6 +8,7 @@ here only make a wrong token or a stale proposal fail fast, with a readable mess
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from typing import Any
 from uuid import UUID
 
@@ -31,6 +32,7 @@ from coorch.flows.steering import (
     STEERABLE_TAG,
     ReviewAnswer,
     SteerCommand,
+    command_proof,
     fingerprint,
 )
 
@@ -124,8 +126,12 @@ def answer(
 
 
 def send(run: FlowRun, token: str, operator: str, action: str, **fields: Any) -> SteerCommand:
-    """Send a redirect or a vote to the campaign; it applies it at the next decision."""
+    """Send a redirect or a vote to the campaign; it applies it at the next decision.
+
+    The command carries a proof that the sender holds the token, not the token: a command that
+    arrives as the campaign ends is never read nor deleted, and stays in Prefect's database."""
     check_token(run, token)
-    cmd = SteerCommand(action=action, operator=operator, token=token, **fields)
+    cmd = SteerCommand(action=action, operator=operator, nonce=secrets.token_hex(16), **fields)
+    cmd.proof = command_proof(token, run.id, cmd)
     send_input(cmd, flow_run_id=run.id, key_prefix=COMMAND_PREFIX)
     return cmd

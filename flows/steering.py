@@ -13,12 +13,16 @@ Two channels, both Prefect's own, so the Prefect UI and ``coorch steer`` are the
   (Prefect's flow-run input API); :class:`Desk` polls for them on a thread and hands them to
   the flow between decisions. Nothing waits for a human.
 
-Only holders of the campaign's steering token may steer: every answer and command carries it,
-the campaign compares it with its own (in constant time) and deletes the stored input once
-read, so the token does not stay in Prefect's database; refused inputs are logged and change
-nothing. The run is tagged with a short fingerprint of the token (a hash: a random token
-cannot be recovered from it) so that ``coorch steer`` can tell a user their token is wrong
-without waiting for the campaign.
+Only holders of the campaign's steering token may steer. A review's answer carries the token
+(the UI's form asks for it); the campaign compares it with its own (in constant time) and
+deletes the stored answer once read. A command carries a proof instead (:func:`command_proof`:
+an HMAC of the command and its flow run under the token, with a fresh nonce), so the token
+never reaches Prefect's database: a command nobody reads (one sent as the campaign ends) stays
+there, and so would a token. A command with the token itself is still accepted (an API user's
+``send_input``) and deleted once read. Refused inputs are logged without their values and
+change nothing. The run is tagged with a short fingerprint of the token (a hash: a random
+token cannot be recovered from it) so that ``coorch steer`` can tell a user their token is
+wrong without waiting for the campaign.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import contextlib
 import contextvars
 import hashlib
 import hmac
+import json
 import logging
 import queue
 import threading
@@ -41,7 +46,7 @@ from prefect.context import get_run_context
 from prefect.flow_runs import pause_flow_run, resume_flow_run
 from prefect.input import RunInput
 from prefect.input.run_input import keyset_from_base_key
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from coorch.records import Decision, HumanInput
 
@@ -83,7 +88,9 @@ class SteerCommand(RunInput):
         "vote", "seed", "exclude", "weight", "budget", "hold", "release", "explore", "stop"
     ]
     operator: str = Field(description="your name, recorded with the command")
-    token: str = Field("", description="the campaign's steering token")
+    token: str = Field("", description="the campaign's steering token (or give proof)")
+    proof: str = Field("", description="instead of the token: command_proof(token, run, self)")
+    nonce: str = Field("", description="with proof: a fresh random string (no replays)")
     measurement_id: str | None = Field(None, description="vote: the measurement scored")
     score: float | None = Field(None, description="vote: 1 (bad) to 5 (good)")
     comment: str | None = Field(None, description="vote: why")
@@ -94,9 +101,22 @@ class SteerCommand(RunInput):
     value: float | None = Field(None, description="weight, budget or explore (0-1) value")
 
     def human(self) -> HumanInput:
-        skip = {"action", "operator", "token"}
+        skip = {"action", "operator", *UNSIGNED, "nonce"}
         detail = {k: v for k, v in self.model_dump().items() if k not in skip and v is not None}
         return HumanInput(operator=self.operator, action=self.action, detail=detail)
+
+
+#: The fields of a :class:`SteerCommand` that its proof does not cover.
+UNSIGNED = frozenset({"token", "proof"})
+
+
+def command_proof(token: str, flow_run_id: UUID | str, cmd: SteerCommand) -> str:
+    """HMAC-SHA256 under the steering token of ``cmd`` (but its token and proof) sent to
+    ``flow_run_id``: proves the sender holds the token without sending it (module docstring).
+    Bound to the run and, by its nonce, to this one command."""
+    fields = cmd.model_dump(mode="json", exclude=set(UNSIGNED))
+    msg = json.dumps({"flow_run_id": str(flow_run_id), **fields}, sort_keys=True)
+    return hmac.new(token.encode(), msg.encode(), hashlib.sha256).hexdigest()
 
 
 def fingerprint(token: str) -> str:
@@ -216,6 +236,7 @@ class Desk:
         self.poller: threading.Thread | None = None
         self.refused = 0
         self.open: set[str] = set()
+        self.nonces: set[str] = set()  # of the commands taken: a proof is good once
 
     def __enter__(self) -> Desk:
         with get_client(sync_client=True) as client:
@@ -279,15 +300,33 @@ class Desk:
     def _take(self, raw: str) -> None:
         try:
             cmd = SteerCommand.model_validate_json(raw)
-        except ValueError as exc:
+        except ValidationError as exc:  # its message would show the input, token and all
             self.refused += 1
-            self.log.warning("steering: refused a malformed command: %s", exc)
+            why = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'command'}: {e['msg']}"
+                for e in exc.errors(include_input=False, include_url=False)
+            )
+            self.log.warning("steering: refused a malformed command: %s", why)
             return
-        if not _same(cmd.token, self.token):
+        if not self._authentic(cmd):
             self.refused += 1
-            self.log.warning("steering: refused %s from %r: wrong token", cmd.action, cmd.operator)
+            self.log.warning(
+                "steering: refused %s from %r: wrong token (or a proof used before)",
+                cmd.action,
+                cmd.operator,
+            )
             return
         self.events.put(("steer", cmd.human()))
+
+    def _authentic(self, cmd: SteerCommand) -> bool:
+        """The command's token is the campaign's, or its proof is good and new."""
+        if not cmd.proof:
+            return bool(cmd.token) and _same(cmd.token, self.token)
+        good = _same(cmd.proof, command_proof(self.token, self.flow_run_id, cmd))
+        if not good or not cmd.nonce or cmd.nonce in self.nonces:
+            return False
+        self.nonces.add(cmd.nonce)
+        return True
 
 
 def answer_fields(fields: dict[str, Any]) -> HumanInput:
