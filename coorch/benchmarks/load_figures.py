@@ -187,6 +187,7 @@ def print_summary(out: dict) -> None:
             f"Dask workers busy {out['dask']['busy']:.0%} of the "
             f"{out['dask']['window_s']:.0f} s from the first task to the last"
         )
+    console.print(f"stores, specs, command logs and campaign logs in {out['work']}")
     for name, tail in out["errors"].items():
         console.print(f"[red]{name} failed[/red]:\n{tail[-1500:]}")
 
