@@ -317,15 +317,18 @@ def shared_dask(
 
 
 def bench_load_command(
-    agents: int = typer.Option(16, help="twin agents (split evenly over the campaigns)"),
-    campaigns: int = typer.Option(8, help="campaigns run at once, each a `coorch run` process"),
+    agents: int = typer.Option(16, min=1, help="twin agents (split evenly over the campaigns)"),
+    campaigns: int = typer.Option(
+        8, min=1, help="campaigns run at once, each a `coorch run` process"
+    ),
     budget: int = typer.Option(40, min=5, help="measurements per campaign, seeds included"),
     time_scale: float = typer.Option(
         0.05,
+        min=0.0,
         help="twin seconds per instrument second: 0.05 makes a PFM loop 1.5 s, a WDS point 3 s, "
         "long enough for campaigns that start tens of seconds apart to measure together",
     ),
-    dask_workers: int = typer.Option(2, help="workers of the shared Dask LocalCluster"),
+    dask_workers: int = typer.Option(2, min=1, help="workers of the shared Dask LocalCluster"),
     timeout_s: float = typer.Option(900.0, help="a campaign still running then is killed"),
     preload: list[str] = typer.Option(
         [],
@@ -336,6 +339,13 @@ def bench_load_command(
 ) -> None:
     """Concurrent campaigns on one Prefect server and one Dask cluster: every measurement stored
     once; throughput, decision latency and instrument idle time."""
+    per, left = divmod(agents, campaigns)
+    if left or per > len(KINDS):
+        raise typer.BadParameter(
+            f"{agents} agents over {campaigns} campaigns: each campaign needs the same number "
+            f"of agents, 1 to {len(KINDS)} (one of each twin kind)",
+            param_hint="--agents",
+        )
     out = run_load(
         agents, campaigns, budget, time_scale, dask_workers, timeout_s, preload=tuple(preload)
     )
