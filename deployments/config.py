@@ -69,7 +69,7 @@ def known_extent(library: str) -> Extent | None:
     return get_library(library).extent if library in LIBRARY_NAMES else None
 
 
-def _folder_name(value: str, field: str) -> str:
+def folder_name(value: str, field: str) -> str:
     """A local path or URL that names a folder or file of its own (not ``/``, ``.``, ``..``)."""
     if "\0" in value:
         raise ValueError(f"{field} {value!r} holds a NUL character")
@@ -333,12 +333,12 @@ class CampaignSpec(BaseModel):
     @field_validator("store")
     @classmethod
     def _store_is_a_folder(cls, v: str) -> str:
-        return _folder_name(v, "folder")
+        return folder_name(v, "folder")
 
     @field_validator("report")
     @classmethod
     def _report_is_a_file(cls, v: str | None) -> str | None:
-        return _folder_name(v, "file") if v else v
+        return folder_name(v, "file") if v else v
 
     @field_validator("grid")
     @classmethod

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from coorch.deployments.config import InstrumentConfig
+from coorch.deployments.config import STRICT, InstrumentConfig, folder_name, plain_name
+from coorch.instrument_agents.wire import SAFE_ID
 
 
 class Im2SpecSpec(BaseModel):
@@ -26,11 +27,11 @@ class Im2SpecSpec(BaseModel):
 
     # Unknown keys refused, as in CampaignSpec (see coorch.deployments.config): a misspelt
     # option must not silently become its default.
-    model_config = ConfigDict(extra="forbid")
+    model_config = STRICT  # NaN and inf refused too
 
     name: str = "im2spec"
     library: str = "smbfo"
-    sample: str = "smbfo-001"
+    sample: str = Field("smbfo-001", pattern=SAFE_ID)
     instrument: InstrumentConfig = Field(
         description="the instrument agent; its `modality` is the spectrum (property) modality"
     )
@@ -84,6 +85,16 @@ class Im2SpecSpec(BaseModel):
     @property
     def property_modality(self) -> str:
         return self.instrument.modality
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return plain_name(v)
+
+    @field_validator("store")
+    @classmethod
+    def _store_folder(cls, v: str) -> str:
+        return folder_name(v, "folder")
 
     @model_validator(mode="after")
     def _two_modalities(self) -> Im2SpecSpec:
