@@ -111,6 +111,9 @@ def serve_driver(
     config = uvicorn.Config(
         app,
         log_level="warning",
+        # uvicorn's own logging config would replace the process's handlers (dictConfig), and
+        # under a running Prefect flow that deadlocks on the flush of Prefect's API log handler
+        log_config=None,
         lifespan="off",
         access_log=False,
         timeout_graceful_shutdown=1,
