@@ -161,6 +161,9 @@ def operators(
         yield desk
 
 
+#: Seconds the run waits, once nothing else is left to do, for instruments that stopped answering
+#: (the watchdog probes every 5 s); after that it ends and a resume re-issues their decisions.
+UNAVAILABLE_WAIT_S = 30.0
 #: Resets of one instrument in a row (each after a fault) before it counts as unavailable.
 MAX_RESETS = 3
 
@@ -183,6 +186,7 @@ class Conductor:
         self.spec, self.campaign, self.events, self.desk = spec, campaign, events, desk
         self.art, self.watchdog = art, watchdog
         self.faults: Counter = Counter()  # consecutive faults per instrument
+        self.waiting_since: float | None = None  # for instruments that stopped answering
         self.history: list[Decision] = []  # what the Prefect UI's decisions table shows
         self.version: str | None = None
         self.clients = instruments.clients
@@ -194,8 +198,11 @@ class Conductor:
     def run(self) -> None:
         for name in self.clients:
             self.start(name)
-        while self.busy or self.reviewing or (self.campaign.held and not self.campaign.done):
-            kind, *event = self.events.get()
+        while (timeout := self.patience()) != 0:
+            try:
+                kind, *event = self.events.get(timeout=timeout)
+            except queue.Empty:  # the unavailable instruments did not come back in time
+                return
             if kind == "measured":
                 self.measured(*event)
             elif kind == "answer":
@@ -206,6 +213,21 @@ class Conductor:
                 self.steered(*event)
             for name in self.clients:
                 self.start(name)
+
+    def patience(self) -> float | None:
+        """How long to wait for the next event: as long as it takes (None) while anything is
+        under way or held; while only decisions for unavailable instruments are left, up to
+        ``UNAVAILABLE_WAIT_S`` in all (an agent restart takes seconds); 0: the run is over."""
+        c = self.campaign
+        if self.busy or self.reviewing or (c.held and not c.done):
+            self.waiting_since = None
+            return None
+        if not c.unfinished or c.stopped:
+            return 0
+        if self.waiting_since is None:
+            self.waiting_since = time.monotonic()
+            c.log.info("waiting up to %.0f s for %s", UNAVAILABLE_WAIT_S, sorted(c.unavailable))
+        return max(UNAVAILABLE_WAIT_S - (time.monotonic() - self.waiting_since), 0.0)
 
     def start(self, name: str) -> None:
         """Give an idle instrument its next decision (or open a review of the agent's)."""

@@ -13,6 +13,7 @@ import functools
 import logging
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -76,6 +77,7 @@ class HyperparameterRefit:
         #: the last fitted hyperparameters and the (values, log revision) they were fitted on
         self.latest: tuple[Key, MTGPHyperparameters] | None = None
         self.fits = self.failed = 0
+        self.finish_timeout_s = 600.0
 
     def poll(self, campaign: Campaign) -> None:
         agent = campaign.agent
@@ -100,10 +102,24 @@ class HyperparameterRefit:
             self._drain(agent)
 
     def _drain(self, agent: MTGPAgent) -> None:
+        """Wait for the fit and build in flight, at most ``finish_timeout_s`` each: a fit lost
+        with its Dask worker must not hold the campaign's end; the model stays as it is."""
         while self.fitting is not None or self.building is not None:
             for fut in (self.fitting and self.fitting[0], self.building):
-                if fut is not None:
-                    fut.exception()  # waits
+                if fut is None:
+                    continue
+                try:
+                    fut.exception(timeout=self.finish_timeout_s)  # waits
+                except FutureTimeout:
+                    log.warning(
+                        "a hyperparameter refit did not finish in %.0f s (a lost worker?): "
+                        "model %s stays",
+                        self.finish_timeout_s,
+                        agent.model_version,
+                    )
+                    self.fitting = self.building = None
+                    self.failed += 1
+                    return
             self._collect(agent)
 
     def _start(self, agent: MTGPAgent) -> None:
