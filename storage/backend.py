@@ -9,7 +9,10 @@ the same append protocol (``zarr_table.py``) run on a laptop and on S3.
   place (atomic on POSIX); the lock is ``fcntl.flock`` on ``<root>/.coorch-lock`` (released by
   the kernel if the holder dies, so a SIGKILL never leaves a stale lock).
 - S3: a PUT is atomic per object; the lock is a lock object created with ``If-None-Match: *``
-  (a conditional PUT), holding an expiry so that a crashed holder's lock can be broken.
+  (a conditional PUT), holding an expiry so that a crashed holder's lock can be broken. The
+  file system's listings cache is off: s3fs answers a read from a cached listing that lacks the
+  key with "not found" (another writer's new journal entry, or one written while the listing
+  was in flight), and the store must never take a stored key for a missing one.
 
 Credentials are never logged: only the URL (which carries none) appears in messages.
 
@@ -215,7 +218,14 @@ class FsspecBackend:
         if any(part in (".", "..") for part in self.url.split("://", 1)[-1].split("/")):
             # an object store keeps "a/../b" as a literal key prefix, a file system climbs
             raise ValueError(f"store URL {url!r} has a '.' or '..' segment: name the store plainly")
-        self.fs, path = fsspec.core.url_to_fs(self.url, **dict(storage_options or {}))
+        # use_listings_cache=False: s3fs (max_concurrency > 1) sizes each object before reading
+        # it, and takes the size from a cached listing when it has one: a key missing from that
+        # listing reads as not found. Journal.keys() lists every journal folder, so another
+        # writer's entry (or one this process wrote while the listing was in flight) was read
+        # as "already consolidated" and deleted: acknowledged, then lost. A fresh instance too,
+        # so nobody else's listings (a user listing the bucket in this process) reach ours.
+        options = {**dict(storage_options or {}), "use_listings_cache": False}
+        self.fs, path = fsspec.core.url_to_fs(self.url, **options)
         self.root = path.rstrip("/")
         self.lock_lease_s = lock_lease_s
         self._thread_lock = threading.RLock()
@@ -235,12 +245,17 @@ class FsspecBackend:
             return None
 
     def read_many(self, keys: list[str]) -> dict[str, bytes | None]:
+        """Concurrent reads; None only for a key that is not there. Any other failure (a
+        timeout, a 5xx after retries) raises: a caller such as the journal's consolidation
+        takes None for "consumed by another writer", and must not on a read that failed."""
         if not keys:
             return {}
         got = self.fs.cat([self._p(k) for k in keys], on_error="return")
         out: dict[str, bytes | None] = {}
         for k in keys:
             v = got.get(self._p(k))
+            if isinstance(v, BaseException) and not isinstance(v, FileNotFoundError):
+                raise v
             out[k] = v if isinstance(v, bytes) else None
         return out
 

@@ -226,6 +226,9 @@ class StoreWriter:
         Caller holds the lock. Journal entries go first (they are acknowledged already), so a
         given record whose id is in the journal reports False. A journal entry that can never
         be consolidated is moved aside (``Journal.reject``) instead of blocking the others.
+        Only entries read here are dropped: a listed key that read as absent (consumed by
+        another writer, or a read that lied) is left for the next consolidation, never deleted
+        unread.
         """
         t = self.tables
         keys = t.journal.keys()
@@ -257,7 +260,8 @@ class StoreWriter:
                 reject[:5],
             )
             t.journal.reject(reject)
-        t.journal.remove([k for k in keys if k not in set(reject)])
+        consumed = [k for k, _ in jm] + [k for k, _ in jd]
+        t.journal.remove([k for k in consumed if k not in set(reject)])
         with self._pending_lock:
             self.pending = 0
         return mflags[len(jms) :], dflags[len(jds) :]
