@@ -222,8 +222,8 @@ class FsspecBackend:
         # it, and takes the size from a cached listing when it has one: a key missing from that
         # listing reads as not found. Journal.keys() lists every journal folder, so another
         # writer's entry (or one this process wrote while the listing was in flight) was read
-        # as "already consolidated" and deleted: acknowledged, then lost. A fresh instance too,
-        # so nobody else's listings (a user listing the bucket in this process) reach ours.
+        # as "already consolidated" and deleted: acknowledged, then lost. The option also keeps
+        # this instance apart from fsspec's shared default one (a user listing the bucket).
         options = {**dict(storage_options or {}), "use_listings_cache": False}
         self.fs, path = fsspec.core.url_to_fs(self.url, **options)
         self.root = path.rstrip("/")
