@@ -62,8 +62,11 @@ def world(tmp_path_factory) -> Path:
 @pytest.fixture
 def coorch(world, monkeypatch):
     """``coorch ARGS`` in-process, in ``world``, Prefect's API on a closed port, no facility."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    url = f"http://127.0.0.1:{_closed_port()}/api"
     monkeypatch.chdir(world)
-    monkeypatch.setenv("PREFECT_API_URL", f"http://127.0.0.1:{_closed_port()}/api")
+    monkeypatch.setenv("PREFECT_API_URL", url)
     monkeypatch.setenv("COORCH_FACILITY", str(world / "no-facility"))
     monkeypatch.delenv("COORCH_DEBUG", raising=False)
     monkeypatch.delenv("COORCH_STEER_TOKEN_FILE", raising=False)
@@ -71,7 +74,9 @@ def coorch(world, monkeypatch):
     def invoke(*args: str):
         return CliRunner().invoke(app, list(args), prog_name="coorch")
 
-    return invoke
+    # the session's Prefect test harness, once started, overrides the environment in-process
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield invoke
 
 
 def assert_short(res, command: str, *fragments: str) -> None:
