@@ -16,7 +16,10 @@ checks of the agent's own run on every answer too (:func:`stage_inside_limits`,
 
 (Not through ``schemathesis.pytest``: its plugin sets ``Node._nodeid``, which pytest 9.2 no
 longer has.) ``COORCH_FUZZ_EXAMPLES`` sets the fuzzing examples per operation and mode
-(default 8; the ``slow`` test takes 60).
+(default 8). The heavier run quoted in ``docs/reliability.md`` is
+``COORCH_FUZZ_EXAMPLES=60 pytest tests/test_agent_openapi.py -k lease`` (about 4 minutes): kept
+out of CI, which must stay under 30 minutes on 2 cores and already runs every check on every
+backend.
 """
 
 from __future__ import annotations
@@ -264,8 +267,3 @@ def test_every_route_refuses_a_caller_without_credentials(agent):
     )
     _report(agent, "anonymous", tally)
     assert tally.checks["anonymous_refused"] > 0
-
-
-@pytest.mark.slow
-def test_the_contract_holds_over_many_more_cases(agent):
-    _report(agent, "authed-slow", fuzz(agent, "authed", 60))
