@@ -45,6 +45,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from botorch.acquisition.multi_objective import logei
 from botorch.acquisition.multi_objective.logei import qLogNoisyExpectedHypervolumeImprovement
 from botorch.acquisition.multi_objective.objective import WeightedMCMultiOutputObjective
 from botorch.models import ModelListGP
@@ -57,6 +58,12 @@ from coorch.models.bo_policies import least_loaded
 from coorch.models.cost import InstrumentCost, instrument_seconds, unit_cost
 from coorch.models.pareto import pareto_front
 from coorch.models.task_gps import RefitCadence, TaskGPs, evaluate_in_chunks
+
+# botorch JIT-compiles a fused C++ kernel the first time qLogNEHVI is built: minutes and a
+# compiler on a fresh machine, and a compile killed midway leaves a lock file on which every
+# later process waits forever (a campaign and CI hung on it here). The pure-PyTorch path gives
+# the same values; mark the load as done so it is never attempted.
+logei._load_attempted = True
 
 __all__ = ["ParetoPolicy"]
 
