@@ -130,6 +130,21 @@ def dask_workers(flow_pid: int) -> list[psutil.Process]:
     return out
 
 
+def dask_worker_started(
+    flow: subprocess.Popen, before: set[int], timeout_s: float = 120
+) -> psutil.Process:
+    """The first Dask worker process of ``flow`` whose pid is not in ``before``, as soon as it
+    exists (a nanny's replacement is found while it is still starting)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert flow.poll() is None, "the campaign ended before its worker was killed"
+        new = [p for p in dask_workers(flow.pid) if p.pid not in before]
+        if new:
+            return new[0]
+        time.sleep(0.01)
+    raise AssertionError(f"no new Dask worker in {timeout_s} s")
+
+
 @dataclass
 class AgentProcess:
     """``coorch agent serve`` for one twin on a fixed port with a command log, so that it can
