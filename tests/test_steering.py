@@ -220,7 +220,7 @@ def votes_campaign(twins, tmp_path, name: str, vote: bool) -> list:
 
     tok = "votes-token-0123456789abcdef"
     store = tmp_path / f"{name}.zarr"
-    s = spec(twins, store, token_file(tmp_path, tok), budget=26, mode="votes")
+    s = spec(twins, store, token_file(tmp_path, tok), budget=26, mode="votes", target_weight=0.8)
     s = s.model_copy(update={"name": name})
     seen: queue.Queue = queue.Queue()
     with watching(lambda m, info: seen.put(m)):
