@@ -27,6 +27,7 @@ from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -62,6 +63,12 @@ def plain_name(value: str) -> str:
     if value.startswith("."):
         raise ValueError(f"{value!r} starts with '.': names become file and group names")
     return value
+
+
+#: A campaign's name: it becomes file and group names (:func:`plain_name`).
+PlainName = Annotated[str, AfterValidator(lambda v: plain_name(v))]
+#: Where a campaign's store goes: a local folder or an object-store URL (:func:`folder_name`).
+StoreLocation = Annotated[str, AfterValidator(lambda v: folder_name(v, "folder"))]
 
 
 def known_extent(library: str) -> Extent | None:
@@ -266,7 +273,7 @@ class CampaignSpec(BaseModel):
 
     model_config = STRICT
 
-    name: str = "demo"
+    name: PlainName = "demo"
     library: str = "smbfo"
     sample: str = Field(
         "smbfo-001",
@@ -295,7 +302,7 @@ class CampaignSpec(BaseModel):
     refit_every: int = Field(
         4, ge=1, le=1_000_000, description="refit hyperparameters every N observations"
     )
-    store: str = "runs/demo/campaign.zarr"
+    store: StoreLocation = "runs/demo/campaign.zarr"
     report: str | None = Field(
         None,
         description="the HTML report, rewritten at model updates and at the end (coorch "
@@ -324,16 +331,6 @@ class CampaignSpec(BaseModel):
         extent = self.extent if self.extent is not None else known_extent(self.library)
         assert extent is not None  # _extent_inside_the_library
         return extent
-
-    @field_validator("name")
-    @classmethod
-    def _plain(cls, v: str) -> str:
-        return plain_name(v)
-
-    @field_validator("store")
-    @classmethod
-    def _store_is_a_folder(cls, v: str) -> str:
-        return folder_name(v, "folder")
 
     @field_validator("report")
     @classmethod

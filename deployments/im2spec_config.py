@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, model_validator
 
-from coorch.deployments.config import STRICT, InstrumentConfig, folder_name, plain_name
+from coorch.deployments.config import STRICT, InstrumentConfig, PlainName, StoreLocation
 from coorch.instrument_agents.wire import SAFE_ID
 
 
@@ -29,7 +29,7 @@ class Im2SpecSpec(BaseModel):
     # option must not silently become its default.
     model_config = STRICT  # NaN and inf refused too
 
-    name: str = "im2spec"
+    name: PlainName = "im2spec"
     library: str = "smbfo"
     sample: str = Field("smbfo-001", pattern=SAFE_ID)
     instrument: InstrumentConfig = Field(
@@ -70,7 +70,7 @@ class Im2SpecSpec(BaseModel):
     )
     feature_dim: int = Field(2, ge=1, le=8, description="learned structure features")
     dkl_steps: int = Field(80, ge=1, description="Adam steps per DKL training")
-    store: str = "runs/im2spec/campaign.zarr"
+    store: StoreLocation = "runs/im2spec/campaign.zarr"
     seed: int = 0
 
     @property
@@ -85,16 +85,6 @@ class Im2SpecSpec(BaseModel):
     @property
     def property_modality(self) -> str:
         return self.instrument.modality
-
-    @field_validator("name")
-    @classmethod
-    def _plain_name(cls, v: str) -> str:
-        return plain_name(v)
-
-    @field_validator("store")
-    @classmethod
-    def _store_folder(cls, v: str) -> str:
-        return folder_name(v, "folder")
 
     @model_validator(mode="after")
     def _two_modalities(self) -> Im2SpecSpec:
