@@ -28,6 +28,7 @@ from urllib.parse import urlsplit
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -122,6 +123,13 @@ class InstrumentConfig(BaseModel):
         "tasks)",
     )
     latent_dim: int = Field(2, ge=1, le=4, description="VAE latent size (descriptor='vae')")
+    sample: str | None = Field(
+        None,
+        pattern=SAFE_ID,
+        description="the sample (piece) this instrument measures; None: the campaign's "
+        "sample. A sample is in one instrument at a time, so a campaign on a facility gives "
+        "each instrument its own sister piece of the library",
+    )
     # The kinds of coorch.models.structured.MeanKind, spelled out: config must not import torch.
     physics_mean: Literal["peak", "step", "constant"] | None = Field(
         None,
@@ -274,6 +282,16 @@ class CampaignSpec(BaseModel):
     model_config = STRICT
 
     name: PlainName = "demo"
+    owner: PlainName = Field(
+        "facility", description="who the campaign is for: fair share is kept per owner"
+    )
+    priority: int = Field(
+        0,
+        ge=0,
+        le=9,
+        description="0-9, higher first: a free shared instrument goes to the highest priority "
+        "waiting, then to the owner with the least instrument time used, then to the earliest",
+    )
     library: str = "smbfo"
     sample: str = Field(
         "smbfo-001",
@@ -289,6 +307,28 @@ class CampaignSpec(BaseModel):
         "'coorchestrate' {'min_fit_values': 6, 'max_correlation': 0.7}",
     )
     budget: int = Field(30, ge=1, le=1_000_000, description="total measurements, seeds included")
+    budget_s: float | None = Field(
+        None,
+        gt=0,
+        le=1e9,
+        description="instrument-seconds the campaign may use on all its instruments together "
+        "(each measurement's time, its stage move and any sample transfer it needs, as the "
+        "agents describe them); no measurement starts that would pass it. None: no limit "
+        "besides the measurement budget",
+    )
+    deadline: AwareDatetime | None = Field(
+        None,
+        description="wall-clock time (with a time zone, e.g. 2026-12-03T18:00:00+00:00) after "
+        "which the campaign starts no measurement; what it measured by then is kept",
+    )
+    facility: str | None = Field(
+        None,
+        description="the facility database's URL (sqlite:////abs/path/facility.db or "
+        "postgresql://...): the campaign then shares its instruments with other campaigns, "
+        "taking each for one measurement at a time through the facility's arbiter, and its "
+        "samples are tracked in the facility's registry. None: the campaign has its "
+        "instruments to itself for the whole run",
+    )
     seeds_per_instrument: int = Field(3, ge=0, le=10_000)
     extent: Extent | None = Field(
         None,
@@ -324,6 +364,10 @@ class CampaignSpec(BaseModel):
             return None
         store = Path(os.path.normpath(local))
         return store.with_name(f"{store.stem}-report.html")
+
+    def samples(self) -> dict[str, str]:
+        """The sample each instrument measures, by instrument name."""
+        return {i.name: i.sample or self.sample for i in self.instruments}
 
     def library_extent(self) -> Extent:
         """The bounds ((x0, x1), (y0, y1)) in mm campaigns measure in: ``extent``, else the
@@ -388,6 +432,31 @@ class CampaignSpec(BaseModel):
                 f"{self.policy!r}: votes are learnt over the GP's predicted descriptors"
             )
         return self
+
+    @model_validator(mode="after")
+    def _one_place_per_sample(self) -> CampaignSpec:
+        if self.facility is None:
+            return self  # instruments held for the whole run: the twins do not mind
+        where: dict[str, list[str]] = {}
+        for name, sample in self.samples().items():
+            where.setdefault(sample, []).append(name)
+        shared = {s: names for s, names in where.items() if len(names) > 1}
+        if shared:
+            raise ValueError(
+                f"instruments: sample(s) {shared} named for several instruments; a sample is "
+                "in one instrument at a time: give each instrument its own sister piece "
+                "(instruments[].sample)"
+            )
+        return self
+
+    @field_validator("facility")
+    @classmethod
+    def _database_url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("sqlite:///", "postgresql")):
+            raise ValueError(
+                f"{v!r} is no database URL: sqlite:////abs/path/facility.db or postgresql://..."
+            )
+        return v
 
     @field_validator("instruments")
     @classmethod
