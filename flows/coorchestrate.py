@@ -15,6 +15,11 @@ fault is reset and the same request sent again. If the campaign ends with decisi
 waiting for an instrument, the run fails with one line saying so, and running it again resumes
 them.
 
+On a facility (``spec.facility``) the instruments are shared with other campaigns: each
+measurement waits for its turn on its instrument (priority, then fair share, then arrival) and
+holds it only while it measures (:mod:`coorch.tasks.hold`). A campaign with a budget in
+instrument-seconds or a deadline ends an instrument when the next measurement would pass them.
+
 Operators steer through :mod:`coorch.flows.steering` when the spec names a steering token:
 in review mode an instrument's proposal waits for an answer while the others keep measuring;
 redirects and votes arrive between decisions. Everything (measurements, answers, commands)
@@ -45,8 +50,10 @@ from coorch.flows.steering import Desk, answer_fields
 from coorch.records import Decision, HumanInput
 from coorch.tasks.availability import FAULTED, LOST, Watchdog
 from coorch.tasks.describe import Describer
+from coorch.tasks.hold import Exclusive, Shared
 from coorch.tasks.live_report import LiveReport
 from coorch.tasks.measure import measure
+from coorch.tasks.meter import Ended
 from coorch.tasks.runtime import Campaign
 from coorch.tasks.setup import (
     Background,
@@ -54,6 +61,7 @@ from coorch.tasks.setup import (
     Instruments,
     background_work,
     build_agent,
+    holding,
     seed_plan,
 )
 
@@ -85,6 +93,7 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
     token = spec.steering.token()  # an unreadable token file fails before anything moves
     with (
         Instruments.connect(spec) as instruments,
+        holding(spec, instruments) as hold,
         instruments.open_store(spec, flow_run_id) as store,
     ):
         agent = build_agent(spec, instruments.descriptions)
@@ -105,6 +114,7 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
                 target_weight=spec.steering.target_weight,
             )
             done = campaign.resume()
+            hold.resumed(done)
             log.info(
                 "campaign %s: %d measurements in the store, %d decisions to finish",
                 spec.name,
@@ -119,7 +129,9 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
                 operators(spec, token, flow_run_id, events, log) as desk,
                 Watchdog(instruments.reconnect, events, log=log) as watchdog,
             ):
-                conductor = Conductor(spec, campaign, instruments, events, desk, art, watchdog)
+                conductor = Conductor(
+                    spec, campaign, instruments, hold, events, desk, art, watchdog
+                )
                 conductor.run()
                 campaign.finish()
                 conductor.publish(work.report)
@@ -178,13 +190,14 @@ class Conductor:
         spec: CampaignSpec,
         campaign: Campaign,
         instruments: Instruments,
+        hold: Exclusive | Shared,
         events: queue.Queue,
         desk: Desk | None,
         art: CampaignArtifacts,
         watchdog: Watchdog,
     ) -> None:
         self.spec, self.campaign, self.events, self.desk = spec, campaign, events, desk
-        self.art, self.watchdog = art, watchdog
+        self.art, self.watchdog, self.hold = art, watchdog, hold
         self.faults: Counter = Counter()  # consecutive faults per instrument
         self.waiting_since: float | None = None  # for instruments that stopped answering
         self.history: list[Decision] = []  # what the Prefect UI's decisions table shows
@@ -247,7 +260,7 @@ class Conductor:
         if d is not None:
             self.busy[name] = d
             self.history.append(d)
-            fut = measure.submit(self.clients[name], c.store, d)
+            fut = measure.submit(self.clients[name], c.store, d, self.hold)
             fut.add_done_callback(lambda f, d=d: self.events.put(("measured", d, f)))
 
     def review_due(self, p: Decision) -> bool:
@@ -265,6 +278,9 @@ class Conductor:
             return
         except FAULTED as exc:
             self.faulted(d, exc)
+            return
+        except Ended as exc:  # the budget in seconds, or the deadline
+            self.history.append(self.campaign.end(d, str(exc), exc.instruments))
             return
         self.faults.pop(d.instrument, None)
         obs = self.campaign.record(m)

@@ -146,6 +146,11 @@ class Agent:
         self._pend(inst, cand, s.measurement_id)
         return s
 
+    def drop(self, measurement_id: str) -> None:
+        """A pending measurement that will not be made (its campaign's time ran out): no
+        longer pending, so no choice accounts for it."""
+        self.pending.pop(measurement_id, None)
+
     # -- operators' redirects (DESIGN.md, "Steering") -------------------------------------
     def exclude(self, box: Sequence[float]) -> int:
         """Never send any instrument into the library box ``(x0, x1, y0, y1)`` (mm) again;

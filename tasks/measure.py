@@ -7,6 +7,9 @@ orchestration budget of 25 ms per measurement, and because a measurement is only
 it is safe in the store. The request id (the decision's ``measurement_id``) makes a retried or
 resumed acquisition return the first result, and the store is idempotent by the same id, so a
 crash anywhere in here loses nothing and duplicates nothing.
+
+How the instrument is held around it (for the whole run, or one turn per measurement on a
+facility's shared instruments) is the ``hold``'s business (:mod:`coorch.tasks.hold`).
 """
 
 from __future__ import annotations
@@ -17,21 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from coorch.instrument_agents.client import InstrumentClient
 from coorch.records import Decision, Measurement
 from coorch.storage import CampaignStore
-
-
-def acquire(client: InstrumentClient, decision: Decision, store: CampaignStore) -> Measurement:
-    """Measure ``decision`` on ``client``'s instrument and append it to ``store``."""
-    client.move(decision.library_x, decision.library_y, frame="library")
-    m = client.measure(decision.modality, request_id=decision.measurement_id)
-    m = m.model_copy(
-        update={
-            "decision_id": decision.decision_id,
-            "flow_run_id": decision.flow_run_id,
-            "campaign": decision.campaign,
-        }
-    )
-    store.append_measurement(m)
-    return m
+from coorch.tasks.hold import Exclusive, Shared, acquire
 
 
 @task(
@@ -39,7 +28,15 @@ def acquire(client: InstrumentClient, decision: Decision, store: CampaignStore) 
     cache_policy=NO_CACHE,
     task_run_name="measure-{decision.instrument}-{decision.measurement_id}",
 )
-def measure(client: InstrumentClient, store: CampaignStore, decision: Decision) -> Measurement:
-    """Carry out ``decision``: move, measure, store. The task run is named after the request
-    id, so the Prefect UI leads from a run to its measurement and decision in the store."""
-    return acquire(client, decision, store)
+def measure(
+    client: InstrumentClient,
+    store: CampaignStore,
+    decision: Decision,
+    hold: Exclusive | Shared | None = None,
+) -> Measurement:
+    """Carry out ``decision``: move, measure, store (``hold``: with its budget checks, or in a
+    turn on a shared instrument). The task run is named after the request id, so the Prefect
+    UI leads from a run to its measurement and decision in the store."""
+    if hold is None:
+        return acquire(client, decision, store)
+    return hold.measure(client, store, decision)

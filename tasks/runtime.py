@@ -23,7 +23,10 @@ the four things a campaign does between measurements:
   measurement that could not be made (the agent died, the network went) goes back on the queue
   with its request id, the instrument is marked unavailable (a ``policy="unavailable"`` row in
   the decisions table names the decision it left unfinished), and the other instruments go on;
-  when it answers again its decision is re-issued first. Resume re-issues it too.
+  when it answers again its decision is re-issued first. Resume re-issues it too;
+- **end an instrument** (:meth:`Campaign.end`): its budget of instrument-seconds cannot hold the
+  next measurement, or the deadline passed. Its unmeasured decisions are dropped (a
+  ``policy="ended"`` row names them, and resume does not re-issue them) and it gets no more.
 
 It knows nothing of Prefect or of how a measurement is carried out: the flows submit each
 decision to the ``measure`` Prefect task, the efficiency simulator calls a plain function. One
@@ -87,6 +90,8 @@ class Campaign:
     per_instrument: Counter = dataclasses.field(default_factory=Counter)
     # instruments that stopped answering: name -> why (see lose())
     unavailable: dict[str, str] = dataclasses.field(default_factory=dict)
+    # instruments that may measure no more (budget in seconds, deadline): name -> why (end())
+    ended: dict[str, str] = dataclasses.field(default_factory=dict)
     _proposals: dict[str, Suggestion] = dataclasses.field(default_factory=dict)
 
     # -- the store ------------------------------------------------------------------------
@@ -98,7 +103,10 @@ class Campaign:
         for m in done:
             self._tell(m)
         have = {m.measurement_id for m in done}
-        for d in self.store.read_decisions():
+        decisions = self.store.read_decisions()
+        # dropped when their instrument ended: never re-issued
+        have |= {mid for d in decisions if d.policy == "ended" for mid in d.pending}
+        for d in decisions:
             if not d.requests_measurement:
                 if d.human_input is not None:
                     self._apply(d.human_input)  # a redirect outlives a crash
@@ -141,6 +149,8 @@ class Campaign:
         answered by an operator), taken off the queue; None if there is none (or it is held)."""
         if self.stopped or instrument in self.held or instrument in self.unavailable:
             return None
+        if instrument in self.ended:
+            return None
         for d in self.queue:
             if d.instrument in self.unavailable:
                 continue
@@ -155,7 +165,7 @@ class Campaign:
         open_ = len(self._proposals)
         if self.stopped or self.decided + open_ >= self.budget:
             return False
-        if instrument in self.held or instrument in self.unavailable:
+        if instrument in self.held or instrument in self.unavailable or instrument in self.ended:
             return False
         if instrument is None:
             return True
@@ -251,6 +261,22 @@ class Campaign:
         self.store.append_decision(row)
         return row
 
+    def end(self, d: Decision, reason: str, instruments: Sequence[str] = ()) -> Decision:
+        """``d`` may not start (``reason``: the budget in seconds, the deadline): drop it and
+        every queued decision of ``instruments`` (empty: all), which measure no more; stored
+        as a ``policy="ended"`` row naming the dropped decisions."""
+        names = list(instruments) or list(self.modalities)
+        for name in names:
+            self.ended[name] = reason
+        dropped = [d] + [q for q in self.queue if q.instrument in self.ended]
+        self.queue = [q for q in self.queue if q.instrument not in self.ended]
+        for q in dropped:
+            self.agent.drop(q.measurement_id)
+        self.log.info("%s: %s; %d decision(s) dropped", ", ".join(names), reason, len(dropped))
+        row = self._event(",".join(names), "ended", [q.measurement_id for q in dropped])
+        self.store.append_decision(row)
+        return row
+
     @property
     def unfinished(self) -> list[Decision]:
         """Stored decisions left unmeasured because their instrument is unavailable."""
@@ -263,7 +289,9 @@ class Campaign:
 
     @property
     def done(self) -> bool:
-        return self.stopped or (not self.queue and self.decided >= self.budget)
+        if self.stopped or set(self.modalities) <= set(self.ended):
+            return True
+        return not self.queue and self.decided >= self.budget
 
     # -- steering ----------------------------------------------------------------------------
     def _where(self, detail: dict, default: str | None) -> tuple[str, np.ndarray]:

@@ -27,7 +27,9 @@ from coorch.models.policies import make_policy
 from coorch.records import InstrumentDescription
 from coorch.storage import CampaignStore, code_version
 from coorch.tasks.fit import HyperparameterRefit, VAETraining, needs_fits, warm_up
+from coorch.tasks.hold import Exclusive, Shared
 from coorch.tasks.live_report import LiveReport
+from coorch.tasks.meter import InstrumentTime, Meter
 from coorch.tasks.physics import PhysicsFits
 from coorch.tasks.votes import Votes
 
@@ -54,14 +56,17 @@ class Instruments:
         self.clients: dict[str, InstrumentClient] = {}
         self.descriptions: dict[str, InstrumentDescription] = {}
         self.modalities = {i.name: i.modality for i in spec.instruments}
-        self.sample = spec.sample
+        self.samples = spec.samples()
+        #: a facility campaign takes each instrument one measurement at a time (tasks/hold.py)
+        self.shared = spec.facility is not None
 
     @classmethod
     @contextlib.contextmanager
     def connect(cls, spec: CampaignSpec) -> Iterator[Instruments]:
         """Take every instrument's lease and load the sample (all instruments at once: a
         STEM transfer takes half an hour); release every lease on exit (an agent that is down
-        by then lets its lease lapse)."""
+        by then lets its lease lapse). A facility campaign only checks that each answers and
+        has the modality: it takes nothing until it measures."""
         self = cls(spec)
         with contextlib.ExitStack() as stack:
             for cfg in spec.instruments:
@@ -79,21 +84,29 @@ class Instruments:
                 )
                 desc = client.describe()
                 desc.modality(cfg.modality)  # fails early on a wrong modality name
-                client.acquire_lease(ttl_s=300)  # given back as the client closes
+                if not self.shared:
+                    client.acquire_lease(ttl_s=300)  # given back as the client closes
                 self.clients[cfg.name] = client
                 self.descriptions[cfg.name] = desc
-            with ThreadPoolExecutor(len(self.clients)) as pool:
-                list(pool.map(lambda c: c.load_sample(spec.sample), self.clients.values()))
+            if not self.shared:
+                with ThreadPoolExecutor(len(self.clients)) as pool:
+                    list(
+                        pool.map(
+                            lambda n: self.clients[n].load_sample(self.samples[n]), self.clients
+                        )
+                    )
             yield self
 
     def reconnect(self, name: str) -> None:
         """Take ``name`` back after it stopped answering: its lease again (a restarted agent
         has forgotten it) and the sample (a restarted agent may have unloaded it; loading the
-        loaded sample again is harmless). Raises InstrumentError while it is still away."""
+        loaded sample again is harmless); a facility campaign takes them at its next turn.
+        Raises InstrumentError while it is still away."""
         client = self.clients[name]
         client.health()
-        client.acquire_lease(ttl_s=300)
-        client.load_sample(self.sample)
+        if not self.shared:
+            client.acquire_lease(ttl_s=300)
+            client.load_sample(self.samples[name])
 
     def open_store(self, spec: CampaignSpec, flow_run_id: str) -> CampaignStore:
         store = CampaignStore.open(spec.store, create=True)
@@ -103,6 +116,7 @@ class Instruments:
             code_version=code_version(),  # of this run: a resumed campaign may run newer code
             library=spec.library,
             sample=spec.sample,
+            samples=self.samples,
             flow_run_id=flow_run_id,
             instruments={k: v.model_dump(mode="json") for k, v in self.descriptions.items()},
         )
@@ -205,3 +219,46 @@ def seed_plan(spec: CampaignSpec) -> list[tuple[str, np.ndarray]]:
         for x in x0 + np.clip(frac, 0, 1) * (x1 - x0):
             out.append((cfg.name, np.array([x, (y0 + y1) / 2])))
     return out
+
+
+@contextlib.contextmanager
+def holding(spec: CampaignSpec, instruments: Instruments) -> Iterator[Exclusive | Shared]:
+    """How the campaign holds its instruments while it measures (:mod:`coorch.tasks.hold`):
+    for the whole run, or, on a facility (``spec.facility``), one turn per measurement through
+    the facility's arbiter, with its samples claimed in the facility's registry until the run
+    ends (a sample another campaign holds fails the run here, before anything moves)."""
+    times = {n: InstrumentTime.of(d) for n, d in instruments.descriptions.items()}
+    if spec.facility is None:
+        yield Exclusive(Meter(times, budget_s=spec.budget_s, deadline=spec.deadline))
+        return
+    from coorch.deployments.arbiter import Arbiter
+    from coorch.storage.samples import SampleRegistry
+
+    registry, arbiter = SampleRegistry(spec.facility), Arbiter(spec.facility)
+    try:
+        arbiter.ensure_limits(list(instruments.clients))
+        for sample in instruments.samples.values():
+            registry.register(sample, spec.library)
+        registry.claim(spec.name, list(instruments.samples.values()))
+        meter = Meter(
+            times,
+            budget_s=spec.budget_s,
+            deadline=spec.deadline,
+            spent_s=arbiter.used(spec.name),  # a resumed campaign has spent some already
+        )
+        hold = Shared(
+            meter,
+            arbiter,
+            registry,
+            campaign=spec.name,
+            owner=spec.owner,
+            priority=spec.priority,
+            samples=instruments.samples,
+        )
+        try:
+            yield hold
+        finally:
+            hold.stop.set()  # turns still waited for give up
+            registry.release(spec.name)
+    finally:
+        registry.close()
