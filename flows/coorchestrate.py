@@ -279,8 +279,8 @@ class Conductor:
         except FAULTED as exc:
             self.faulted(d, exc)
             return
-        except Ended as exc:  # the budget in seconds, or the deadline
-            self.history.append(self.campaign.end(d, str(exc), exc.instruments))
+        if isinstance(m, Ended):  # the budget in seconds, or the deadline
+            self.history.append(self.campaign.end(d, str(m), m.instruments))
             return
         self.faults.pop(d.instrument, None)
         obs = self.campaign.record(m)

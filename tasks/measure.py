@@ -21,6 +21,7 @@ from coorch.instrument_agents.client import InstrumentClient
 from coorch.records import Decision, Measurement
 from coorch.storage import CampaignStore
 from coorch.tasks.hold import Exclusive, Shared, acquire
+from coorch.tasks.meter import Ended
 
 
 @task(
@@ -33,10 +34,16 @@ def measure(
     store: CampaignStore,
     decision: Decision,
     hold: Exclusive | Shared | None = None,
-) -> Measurement:
+) -> Measurement | Ended:
     """Carry out ``decision``: move, measure, store (``hold``: with its budget checks, or in a
     turn on a shared instrument). The task run is named after the request id, so the Prefect
-    UI leads from a run to its measurement and decision in the store."""
+    UI leads from a run to its measurement and decision in the store.
+
+    A measurement the budget or the deadline does not allow is no failure: the task returns
+    the :class:`~coorch.tasks.meter.Ended` that says why, having moved nothing."""
     if hold is None:
         return acquire(client, decision, store)
-    return hold.measure(client, store, decision)
+    try:
+        return hold.measure(client, store, decision)
+    except Ended as exc:
+        return exc
