@@ -47,6 +47,8 @@ class Clock:
         t0: float | None = None,
         now: float | None = None,
     ) -> Clock:
+        """The clock of these records (``transfers``: anything with an ``at``); ValueError
+        for a ``time_scale`` that is not a positive number."""
         if not (math.isfinite(time_scale) and time_scale > 0):
             raise ValueError(
                 f"time_scale must be > 0 (wall seconds per instrument second), got {time_scale}"
