@@ -287,3 +287,27 @@ def audit(
                     else:
                         result.measured[rid] = line["measurement"]
     return result
+
+
+#: Commands that act on the instrument and so need the lease.
+LEASED = ("move", "measure", "load_sample", "reset", "frame")
+
+
+def interleaved(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The commands in one agent's log that succeeded for a holder other than the one whose
+    lease was live: each successful ``lease_take`` names the holder until a successful
+    ``lease_release`` (or a restart). Empty when no campaign's commands ever ran inside
+    another's hold -- the check that instruments shared by campaigns never run two at once.
+    (A lease that lapsed is not logged; the next ``lease_take`` names the next holder.)"""
+    holder, out = None, []
+    for line in read_log(path):
+        command, ok = line.get("command"), 200 <= int(line.get("status", 0)) < 300
+        if command == "agent_start":
+            holder = None
+        elif command == "lease_take" and ok:
+            holder = line.get("holder")
+        elif command == "lease_release" and ok:
+            holder = None
+        elif command in LEASED and ok and line.get("holder") != holder:
+            out.append(line)
+    return out
