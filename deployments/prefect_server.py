@@ -29,7 +29,12 @@ def die_with_parent() -> None:
 
 @contextlib.contextmanager
 def local_prefect_server(
-    home: Path, *, startup_timeout_s: float = 120.0, ui: bool = False, port: int = 0
+    home: Path,
+    *,
+    startup_timeout_s: float = 120.0,
+    ui: bool = False,
+    port: int = 0,
+    env: dict[str, str] | None = None,
 ) -> Iterator[str]:
     """Start ``prefect server start`` on loopback with state in ``home``; yield its API URL and
     point this process's Prefect client at it (``PREFECT_API_URL``); stop it on exit.
@@ -38,20 +43,24 @@ def local_prefect_server(
     because a one-run server (the demo, the crash tests) has nobody to look at it.
     ``port``: 0 picks a free one. The UI is told its API URL explicitly: left to itself it
     derives it from the *settings* host and port (4200), not from ``--port``.
+    ``env``: extra environment for the server process only, e.g. a short
+    ``PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS`` so a test sees lapsed concurrency leases
+    freed in a second instead of the default 15.
     """
     home.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}/api"
-    env = {
+    server_env = {
         **os.environ,
         "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_SERVER_UI_ENABLED": str(ui).lower(),
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+        **(env or {}),
     }
-    env.pop("PREFECT_API_URL", None)
+    server_env.pop("PREFECT_API_URL", None)
     if ui:
-        env["PREFECT_UI_API_URL"] = url
+        server_env["PREFECT_UI_API_URL"] = url
     prefect = Path(sys.executable).with_name("prefect")
     log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
@@ -66,7 +75,7 @@ def local_prefect_server(
             "--ui" if ui else "--no-ui",
             "--analytics-off",
         ],
-        env=env,
+        env=server_env,
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
