@@ -1,0 +1,165 @@
+"""One Prefect global concurrency limit per instrument (``instrument:<name>``, one slot), taken
+with a lease: the instrument's lock that outlives no crash.
+
+Why a leased slot and not a row in the arbiter's tables: the Prefect server frees a lapsed lease
+itself (its repossessor service), so a campaign killed while it held an instrument gives it back
+within the lease without anyone cleaning up after it, and the limit is the same one the
+Prefect UI shows and a facility operator can see or change. The arbiter
+(:mod:`~coorch.deployments.arbiter`) decides who asks; this module only asks.
+
+Prefect facts this relies on (read in the installed server, 3.9): leases are 60 s at least
+(the server refuses less); a full limit answers 423 Locked; a lease on a name with *no* limit is
+granted and holds nothing (so :meth:`InstrumentSlots.take` refuses it); renewing a lease that
+lapsed or was released answers 410 Gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.exceptions import PrefectHTTPStatusError
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+log = logging.getLogger(__name__)
+MIN_LEASE_S = 60.0  # the Prefect server's minimum lease duration
+
+
+def limit_name(instrument: str) -> str:
+    return f"instrument:{instrument}"
+
+
+def _client() -> SyncPrefectClient:
+    """A sync client for the ``PREFECT_API_URL`` of the environment *now*, else of Prefect's
+    settings. Prefect reads its settings when first imported, so a URL set later in this
+    process (:func:`~coorch.deployments.prefect_server.local_prefect_server`, a facility that
+    starts its own server) would otherwise be missed, and Prefect would start a server of its
+    own inside this process instead."""
+    url = os.environ.get("PREFECT_API_URL")
+    if not url:
+        return get_client(sync_client=True)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        return get_client(sync_client=True)
+
+
+class InstrumentSlots:
+    """Take, renew and give back instrument slots through one Prefect sync client.
+
+    The client is made on first use, for whatever ``PREFECT_API_URL`` the process has then
+    (:func:`_client`), and shared by the threads of this process (waiters, lease keepers)
+    behind a lock: one client instead of one per call saves ~20 ms a call (measured), and the
+    calls are short.
+    """
+
+    def __init__(self, lease_s: float) -> None:
+        if lease_s < MIN_LEASE_S:
+            raise ValueError(f"lease_s must be >= {MIN_LEASE_S:g} s (Prefect refuses shorter)")
+        self.lease_s = float(lease_s)
+        self._lock = threading.Lock()
+        self._client: SyncPrefectClient | None = None
+
+    def _call(self, work: Callable[[SyncPrefectClient], Any]) -> Any:
+        with self._lock:
+            if self._client is None:
+                client = _client()
+                client.__enter__()
+                self._client = client
+            return work(self._client)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._client is not None:
+                self._client.__exit__(None, None, None)
+                self._client = None
+
+    def ensure(self, instruments: Sequence[str]) -> None:
+        """One limit of one slot per instrument; idempotent (an existing limit is set to 1)."""
+        for instrument in instruments:
+            name = limit_name(instrument)
+            self._call(lambda c, n=name: c.upsert_global_concurrency_limit_by_name(n, 1))
+
+    def take(self, instrument: str) -> UUID | None:
+        """The slot's lease id, or None if the instrument is busy (one call, never waits)."""
+        name = limit_name(instrument)
+        try:
+            response = self._call(
+                lambda c: c.increment_concurrency_slots_with_lease(
+                    [name], slots=1, mode="concurrency", lease_duration=self.lease_s
+                )
+            )
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                return None
+            raise
+        body = response.json()
+        lease_id = UUID(body["lease_id"])
+        if not any(limit["name"] == name for limit in body["limits"]):
+            self.release(lease_id)
+            raise LookupError(
+                f"no Prefect global concurrency limit {name!r}: nothing would keep two "
+                "campaigns off the instrument; call Arbiter.ensure_limits first"
+            )
+        return lease_id
+
+    def renew(self, lease_id: UUID) -> bool:
+        """Extend the lease by ``lease_s``; False if it is gone (lapsed or released)."""
+        try:
+            self._call(lambda c: c.renew_concurrency_lease(lease_id, self.lease_s))
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code in (404, 410):
+                return False
+            raise
+        return True
+
+    def release(self, lease_id: UUID) -> None:
+        """Give the slot back; a lease already gone is not an error (the slot is free)."""
+        try:
+            self._call(lambda c: c.release_concurrency_slots_with_lease(lease_id))
+        except PrefectHTTPStatusError as exc:
+            if exc.response.status_code not in (404, 410):
+                raise
+
+
+class LeaseKeeper:
+    """Renew a held slot's lease every ``lease_s / 3`` in a daemon thread until stopped.
+
+    ``on_renew`` runs after each renewal (the arbiter marks its grant as still held). A lease
+    found gone is logged and no longer renewed: the instrument may be someone else's by now
+    (this process was suspended longer than the lease). A failed call (server unreachable) is
+    logged and retried at the next tick: two more ticks fit in the lease.
+    """
+
+    def __init__(
+        self, slots: InstrumentSlots, lease_id: UUID, label: str, on_renew: Callable[[], None]
+    ) -> None:
+        self.lease_id = lease_id
+        self._slots = slots
+        self._label = label
+        self._on_renew = on_renew
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease {label}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._slots.lease_s / 3):
+            try:
+                if not self._slots.renew(self.lease_id):
+                    log.warning(
+                        "%s: the instrument's lease lapsed; it is no longer held", self._label
+                    )
+                    return
+                self._on_renew()
+            except Exception:  # any failure: try again next tick
+                log.warning(
+                    "%s: could not renew the instrument's lease", self._label, exc_info=True
+                )
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=30)
