@@ -30,20 +30,18 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
-    ConfigDict,
     Field,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
+from coorch.deployments.steering_config import STRICT, SteeringConfig
 from coorch.instrument_agents.libraries import LIBRARY_NAMES, get_library
 from coorch.instrument_agents.wire import SAFE_ID
 
 #: The most candidate positions a grid may have: the agent scores every one at every decision.
 MAX_CANDIDATES = 1_000_000
-#: Models of a spec: unknown keys refused (see the module docstring), NaN and inf too.
-STRICT = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 Extent = tuple[tuple[float, float], tuple[float, float]]
 
@@ -215,65 +213,6 @@ class DaskConfig(BaseModel):
     threads_per_worker: int = Field(1, ge=1, le=256)
     jobqueue: str | None = Field(None, description="e.g. 'slurm': dask-jobqueue cluster class")
     jobqueue_kwargs: dict = Field(default_factory=dict)
-
-
-class SteeringConfig(BaseModel):
-    """How operators steer a running campaign (``coorch steer``, the Prefect UI).
-
-    Redirects, votes and stop are always accepted from holders of the steering token when one
-    is set; ``mode`` says whether decisions also wait for a review.
-    """
-
-    model_config = STRICT
-
-    mode: Literal["off", "review", "votes"] = Field(
-        "off",
-        description="off: the agent alone (redirects still accepted when a token is set); "
-        "review: a decision waits for the operator (accept, override, stop), with the agent's "
-        "proposal as the answer after deadline_s; votes: never waits, operators score "
-        "measured signals and the agent also seeks what they score high",
-    )
-    every: int = Field(1, ge=1, le=1_000_000, description="review every N-th decision")
-    below: float | None = Field(
-        None,
-        description="review only decisions whose acquisition value is below this (None: all)",
-    )
-    deadline_s: float = Field(
-        300.0,
-        gt=0,
-        le=30 * 86400.0,
-        description="seconds a review waits for an answer before the proposal runs (30 days "
-        "at most)",
-    )
-    target_weight: float = Field(
-        0.5,
-        ge=0.0,
-        le=1.0,
-        description="once votes exist: 0 seeks knowledge only, 1 only what operators score "
-        "high; changeable mid-run (coorch steer explore)",
-    )
-    token_file: Path | None = Field(
-        None,
-        description="file holding the campaign's steering token: only its holders may steer "
-        "(None: nobody may)",
-    )
-
-    @model_validator(mode="after")
-    def _steering_needs_a_token(self) -> SteeringConfig:
-        if self.mode != "off" and self.token_file is None:
-            raise ValueError(
-                f"steering.mode={self.mode!r} needs steering.token_file: only holders of the "
-                "campaign's steering token may steer"
-            )
-        return self
-
-    def token(self) -> str | None:
-        if self.token_file is None:
-            return None
-        try:
-            return self.token_file.read_text().strip()
-        except OSError as exc:
-            raise ValueError(f"steering.token_file: cannot read {self.token_file}: {exc}") from exc
 
 
 class CampaignSpec(BaseModel):

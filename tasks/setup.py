@@ -262,3 +262,4 @@ def holding(spec: CampaignSpec, instruments: Instruments) -> Iterator[Exclusive 
             registry.release(spec.name)
     finally:
         registry.close()
+        arbiter.close()
