@@ -1,5 +1,7 @@
 """The services the facility's supervisor starts and owns: twin agents, a Prefect server with
-its UI, a Dask cluster, and the ready ``campaign.yaml`` that points at them.
+its UI, the process worker that runs submitted campaigns (:mod:`~coorch.deployments.
+facility_worker`), a Dask cluster, the facility database, and the ready ``campaign.yaml``
+that points at them.
 
 Why the agents are child processes (``python -m coorch.instrument_agents.cli serve``) and not
 threads of the supervisor (``instrument_agents.launch.start_twin``): this layer may not load
@@ -17,6 +19,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +36,14 @@ from coorch.deployments.facility_state import (
     write_atomic,
     write_token,
 )
+from coorch.deployments.facility_worker import (
+    await_worker,
+    crash_orphans,
+    spawn_worker,
+    stop_worker,
+)
 from coorch.deployments.prefect_server import die_with_parent, local_prefect_server
+from coorch.deployments.work_pool import register_coorchestrate
 from coorch.net import free_port, wait_until_healthy
 
 if TYPE_CHECKING:
@@ -80,11 +90,11 @@ def _spawn_twins(
 
 def _await_twins(
     twins: list[tuple[TwinConfig, subprocess.Popen, str]], token: Path, timeout_s: float
-) -> tuple[list[AgentInfo], str]:
+) -> list[AgentInfo]:
     """Wait for every agent's health, then ask each who it is (checking the token works and
-    the configured modality exists) and which sample it has mounted."""
+    the configured modality exists)."""
     headers = {"Authorization": f"Bearer {token.read_text().strip()}"}
-    agents, samples = [], set()
+    agents = []
     for twin, proc, url in twins:
         try:
             wait_until_healthy(
@@ -94,13 +104,12 @@ def _await_twins(
             raise FacilityError(f"the {twin.kind} agent did not start ({exc})") from exc
         with httpx.Client(base_url=url, headers=headers, timeout=5.0) as http:
             desc = http.get("/v1/describe").raise_for_status().json()
-            samples.add(http.get("/v1/status").raise_for_status().json()["sample"])
         modes = [m["name"] for m in desc["modalities"]]
         if twin.modality not in modes:
             raise FacilityError(f"{desc['id']} has no modality {twin.modality!r} (has {modes})")
         agents.append(AgentInfo(name=desc["id"], kind=twin.kind, modality=twin.modality, url=url))
         LOG.info("agent %s on %s (pid %d)", desc["id"], url, proc.pid)
-    return agents, sorted(samples)[0]
+    return agents
 
 
 def _start_dask(stack: contextlib.ExitStack, cfg: FacilityConfig, timeout_s: float) -> str:
@@ -134,22 +143,39 @@ def _close_dask(cluster: LocalCluster) -> None:
     LOG.info("stopped the Dask cluster")
 
 
-def campaign_spec(
-    cfg: FacilityConfig, agents: list[AgentInfo], sample: str, dask: str, run_dir: Path
-) -> CampaignSpec:
-    """A campaign over every agent of the facility, ready for ``coorch run``.
+def sister_pieces(library: str, agents: list[AgentInfo]) -> tuple[str, dict[str, str]]:
+    """The sample a facility campaign measures (``<library>-001``) and the sister piece of it
+    each instrument holds (``<library>-001.<kind>``): a piece is in one instrument at a time,
+    so campaigns sharing the instruments give each its own."""
+    parent = f"{library}-001"
+    return parent, {a.name: f"{parent}.{a.kind}" for a in agents}
 
-    ``sample`` is the one the twins have mounted, so no campaign pays a (scaled) sample
-    transfer first: the STEM twin's is 30 instrument-minutes, 90 s at the default time scale.
+
+def campaign_spec(
+    cfg: FacilityConfig, agents: list[AgentInfo], dask: str, run_dir: Path, facility_db: str
+) -> CampaignSpec:
+    """A campaign over every agent of the facility, ready for ``coorch run`` or ``coorch
+    campaign submit``: it shares the instruments through the facility database
+    (``facility``), each instrument measuring its own sister piece (:func:`sister_pieces`).
+
+    The twins start with the whole library mounted, so a campaign's first measurement on each
+    pays a (scaled) sample transfer: the STEM twin's is 30 instrument-minutes, 90 s at the
+    default time scale.
     """
     p = facility_paths(run_dir)
+    parent, pieces = sister_pieces(cfg.library, agents)
     return CampaignSpec(
         name="facility",
         library=cfg.library,
-        sample=sample,
+        sample=parent,
         instruments=[
             InstrumentConfig(
-                name=a.name, kind=a.kind, modality=a.modality, url=a.url, token_file=p["token"]
+                name=a.name,
+                kind=a.kind,
+                modality=a.modality,
+                url=a.url,
+                token_file=p["token"],
+                sample=pieces[a.name],
             )
             for a in agents
         ],
@@ -161,14 +187,37 @@ def campaign_spec(
         steering=SteeringConfig(
             mode=cfg.steering, every=5, deadline_s=60.0, token_file=p["steer_token"]
         ),
+        facility=facility_db,
     )
+
+
+def facility_database(run_dir: Path, cfg: FacilityConfig, agents: list[AgentInfo]) -> str:
+    """Create the facility database ``<dir>/facility.db`` and return its URL
+    (``sqlite:////abs/<dir>/facility.db``): the arbiter's tables and one Prefect concurrency
+    limit per instrument (:class:`~coorch.deployments.arbiter.Arbiter`), and the sample
+    registry with the library's piece and its sister pieces registered. Idempotent: a
+    restarted facility keeps its registry and its arbiter's history."""
+    from coorch.deployments.arbiter import Arbiter
+
+    path = facility_paths(run_dir)["db"]
+    url = f"sqlite:///{path}"
+    with Arbiter(url) as arbiter:
+        arbiter.ensure_limits([a.name for a in agents])
+    # ISSUE-14 CALL SITE, waiting for storage/samples.py to land (it is not in git yet):
+    #   parent, pieces = sister_pieces(cfg.library, agents)
+    #   with SampleRegistry.at(path) as registry:
+    #       registry.register(parent, cfg.library)
+    #       for piece in pieces.values():
+    #           registry.register(piece, cfg.library, parent=parent)
+    LOG.info("facility database %s", url)
+    return url
 
 
 def start_services(
     stack: contextlib.ExitStack, run_dir: Path, cfg: FacilityConfig, port: int
 ) -> tuple[FacilityInfo, list[tuple[str, subprocess.Popen]]]:
     """Start every service (each registers its own stop on ``stack``); return the facility's
-    description and the agent processes to watch."""
+    description and the processes to watch (agents, worker)."""
     p = facility_paths(run_dir)
     write_token(p["token"])
     write_token(p["steer_token"])
@@ -181,10 +230,21 @@ def start_services(
         )
     )
     LOG.info("Prefect server and UI on %s", api.removesuffix("/api"))
-    agents, sample = _await_twins(twins, p["token"], cfg.startup_timeout_s)
+    worker_name = f"coorch-{run_dir.resolve().name}-{os.getpid()}"
+    started = time.time()
+    worker = spawn_worker(worker_name, api, p["worker_log"], Path.cwd())
+    # unwound in reverse: the worker and its runs stop, then their runs are marked Crashed,
+    # then the server stops
+    stack.callback(lambda: crash_orphans(time.time()))
+    stack.callback(stop_worker, worker)
+    crash_orphans(started)  # left active by a facility that was killed
+    register_coorchestrate()
+    agents = _await_twins(twins, p["token"], cfg.startup_timeout_s)
+    db = facility_database(run_dir, cfg, agents)
+    await_worker(worker, worker_name, p["worker_log"], cfg.startup_timeout_s)
     dask = _start_dask(stack, cfg, cfg.startup_timeout_s)
     p["stores"].mkdir(exist_ok=True)
-    spec = campaign_spec(cfg, agents, sample, dask, run_dir)
+    spec = campaign_spec(cfg, agents, dask, run_dir, db)
     write_atomic(p["spec"], yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
     info = FacilityInfo(
         prefect_api_url=api,
@@ -197,5 +257,8 @@ def start_services(
         campaign_spec=str(p["spec"]),
         log_file=str(p["log"]),
         supervisor_pid=os.getpid(),
+        facility_db=db,
+        worker_log=str(p["worker_log"]),
     )
-    return info, [(t.kind, proc) for t, proc, _ in twins]
+    watched = [(f"{t.kind} agent", proc) for t, proc, _ in twins]
+    return info, [*watched, ("process worker", worker)]

@@ -7,8 +7,9 @@ Posix only (``fcntl``).
 
 Files in ``<dir>``: ``facility.json`` (:class:`FacilityInfo`, written once all are healthy,
 removed on stop), ``campaign.yaml`` (a ready :class:`~coorch.deployments.config.CampaignSpec`),
-``agent.token`` (0600), ``facility.log``, ``.prefect/`` (the server's state and log),
-``campaigns/`` (the stores).
+``agent.token`` (0600), ``facility.log``, ``worker.log`` (the process worker that runs submitted
+campaigns, and their output), ``facility.db`` (the facility database: sample registry and
+instrument arbiter), ``.prefect/`` (the server's state and log), ``campaigns/`` (the stores).
 
 Both sides use this module: the supervisor writes these files, ``up`` and ``down`` read them.
 """
@@ -50,6 +51,11 @@ class FacilityInfo(BaseModel):
     log_file: str
     supervisor_pid: int
     started_at: float = Field(default_factory=time.time)
+    #: The facility database's URL (``sqlite:////abs/<dir>/facility.db``): a campaign's
+    #: ``facility`` field, so campaigns share the instruments through its arbiter.
+    facility_db: str | None = None
+    #: The process worker's log (``coorch campaign submit`` runs go there).
+    worker_log: str | None = None
 
 
 class FacilityError(RuntimeError):
@@ -74,6 +80,8 @@ def facility_paths(run_dir: Path) -> dict[str, Path]:
         "spec": d / "campaign.yaml",
         "prefect": d / ".prefect",
         "stores": d / "campaigns",
+        "db": d / "facility.db",
+        "worker_log": d / "worker.log",
     }
 
 

@@ -30,11 +30,12 @@ LOG = logging.getLogger("coorch.facility")
 
 
 def _watch(procs: list[tuple[str, subprocess.Popen]], stop: threading.Event) -> int:
-    """Until asked to stop: a facility with a dead agent is not a facility, so stop it all."""
+    """Until asked to stop: a facility with a dead agent (or a dead worker: submitted campaigns
+    would wait forever) is not a facility, so stop it all."""
     while not stop.wait(1.0):
         for name, proc in procs:
             if proc.poll() is not None:
-                LOG.error("the %s agent exited (code %s): stopping", name, proc.returncode)
+                LOG.error("the %s exited (code %s): stopping", name, proc.returncode)
                 return 1
     return 0
 
