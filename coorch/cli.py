@@ -304,6 +304,7 @@ def run(
 def _mount() -> None:
     """Sub-commands owned by the layers (the agents', the store's and the benchmarks' are
     imported when used: :class:`_LazyGroup`)."""
+    from coorch.campaign_cli import campaign_app
     from coorch.facility_cli import down_command, up_command
     from coorch.im2spec_cli import im2spec_command
     from coorch.report_cli import report_command
@@ -314,6 +315,7 @@ def _mount() -> None:
     stores = typer.Typer(no_args_is_help=True, cls=_LazyStore)
     app.add_typer(stores, name="store", help="Inspect, verify and export stores.")
     app.add_typer(steer_app, name="steer", help="Review and redirect running campaigns.")
+    app.add_typer(campaign_app, name="campaign", help="Submit and follow a facility's campaigns.")
     app.command("im2spec")(im2spec_command)
     app.command("report")(report_command)
     app.command("up")(up_command)
