@@ -122,14 +122,13 @@ def facility_source(
     from coorch.deployments.facility import read_info
 
     info = read_info(run_dir)
-    # getattr: facility.json's database and time scale are recent fields an older file lacks
-    known = getattr(info, "facility_db", None)
+    known = info.facility_db if info is not None else None
     url = db or known or f"sqlite:///{(run_dir / 'facility.db').resolve()}"
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).is_file():
         raise ValueError(f"no facility database at {url} (give --db, or --dir of a facility)")
     note = None
     if time_scale is None:
-        time_scale = getattr(info, "time_scale", None)
+        time_scale = getattr(info, "time_scale", None)  # once facility.json records it
         if time_scale == 0:
             note = "the facility's twins run at time scale 0: the plan shows wall seconds"
         if not time_scale:
