@@ -212,16 +212,19 @@ def _check_store_owner(spec: CampaignSpec, where: str) -> None:
 
 
 def _check_registry(spec: CampaignSpec, where: str) -> None:
-    """A sample the facility's registry says another campaign holds."""
-    # ISSUE-14 CALL SITE, waiting for storage/samples.py to land:
-    #   from coorch.storage.samples import SampleRegistry, UnknownSample
-    #   with SampleRegistry(spec.facility) as registry:
-    #       for sample in sorted(set(spec.samples().values())):
-    #           try:
-    #               holder = registry.get(sample).held_by
-    #           except UnknownSample:
-    #               continue
-    #           if holder is not None and holder != spec.name:
-    #               raise ValueError(f"{where}: instruments: sample {sample} is held by "
-    #                                f"campaign {holder!r} (the facility's sample registry)")
-    return
+    """A sample the facility's registry says another campaign holds (a campaign holds its
+    samples while it runs, also one started outside this facility's worker)."""
+    from coorch.storage.samples import SampleRegistry, UnknownSample
+
+    assert spec.facility is not None  # prepare() set it
+    with SampleRegistry(spec.facility) as registry:
+        for sample in sorted(set(spec.samples().values())):
+            try:
+                holder = registry.get(sample).held_by
+            except UnknownSample:
+                continue  # the campaign registers it as it starts
+            if holder is not None and holder != spec.name:
+                raise ValueError(
+                    f"{where}: instruments: sample {sample} is held by campaign {holder!r} "
+                    "(the facility's sample registry); a sample is in one campaign at a time"
+                )

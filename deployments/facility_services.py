@@ -198,17 +198,17 @@ def facility_database(run_dir: Path, cfg: FacilityConfig, agents: list[AgentInfo
     registry with the library's piece and its sister pieces registered. Idempotent: a
     restarted facility keeps its registry and its arbiter's history."""
     from coorch.deployments.arbiter import Arbiter
+    from coorch.storage.samples import SampleRegistry
 
     path = facility_paths(run_dir)["db"]
     url = f"sqlite:///{path}"
+    parent, pieces = sister_pieces(cfg.library, agents)
+    with SampleRegistry.at(path) as registry:
+        registry.register(parent, cfg.library)
+        for piece in pieces.values():
+            registry.register(piece, cfg.library, parent=parent)
     with Arbiter(url) as arbiter:
         arbiter.ensure_limits([a.name for a in agents])
-    # ISSUE-14 CALL SITE, waiting for storage/samples.py to land (it is not in git yet):
-    #   parent, pieces = sister_pieces(cfg.library, agents)
-    #   with SampleRegistry.at(path) as registry:
-    #       registry.register(parent, cfg.library)
-    #       for piece in pieces.values():
-    #           registry.register(piece, cfg.library, parent=parent)
     LOG.info("facility database %s", url)
     return url
 
