@@ -325,8 +325,10 @@ class SampleRegistry:
         :class:`SampleBusy` when the sample is held by a campaign other than ``campaign``. An
         instrument holds one sample: a sample already at ``destination`` (other than
         :data:`STORAGE`) goes back to storage first, logged as its own transfer for
-        ``campaign`` with cost 0; if that sample is held by another campaign, the instrument is
-        that campaign's and this is a :class:`SampleBusy` naming it (nothing moves).
+        ``campaign`` with cost 0 (an *eviction*), whoever holds it: campaigns share the
+        instrument one turn at a time (the facility's arbiter), and the campaign whose turn it
+        is may unload another's sample, which stays held by its campaign, in storage, until
+        that campaign's next turn brings it back.
         """
         _check_id(sample_id, "sample id")
         _check_name(destination, "destination")
@@ -346,9 +348,7 @@ class SampleRegistry:
                     select(SAMPLES).where(SAMPLES.c.location == destination).with_for_update()
                 ).all()
                 for occupant in occupants:
-                    _check_holder(occupant, campaign)
-                for occupant in occupants:
-                    self._move(conn, occupant, STORAGE, campaign, 0.0, now)
+                    self._move(conn, occupant, STORAGE, campaign, 0.0, now, evict=True)
             return self._move(conn, row, destination, campaign, float(cost_s), now)
 
         return self._write(work)
@@ -388,13 +388,23 @@ class SampleRegistry:
 
     @staticmethod
     def _move(
-        conn: Connection, row: Row, destination: str, campaign: str | None, cost_s: float, at: float
+        conn: Connection,
+        row: Row,
+        destination: str,
+        campaign: str | None,
+        cost_s: float,
+        at: float,
+        *,
+        evict: bool = False,
     ) -> Transfer:
-        """Compare-and-set the location of ``row`` (only if still where it was read, and not
-        since claimed by another campaign), and log the transfer in the same transaction."""
+        """Compare-and-set the location of ``row`` (only if still where it was read, and, unless
+        it is an eviction to storage, not since claimed by another campaign), and log the
+        transfer in the same transaction."""
         holder_ok = SAMPLES.c.held_by.is_(None)
         if campaign is not None:
             holder_ok = holder_ok | (SAMPLES.c.held_by == campaign)
+        if evict:
+            holder_ok = SAMPLES.c.id == row.id
         moved = conn.execute(
             update(SAMPLES)
             .where(SAMPLES.c.id == row.id, SAMPLES.c.location == row.location, holder_ok)
