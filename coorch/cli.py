@@ -230,6 +230,20 @@ class _LazyStore(_LazyGroup):
         return dict(typer.main.get_group(store_app).commands)
 
 
+class _LazyFacility(_LazyGroup):
+    """``coorch facility``: the plan (``coorch.facility_plan``) and the simulated day
+    (``coorch.benchmarks.facility_day``, which starts twins, Dask and a Prefect server)."""
+
+    def _commands(self) -> dict[str, Any]:
+        from coorch.benchmarks.facility_day import simulate_command
+        from coorch.facility_plan import plan_command
+
+        facility = typer.Typer(cls=ShortErrorsGroup)
+        facility.command("plan")(_argument_errors("facility plan", plan_command))
+        facility.command("simulate")(_argument_errors("facility simulate", simulate_command))
+        return dict(typer.main.get_group(facility).commands)
+
+
 def _argument_errors(command: str, function: Callable[..., None]) -> Callable[..., None]:
     """``function`` (a typer command) with :func:`user_errors`: a benchmark's argument it cannot
     use (a dataset file that is missing, an unknown library, a count of zero) ends in two lines
@@ -316,6 +330,10 @@ def _mount() -> None:
     app.add_typer(stores, name="store", help="Inspect, verify and export stores.")
     app.add_typer(steer_app, name="steer", help="Review and redirect running campaigns.")
     app.add_typer(campaign_app, name="campaign", help="Submit and follow a facility's campaigns.")
+    facility = typer.Typer(no_args_is_help=True, cls=_LazyFacility)
+    app.add_typer(
+        facility, name="facility", help="A facility's schedule: plan it, simulate a day of it."
+    )
     app.command("im2spec")(im2spec_command)
     app.command("report")(report_command)
     app.command("up")(up_command)

@@ -198,6 +198,28 @@ CASES: dict[str, tuple[list[str], str, list[str]]] = {
         ["cannot reach the Prefect server at http://127.0.0.1:", "coorch up"],
     ),
     "steer/list-no-server": (["steer", "list"], "steer list", ["cannot reach the Prefect"]),
+    # coorch campaign / facility
+    "campaign/submit-misspelt": (
+        ["campaign", "submit", "misspelt.yaml"],
+        "campaign submit",
+        ["budjet"],
+    ),
+    "campaign/list-no-facility": (["campaign", "list"], "campaign list", ["no facility is up"]),
+    "campaign/show-broken-facility": (
+        ["campaign", "show", "x", "--dir", "broken-facility"],
+        "campaign show",
+        ["cannot read it"],
+    ),
+    "facility/plan-no-database": (
+        ["facility", "plan", "--dir", "nowhere"],
+        "facility plan",
+        ["no facility database at sqlite:///", "--db"],
+    ),
+    "facility/simulate-no-instruments": (
+        ["facility", "simulate", "--instruments", "0"],
+        "facility simulate",
+        ["'--instruments'", "greater than or equal to 1"],
+    ),
     # coorch up / down
     "up/port-out-of-range": (["up", "--port", "70000"], "up", ["'--port'", "65535"]),
     "up/dir-is-a-file": (["up", "--dir", "a-file"], "up", ["--dir a-file is not a folder"]),

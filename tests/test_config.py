@@ -95,9 +95,10 @@ def test_prefect_yaml_deploys_every_flow_with_valid_parameters():
     specs = {"coorchestrate": CampaignSpec, "im2spec": Im2SpecSpec}
     helpers = {"__init__", "progress", "steering", "steer_client", "artifacts"}  # not flows
     flows = {p.stem for p in (root / "flows").glob("*.py")} - helpers
-    assert {d["entrypoint"].split(":")[0] for d in deployments} == {f"flows/{f}.py" for f in flows}
+    # module paths: a worker runs them from the installed package, wherever it was started
+    assert {d["entrypoint"] for d in deployments} == {f"coorch.flows.{f}.{f}" for f in flows}
     for d in deployments:
-        path, name = d["entrypoint"].split(":")
-        flow = getattr(importlib.import_module(f"coorch.flows.{Path(path).stem}"), name)
+        module, name = d["entrypoint"].rsplit(".", 1)
+        flow = getattr(importlib.import_module(module), name)
         assert flow.name == d["name"]
         specs[d["name"]](**d["parameters"]["spec"])
