@@ -190,21 +190,6 @@ def is_final(run) -> bool:
     return run.state is not None and run.state.is_final()
 
 
-def known_sharing_failure(run) -> None:
-    """XFAIL, marked clearly (issue 14, for the lead): the flows' measuring on shared
-    instruments (``spec.facility`` set: tasks/hold.py with the sample registry), written at
-    the same time as this test, sometimes fails when two campaigns share the twins: one
-    campaign tries to move the other's held sample out of an instrument (``SampleBusy``,
-    ``_LostRace``, or ``IntegrityError`` on ``coorch_samples.location``). It depends on
-    timing: the whole test passed once like this, and passes with the two campaigns on
-    disjoint instruments. Every step of the CLI before the flows measure is checked before
-    this point. Remove this once the flows share instruments reliably."""
-    message = (run.state.message or "") if run.state is not None else ""
-    known = ("SampleBusy", "_LostRace", "coorch_samples.location")
-    if runs.state_name(run) == "Failed" and any(k in message for k in known):
-        pytest.xfail(f"shared-instrument measuring in the flow: {' '.join(message.split())[:160]}")
-
-
 def submitted_id(res) -> str:
     assert res.exit_code == 0, (res.output, res.exception)
     return res.stdout.split("flow run ", 1)[1].split()[0]
@@ -235,13 +220,12 @@ def test_two_campaigns_run_one_is_cancelled_and_resumed_nothing_measured_twice(s
     assert_refused(again, "submit", "campaign 'long' is already active")
 
     done = wait_for(site, "quick", is_final)
-    known_sharing_failure(done)
     assert runs.state_name(done) == "Completed", done.state.message
     ids = stored_ids(str(site[1] / "stores" / "quick.zarr"))
     assert len(ids) == 6 and len(set(ids)) == 6
 
     store = str(site[1] / "stores" / "long.zarr")
-    known_sharing_failure(wait_for(site, "long", lambda r: runs.measured(store) or is_final(r)))
+    wait_for(site, "long", lambda r: runs.measured(store) or is_final(r))
     cancel = coorch("campaign", "cancel", long_id[:8], "--dir", run_dir, "--wait", "60")
     assert cancel.exit_code == 0 and "Cancelled" in cancel.stdout, cancel.output
     before = stored_ids(store)
@@ -253,7 +237,6 @@ def test_two_campaigns_run_one_is_cancelled_and_resumed_nothing_measured_twice(s
     resumed = submitted_id(coorch("campaign", "resume", long_id[:8], "--dir", run_dir))
     assert resumed != long_id
     done = wait_for(site, "long", is_final)
-    known_sharing_failure(done)
     assert str(done.id) == resumed and runs.state_name(done) == "Completed", done.state.message
     after = stored_ids(store)
     assert len(after) == 60 and len(set(after)) == 60 and set(before) <= set(after)
