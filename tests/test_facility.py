@@ -70,8 +70,7 @@ def test_up_serves_ui_api_agents_and_dask_then_down_stops_everything(tmp_path):
         assert up.exit_code == 0, up.output
         info = read_info(run_dir)
         assert info is not None and info.supervisor_pid == running_pid(run_dir)
-        assert f"export PREFECT_API_URL={info.prefect_api_url}" in up.output
-        assert f"coorch run {info.campaign_spec}" in up.output
+        assert f"coorch campaign submit {info.campaign_spec}" in up.output
         assert info.ui_url == f"http://127.0.0.1:{port}" and info.ui_url in up.output
         supervisor = psutil.Process(info.supervisor_pid)
         processes = [supervisor, *supervisor.children(recursive=True)]
