@@ -47,7 +47,8 @@ def test_a_killed_campaigns_instrument_comes_back_within_its_lease(tmp_path, mon
     monkeypatch.setenv("PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS", "2")
     server = PrefectServer(tmp_path / "prefect").start()
     # a PFM loop takes 30 s x 0.05 = 1.5 s: a kill lands inside a measurement
-    agents = start_agents(tmp_path, time_scale=0.05)[:1]
+    started = start_agents(tmp_path, time_scale=0.05)
+    agents = started[:1]  # the AFM: both campaigns need it
     db = f"sqlite:///{tmp_path / 'facility.db'}"
     try:
         specs = {
@@ -93,6 +94,6 @@ def test_a_killed_campaigns_instrument_comes_back_within_its_lease(tmp_path, mon
         assert interleaved(agents[0].command_log) == []
         arbiter.close()
     finally:
-        for a in agents:
+        for a in started:
             a.stop()
         server.stop()
