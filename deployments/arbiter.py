@@ -118,6 +118,9 @@ class Arbiter:
     PostgreSQL). ``lease_s``: the Prefect slot lease (>= 60 s, Prefect's minimum), also the time
     a waiter row stays live without a heartbeat. ``poll_s``: how often a waiter looks at the
     queue. ``quantum_s``: the fair-share credit of a waiter whose sample is already loaded.
+    ``grace_s``: how long (wall clock) an instrument just given back is kept for the campaign
+    that had it, against waiters of no higher priority (it is deciding its next measurement;
+    :meth:`ArbiterQueue._in_grace <coorch.deployments.arbiter_queue.ArbiterQueue._in_grace>`).
     The Prefect API is whatever ``PREFECT_API_URL`` the process has when it is first needed.
     """
 
@@ -128,12 +131,13 @@ class Arbiter:
         lease_s: float = 60.0,
         poll_s: float = 0.05,
         quantum_s: float = 1800.0,
+        grace_s: float = 2.0,
     ) -> None:
         self._slots = InstrumentSlots(lease_s)
         self.lease_s = float(lease_s)
         self.poll_s = float(poll_s)
         self.quantum_s = float(quantum_s)
-        self._queue = ArbiterQueue(db_url, quantum_s=quantum_s, ttl_s=lease_s)
+        self._queue = ArbiterQueue(db_url, quantum_s=quantum_s, ttl_s=lease_s, grace_s=grace_s)
 
     def close(self) -> None:
         """Close the Prefect client and the database connections (turns are not released)."""

@@ -29,7 +29,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Boolean,
@@ -170,9 +170,12 @@ class ArbiterQueue:
     stop counting after it) and how long a grant counts as held without a renewal.
     """
 
-    def __init__(self, db_url: str, *, quantum_s: float, ttl_s: float) -> None:
+    def __init__(
+        self, db_url: str, *, quantum_s: float, ttl_s: float, grace_s: float = 0.0
+    ) -> None:
         self.quantum_s = float(quantum_s)
         self.ttl_s = float(ttl_s)
+        self.grace_s = float(grace_s)
         self.engine = _engine(db_url)
         dialect = self.engine.dialect.name
         self._lock_sql = (
@@ -296,6 +299,8 @@ class ArbiterQueue:
             head = conn.execute(self._ranked(instrument, now).limit(1)).first()
             if head is None or head.id != waiter_id:
                 return False
+            if self._in_grace(conn, instrument, head, now):
+                return False
             held = conn.execute(
                 select(grants.c.id)
                 .where(
@@ -308,6 +313,31 @@ class ArbiterQueue:
             return held is None
 
         return self._read(work)
+
+    def _in_grace(self, conn: Connection, instrument: str, head: Any, now: float) -> bool:
+        """Is the instrument kept for ``grace_s`` for the campaign that just gave it back?
+
+        Why: a campaign is not waiting while it records a measurement and decides the next
+        (a fraction of a second), and a lower or equal priority taking the instrument in that
+        gap pays a sample transfer (half an hour on a STEM) and then the first pays another one
+        to come back. So after a turn ends, another campaign of no higher priority waits up to
+        ``grace_s``; if the first comes back in time, the usual order decides between them
+        (its loaded sample counts, ``quantum_s``). A higher priority never waits for it."""
+        if self.grace_s <= 0:
+            return False
+        last = conn.execute(
+            select(grants.c.campaign, grants.c.priority, grants.c.released)
+            .where(grants.c.instrument == instrument)
+            .order_by(grants.c.id.desc())
+            .limit(1)
+        ).first()
+        return (
+            last is not None
+            and last.released is not None
+            and last.campaign != head.campaign
+            and head.priority <= last.priority
+            and now - last.released < self.grace_s
+        )
 
     def grant(self, waiter_id: int, instrument: str) -> Grant | None:
         """Turn the waiter into a grant if it is still the head of the live queue (the caller

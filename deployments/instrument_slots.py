@@ -10,7 +10,10 @@ Prefect UI shows and a facility operator can see or change. The arbiter
 Prefect facts this relies on (read in the installed server, 3.9): leases are 60 s at least
 (the server refuses less); a full limit answers 423 Locked; a lease on a name with *no* limit is
 granted and holds nothing (so :meth:`InstrumentSlots.take` refuses it); renewing a lease that
-lapsed or was released answers 410 Gone.
+lapsed or was released answers 410 Gone; a server whose SQLite database is busy answers 503,
+which Prefect's client retries after a Retry-After of about 2 s. On a busy facility day that
+was most slot calls' fate (instruments idle ~2 s between measurements, `docs/benchmarks.md`),
+so slot calls here make one attempt each and retry on their own short clock.
 """
 
 from __future__ import annotations
@@ -18,16 +21,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import PrefectHTTPStatusError
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 log = logging.getLogger(__name__)
 MIN_LEASE_S = 60.0  # the Prefect server's minimum lease duration
+#: Statuses of a server too busy to answer now (503: its database is locked): asked again.
+BUSY = (503, 502, 429, 408)
+#: Attempts of a release or renewal that the server was too busy for, RETRY_S apart.
+ATTEMPTS, RETRY_S = 40, 0.05
 
 
 def limit_name(instrument: str) -> str:
@@ -64,12 +72,25 @@ class InstrumentSlots:
         self._client: SyncPrefectClient | None = None
 
     def _call(self, work: Callable[[SyncPrefectClient], Any]) -> Any:
+        """One attempt of ``work`` (no client-side retries: see the module docstring)."""
         with self._lock:
             if self._client is None:
                 client = _client()
                 client.__enter__()
                 self._client = client
-            return work(self._client)
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                return work(self._client)
+
+    def _insist(self, work: Callable[[SyncPrefectClient], Any]) -> Any:
+        """``work`` until the server is not too busy to answer, :data:`RETRY_S` apart."""
+        for attempt in range(ATTEMPTS):
+            try:
+                return self._call(work)
+            except PrefectHTTPStatusError as exc:
+                if exc.response.status_code not in BUSY or attempt == ATTEMPTS - 1:
+                    raise
+            time.sleep(RETRY_S)
+        raise AssertionError("unreachable")
 
     def close(self) -> None:
         with self._lock:
@@ -81,7 +102,7 @@ class InstrumentSlots:
         """One limit of one slot per instrument; idempotent (an existing limit is set to 1)."""
         for instrument in instruments:
             name = limit_name(instrument)
-            self._call(lambda c, n=name: c.upsert_global_concurrency_limit_by_name(n, 1))
+            self._insist(lambda c, n=name: c.upsert_global_concurrency_limit_by_name(n, 1))
 
     def take(self, instrument: str) -> UUID | None:
         """The slot's lease id, or None if the instrument is busy (one call, never waits)."""
@@ -93,8 +114,8 @@ class InstrumentSlots:
                 )
             )
         except PrefectHTTPStatusError as exc:
-            if exc.response.status_code == 423:
-                return None
+            if exc.response.status_code == 423 or exc.response.status_code in BUSY:
+                return None  # held, or the server busy: the waiter asks again at its next poll
             raise
         body = response.json()
         lease_id = UUID(body["lease_id"])
@@ -109,7 +130,7 @@ class InstrumentSlots:
     def renew(self, lease_id: UUID) -> bool:
         """Extend the lease by ``lease_s``; False if it is gone (lapsed or released)."""
         try:
-            self._call(lambda c: c.renew_concurrency_lease(lease_id, self.lease_s))
+            self._insist(lambda c: c.renew_concurrency_lease(lease_id, self.lease_s))
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code in (404, 410):
                 return False
@@ -119,7 +140,7 @@ class InstrumentSlots:
     def release(self, lease_id: UUID) -> None:
         """Give the slot back; a lease already gone is not an error (the slot is free)."""
         try:
-            self._call(lambda c: c.release_concurrency_slots_with_lease(lease_id))
+            self._insist(lambda c: c.release_concurrency_slots_with_lease(lease_id))
         except PrefectHTTPStatusError as exc:
             if exc.response.status_code not in (404, 410):
                 raise

@@ -47,7 +47,8 @@ def _db_url(folder: Path) -> str:
 
 @pytest.fixture
 def arbiter(prefect_api, tmp_path):
-    arb = Arbiter(_db_url(tmp_path), poll_s=0.01)
+    # no grace: these tests are about the order; the grace has its own test
+    arb = Arbiter(_db_url(tmp_path), poll_s=0.01, grace_s=0.0)
     yield arb
     arb.close()
 
@@ -153,7 +154,7 @@ EXPECTED_ORDER = ["c2", "a2", "a3", "c1", "b1", "e1", "b2", "a1"]
 def test_grants_follow_priority_then_fair_share_with_the_loaded_credit_then_arrival(
     prefect_api, tmp_path
 ):
-    with Arbiter(_db_url(tmp_path), poll_s=0.01, quantum_s=QUANTUM_S) as arb:
+    with Arbiter(_db_url(tmp_path), poll_s=0.01, quantum_s=QUANTUM_S, grace_s=0.0) as arb:
         afm, warmup = _instruments(arb, "afm", "warmup")
         for owner, seconds in USED_BEFORE.items():
             arb.wait(warmup, campaign=f"{owner}-0", owner=owner, priority=0).release(seconds)
@@ -233,7 +234,7 @@ def test_no_overlap_and_no_higher_priority_passed_over_whatever_the_campaigns_do
     with tempfile.TemporaryDirectory() as folder:
         url = _db_url(Path(folder))
         # two arbiters (own connections, own Prefect client), as two campaign processes have
-        arbiters = [Arbiter(url, poll_s=0.01), Arbiter(url, poll_s=0.01)]
+        arbiters = [Arbiter(url, poll_s=0.01, grace_s=0.0) for _ in range(2)]
         names = _instruments(arbiters[0], "i0", "i1", "i2")[:n_instruments]
         start, errors = threading.Barrier(len(campaigns)), []
 
@@ -330,3 +331,30 @@ def test_a_wait_that_times_out_or_is_stopped_leaves_no_waiter(arbiter):
 
     holder.release(0.0)
     assert [g.campaign for g in arbiter.grants(wds)] == ["holder"]
+
+
+def test_a_campaign_deciding_its_next_measurement_keeps_the_instrument(prefect_api, tmp_path):
+    """For ``grace_s`` after a turn, a waiter of no higher priority lets the campaign that had
+    the instrument come back (its sample is loaded: no transfer); a higher priority does not
+    wait for it."""
+    with Arbiter(_db_url(tmp_path), poll_s=0.01, grace_s=5.0) as arb:
+        (afm,) = _instruments(arb, "afm")
+        me = {"owner": "ana", "priority": 1}
+        first = arb.wait(afm, campaign="a", **me)
+        out: queue.Queue = queue.Queue()
+        _wait_in_thread(arb, afm, out, campaign="b", owner="ben", priority=1)
+        _until(lambda: len(arb.waiting(afm)) == 1)
+        first.release(10.0)
+        time.sleep(0.5)  # "a" records and decides meanwhile: "b" does not take the AFM
+        assert out.empty()
+        again = arb.wait(afm, campaign="a", loaded=True, **me)  # back within the grace
+        assert again.campaign == "a"
+        _wait_in_thread(arb, afm, out, campaign="c", owner="chen", priority=2)
+        _until(lambda: len(arb.waiting(afm)) == 2)
+        again.release(10.0)
+        urgent = out.get(timeout=3.0)  # priority 2 takes it at once, grace or not
+        assert isinstance(urgent, Turn) and urgent.campaign == "c"
+        urgent.release(1.0)
+        late = out.get(timeout=10.0)  # "c" does not come back: "b" has it after the grace
+        assert isinstance(late, Turn) and late.campaign == "b"
+        late.release(1.0)
