@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from coorch.instrument_agents.client import InstrumentClient
 from coorch.records import Decision, Measurement
 from coorch.storage import CampaignStore
-from coorch.tasks.meter import Meter
+from coorch.tasks.meter import Ended, Meter
 
 if TYPE_CHECKING:  # only a facility campaign builds them (tasks/setup.py)
     from coorch.deployments.arbiter import Arbiter
@@ -127,14 +128,20 @@ class Shared:
     ) -> Measurement:
         name, sample = decision.instrument, self.samples[decision.instrument]
         loaded = self.registry.get(sample).location == name
-        turn = self.arbiter.wait(
-            name,
-            campaign=self.campaign,
-            owner=self.owner,
-            priority=self.priority,
-            loaded=loaded,
-            stop=self.stop,
-        )
+        deadline = self.meter.deadline
+        try:
+            turn = self.arbiter.wait(
+                name,
+                campaign=self.campaign,
+                owner=self.owner,
+                priority=self.priority,
+                loaded=loaded,
+                stop=self.stop,
+                # no turn is worth waiting for past the deadline
+                timeout_s=None if deadline is None else deadline.timestamp() - time.time(),
+            )
+        except TimeoutError:
+            raise Ended(f"deadline {deadline.isoformat()} passed waiting for {name}") from None
         with turn:  # an exception releases the turn, charging nothing
             status = client.status()
             load = status.get("sample") != sample
