@@ -6,8 +6,9 @@ One instrument with two modalities: a cheap structural image (``structure_modali
 spectrum (``instrument.modality``, e.g. ``eels`` or ``pfm_loop``) reduced to one descriptor and
 measured only where the deep-kernel model asks for it.
 
-The spec exposes ``instruments``, ``seeds_per_instrument``, ``extent``, ``grid``, ``library``
-and ``sample`` under the names the campaign helpers in ``coorch.tasks.setup`` read, so
+The spec exposes ``instruments``, ``seeds_per_instrument``, ``extent``, ``grid``, ``library``,
+``sample``, ``samples()`` and ``facility`` (always None: it holds its one instrument for the
+whole run) under the names the campaign helpers in ``coorch.tasks.setup`` read, so
 connecting, the store's metadata, the candidate grid and the seed positions are shared with the
 co-orchestration flow rather than written again.
 """
@@ -81,6 +82,15 @@ class Im2SpecSpec(BaseModel):
     @property
     def seeds_per_instrument(self) -> int:
         return self.seeds
+
+    @property
+    def facility(self) -> None:
+        """Not shared: an im2spec campaign holds its instrument for the whole run."""
+        return None
+
+    def samples(self) -> dict[str, str]:
+        """The sample its instrument measures, by instrument name (as CampaignSpec's)."""
+        return {self.instrument.name: self.instrument.sample or self.sample}
 
     @property
     def property_modality(self) -> str:
