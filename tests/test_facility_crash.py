@@ -1,6 +1,7 @@
 """A campaign killed while it holds a shared instrument: on a real local Prefect server, the
-instrument is free again within the slot's lease and the other campaign goes on; the killed one
-resumes with nothing lost and nothing measured twice.
+instrument is free again within the slot's lease and the other campaign goes on, with nothing
+lost or twice in its store. (Resuming a killed campaign is tests/test_crash_suites.py's and
+tests/test_campaign_cli.py's.)
 
 Real parts throughout: ``prefect server start`` (its repossessor frees lapsed concurrency leases,
 which the test harness does not), two ``coorch run`` processes, twin agents as processes with
@@ -62,7 +63,7 @@ def test_a_killed_campaigns_instrument_comes_back_within_its_lease(tmp_path, mon
                 sample=f"lib-{name}",
                 seeds_per_instrument=1,
             )
-            for name, budget in (("victim", 8), ("survivor", 10))
+            for name, budget in (("victim", 8), ("survivor", 6))
         }
         victim = run_campaign(specs["victim"], server.url)
         arbiter = Arbiter(db)
@@ -87,10 +88,7 @@ def test_a_killed_campaigns_instrument_comes_back_within_its_lease(tmp_path, mon
         if held:  # the turn the kill cut short stays unreleased, its slot came back anyway
             assert all(g.released is None for g in arbiter.grants() if g.id == held[-1].id)
 
-        resumed = run_campaign(specs["victim"], server.url)
-        assert resumed.wait(600) == 0, failure(resumed)
-        for name, budget in (("victim", 8), ("survivor", 10)):
-            check_campaign(tmp_path / f"{name}.zarr", agents, budget, Figures())
+        check_campaign(tmp_path / "survivor.zarr", agents, 6, Figures())
         assert interleaved(agents[0].command_log) == []
         arbiter.close()
     finally:

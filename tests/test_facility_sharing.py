@@ -137,7 +137,7 @@ def check_rules(ran: dict) -> None:
 
 @pytest.mark.slow
 @settings(
-    max_examples=4,
+    max_examples=3,
     deadline=None,
     phases=(Phase.explicit, Phase.reuse, Phase.generate),  # each example runs flows: no shrinking
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
