@@ -219,11 +219,7 @@ def test_two_campaigns_run_one_is_cancelled_and_resumed_nothing_measured_twice(s
     again = coorch("campaign", "submit", str(long), "--dir", run_dir)
     assert_refused(again, "submit", "campaign 'long' is already active")
 
-    done = wait_for(site, "quick", is_final)
-    assert runs.state_name(done) == "Completed", done.state.message
-    ids = stored_ids(str(site[1] / "stores" / "quick.zarr"))
-    assert len(ids) == 6 and len(set(ids)) == 6
-
+    # the long one is cancelled once it has measured something, while it runs
     store = str(site[1] / "stores" / "long.zarr")
     wait_for(site, "long", lambda r: runs.measured(store) or is_final(r))
     cancel = coorch("campaign", "cancel", long_id[:8], "--dir", run_dir, "--wait", "60")
@@ -233,6 +229,12 @@ def test_two_campaigns_run_one_is_cancelled_and_resumed_nothing_measured_twice(s
     show = coorch("campaign", "show", long_id, "--dir", run_dir)
     assert "Cancelled" in show.stdout and f" {len(before)} of 30" in show.stdout, show.output
     assert "instrument-s (the arbiter's charges)" in show.stdout, show.output
+
+    # the quick one, sharing the twins, runs to completion meanwhile
+    done = wait_for(site, "quick", is_final)
+    assert runs.state_name(done) == "Completed", done.state.message
+    ids = stored_ids(str(site[1] / "stores" / "quick.zarr"))
+    assert len(ids) == 6 and len(set(ids)) == 6
 
     resumed = submitted_id(coorch("campaign", "resume", long_id[:8], "--dir", run_dir))
     assert resumed != long_id
