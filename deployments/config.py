@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from coorch.deployments.dask_config import DaskConfig
 from coorch.deployments.steering_config import STRICT, SteeringConfig
 from coorch.instrument_agents.libraries import LIBRARY_NAMES, get_library
 from coorch.instrument_agents.wire import SAFE_ID
@@ -201,18 +202,6 @@ class InstrumentConfig(BaseModel):
             raise ValueError(
                 f"cannot read token for {self.name} from {self.token_file}: {exc}"
             ) from exc
-
-
-class DaskConfig(BaseModel):
-    """Where models are fitted: a LocalCluster by default, an existing scheduler, or jobqueue."""
-
-    model_config = STRICT
-
-    address: str | None = Field(None, description="scheduler address; None starts a LocalCluster")
-    n_workers: int = Field(1, ge=1, le=1024)
-    threads_per_worker: int = Field(1, ge=1, le=256)
-    jobqueue: str | None = Field(None, description="e.g. 'slurm': dask-jobqueue cluster class")
-    jobqueue_kwargs: dict = Field(default_factory=dict)
 
 
 class CampaignSpec(BaseModel):
