@@ -1,13 +1,14 @@
 """Dask cluster factories: a LocalCluster by default, an HPC cluster through dask-jobqueue.
 
-Models are fitted here, never in the flow's thread (DESIGN.md, "Performance"). The same
-:class:`~coorch.deployments.config.DaskConfig` shape serves a laptop and a facility.
+Models are fitted here, never in the flow's thread (DESIGN.md, "Performance"); a
+co-navigation's simulations run here too, on a cluster of their own. The same
+:class:`~coorch.deployments.dask_config.DaskConfig` shape serves a laptop, a facility's
+scheduler and an HPC queue (:mod:`~coorch.deployments.jobqueue_cluster`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import logging
 import os
 import signal
@@ -18,7 +19,7 @@ import dask
 from distributed import Client, LocalCluster
 from distributed.deploy import Cluster
 
-from coorch.deployments.config import DaskConfig
+from coorch.deployments.dask_config import DaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,11 @@ LOCAL_LOST_WORKER_TIMEOUT = "1 day"
 @contextlib.contextmanager
 def dask_client(config: DaskConfig | None = None) -> Iterator[Client]:
     """A connected client for ``config``; clusters it started are closed on exit, the client
-    first (:func:`close_cluster`: a close that cannot finish must not hold the campaign's end)."""
+    first (:func:`close_cluster`: a close that cannot finish must not hold the campaign's end).
+
+    A jobqueue cluster adapts between ``minimum_jobs`` and ``maximum_jobs`` jobs, or runs
+    ``n_workers`` jobs; its jobs may still be queued when the client is yielded (tasks wait for
+    a worker), and its close cancels them all."""
     config = config or DaskConfig()
     logging.getLogger("distributed").setLevel(logging.WARNING)  # per-connection chatter
     if config.address:
@@ -43,14 +48,11 @@ def dask_client(config: DaskConfig | None = None) -> Iterator[Client]:
             yield client
         return
     if config.jobqueue:
-        try:
-            jq = importlib.import_module("dask_jobqueue")
-        except ImportError as exc:
-            raise RuntimeError("jobqueue clusters need `pip install dask-jobqueue`") from exc
-        cls = getattr(jq, f"{config.jobqueue.upper()}Cluster")
-        cluster = cls(**config.jobqueue_kwargs)
-        cluster.scale(jobs=config.n_workers)
-        with _closing(cluster) as client:
+        from coorch.deployments.jobqueue_cluster import jobqueue_cluster, start_jobs
+
+        cluster = jobqueue_cluster(config)
+        with _closing(cluster) as client:  # its close cancels every job still queued or running
+            start_jobs(cluster, config)
             yield client
         return
     # A LocalCluster's nannies restart their workers; by default the cluster also closes and
