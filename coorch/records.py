@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def new_id(prefix: str) -> str:
@@ -173,3 +174,52 @@ class Decision(BaseModel):
     def requests_measurement(self) -> bool:
         """False for a row that only records an operator's input (see the class docstring)."""
         return bool(self.modality)
+
+
+class Simulation(BaseModel):
+    """One physics simulation a co-navigation campaign ran, and why it ran (theory in the loop).
+
+    The theory-side twin of :class:`Measurement` plus its :class:`Decision`: what was simulated
+    (``composition``, ``parameters``), how the run went (``status``, ``attempts``, ``error``,
+    ``worker``, ``runtime_s``), what came out (``outputs``: descriptors; ``signal``: the loop,
+    dims and coords like a ``pfm_loop`` measurement's) and what the surrogate that asked for it
+    had read (``surrogate_version``, ``n_measurements``, ``n_simulations``), so a campaign's
+    theory surrogate can be audited or rebuilt from the store alone.
+
+    Only a ``"done"`` run has outputs or a signal: a ``"failed"`` one (its error in ``error``)
+    or a ``"dropped"`` one (abandoned by the campaign, e.g. stale or over budget) has neither,
+    which the validator enforces so that a reader never mistakes a partial result for a result.
+    Times are timezone-aware and kept in UTC.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    simulation_id: str = Field(default_factory=lambda: new_id("s"))
+    campaign: str
+    flow_run_id: str | None = None
+    requested_at: AwareDatetime
+    finished_at: AwareDatetime
+    composition: float = Field(description="Sm fraction simulated")
+    parameters: dict[str, float] = Field(default_factory=dict, description="theory parameters")
+    status: Literal["done", "failed", "dropped"]
+    attempts: int = 1
+    error: str | None = None
+    worker: str | None = None
+    runtime_s: float = 0.0
+    outputs: dict[str, float] = Field(default_factory=dict, description="descriptors (if done)")
+    signal: Signal | None = None
+    surrogate_version: str = ""
+    acquisition_value: float = float("nan")
+    n_measurements: int = Field(0, description="measurements the surrogate had read")
+    n_simulations: int = Field(0, description="simulations the surrogate had read")
+
+    @field_validator("requested_at", "finished_at")
+    @classmethod
+    def _utc(cls, v: datetime) -> datetime:
+        return v.astimezone(UTC)
+
+    @model_validator(mode="after")
+    def _results_only_when_done(self) -> Simulation:
+        if self.status != "done" and (self.outputs or self.signal is not None):
+            raise ValueError(f"a {self.status!r} simulation has no outputs and no signal")
+        return self

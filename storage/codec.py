@@ -80,7 +80,11 @@ class SignalGrid:
     @classmethod
     def of(cls, m: Measurement) -> SignalGrid:
         """The grid of a measurement's signal, as the store keeps it."""
-        sig = m.signal
+        return cls.of_signal(m.signal)
+
+    @classmethod
+    def of_signal(cls, sig: Signal) -> SignalGrid:
+        """The grid of a signal (a measurement's, a simulation's), as the store keeps it."""
         coords = {k: np.asarray(v).tolist() for k, v in sig.coords.items()}
         return cls(
             sig.name,

@@ -1,8 +1,9 @@
 """Export a campaign to formats people open without zarr: NetCDF-4 and Parquet.
 
-NetCDF keeps the xarray structure (one group per modality, plus ``decisions``); Parquet
-flattens each modality to one row per measurement with the signal as a list column, which is
-what dataframe tools and SQL engines want.
+NetCDF keeps the xarray structure (one group per modality, plus ``decisions`` and
+``simulations``); Parquet flattens each modality to one row per measurement (the simulations to
+one row per simulation) with the signal as a list column, which is what dataframe tools and SQL
+engines want.
 """
 
 from __future__ import annotations
@@ -47,6 +48,14 @@ def export_netcdf(store: CampaignStore, path: Path) -> Path:
         _plain_strings(dec).to_netcdf(
             path, mode="a", group=schema.DECISIONS_GROUP, engine="netcdf4"
         )
+    if not store.simulations().empty:
+        sims = store.read_dataset(schema.SIMULATIONS_GROUP).load()
+        sims.attrs = {
+            k: (json.dumps(v) if isinstance(v, list | dict) else v) for k, v in sims.attrs.items()
+        }
+        _plain_strings(sims).to_netcdf(
+            path, mode="a", group=schema.SIMULATIONS_GROUP, engine="netcdf4"
+        )
     return path
 
 
@@ -78,6 +87,13 @@ def export_parquet(store: CampaignStore, folder: Path) -> Path:
         dec.assign(human_input=[json.dumps(v) for v in dec["human_input"]]).to_parquet(
             folder / "decisions.parquet", index=False
         )
+    sims = store.simulations()
+    if not sims.empty:
+        sig = store.reader.group_attrs(schema.SIMULATIONS_GROUP).get("signal")
+        if sig:
+            values = np.asarray(store.read_dataset(schema.SIMULATIONS_GROUP)[sig].values)
+            sims[sig] = [row.ravel().tolist() for row in values]
+        sims.to_parquet(folder / "simulations.parquet", index=False)
     (folder / "metadata.json").write_text(json.dumps(store.metadata(), indent=1))
     return folder
 

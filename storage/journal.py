@@ -11,7 +11,9 @@ Entry format (readable without coorch): ``b"COORCHJ1"``, an 8-byte little-endian
 a UTF-8 JSON header (the record's fields; for a measurement without ``signal.values`` but with
 ``shape``, ``content_hash`` and ``binary_coords``: [[name, length], ...]), then for a
 measurement the values as float64 little-endian, C order, followed by each numeric coordinate
-named in ``binary_coords`` (float64 LE). Keys: ``.coorch-journal/<kind>/<quoted id>``.
+named in ``binary_coords`` (float64 LE). A decision or a simulation is the header alone (a
+simulated signal is small, and in it as JSON). Keys: ``.coorch-journal/<kind>/<quoted id>``,
+``<kind>`` one of ``measurements``, ``decisions``, ``simulations``.
 """
 
 from __future__ import annotations
@@ -21,11 +23,12 @@ import json
 import os
 import struct
 import time
+from typing import Any, NamedTuple
 from urllib.parse import quote, unquote
 
 import numpy as np
 
-from coorch.records import Decision, Measurement, Signal
+from coorch.records import Decision, Measurement, Signal, Simulation
 
 from .backend import Backend
 
@@ -95,6 +98,33 @@ def decode_decision(blob: bytes) -> tuple[int, Decision]:
     return t, Decision(**header)
 
 
+def encode_simulation(s: Simulation) -> bytes:
+    header = s.model_dump(mode="json", exclude={"signal"})
+    if s.signal is not None:  # values may be numpy, which a JSON dump refuses
+        sig = s.signal.model_dump(mode="json", exclude={"values", "coords"})
+        sig["values"] = s.signal.array().tolist()
+        sig["coords"] = {k: np.asarray(v).tolist() for k, v in s.signal.coords.items()}
+        header["signal"] = sig
+    raw = json.dumps({**header, "journal_time_ns": time.time_ns()}).encode()
+    return MAGIC + struct.pack("<Q", len(raw)) + raw
+
+
+def decode_simulation(blob: bytes) -> tuple[int, Simulation]:
+    header, _ = _split(blob)
+    t = int(header.pop("journal_time_ns", 0))
+    return t, Simulation.model_validate(header)
+
+
+class Entries(NamedTuple):
+    """Decoded journal entries, each as (key, record), in the order they were acknowledged;
+    ``bad``: keys of entries that could not be decoded."""
+
+    measurements: list[tuple[str, Measurement]]
+    decisions: list[tuple[str, Decision]]
+    simulations: list[tuple[str, Simulation]]
+    bad: list[str]
+
+
 def _split(blob: bytes) -> tuple[dict, bytes]:
     if blob[:8] != MAGIC:
         raise ValueError("not a coorch journal entry")
@@ -115,6 +145,11 @@ class Journal:
 
     def put_decision(self, d: Decision) -> bool:
         return self.backend.create_exclusive(_key("decisions", d.decision_id), encode_decision(d))
+
+    def put_simulation(self, s: Simulation) -> bool:
+        return self.backend.create_exclusive(
+            _key("simulations", s.simulation_id), encode_simulation(s)
+        )
 
     def has(self, kind: str, record_id: str) -> bool:
         return self.backend.read(_key(kind, record_id)) is not None
@@ -139,31 +174,33 @@ class Journal:
         except OSError:
             pass
 
-    def read(
-        self, keys: list[str]
-    ) -> tuple[list[tuple[str, Measurement]], list[tuple[str, Decision]], list[str]]:
-        """Decode entries, as (key, record), in the order they were acknowledged; keys of
-        undecodable entries are returned separately (to be rejected, never silently lost)."""
+    def read(self, keys: list[str]) -> Entries:
+        """Decode entries; undecodable ones are listed in ``bad`` (to be rejected, never
+        silently lost)."""
         blobs = self.backend.read_many(keys)
-        ms: list[tuple[int, str, Measurement]] = []
-        ds: list[tuple[int, str, Decision]] = []
+        decoders = {
+            "measurements": decode_measurement,
+            "decisions": decode_decision,
+            "simulations": decode_simulation,
+        }
+        found: dict[str, list[tuple[int, str, Any]]] = {kind: [] for kind in decoders}
         bad: list[str] = []
         for k in keys:
             blob = blobs.get(k)
             if blob is None:  # consolidated and removed by another writer meanwhile
                 continue
+            kind = k[len(PREFIX) + 1 :].split("/", 1)[0]
             try:
-                if k.startswith(f"{PREFIX}/measurements/"):
-                    t, m = decode_measurement(blob)
-                    ms.append((t, k, m))
-                else:
-                    t, d = decode_decision(blob)
-                    ds.append((t, k, d))
+                t, record = decoders[kind](blob)
             except (ValueError, KeyError, TypeError, struct.error):
                 bad.append(k)
-        ms.sort(key=lambda tm: tm[0])
-        ds.sort(key=lambda td: td[0])
-        return [(k, m) for _, k, m in ms], [(k, d) for _, k, d in ds], bad
+                continue
+            found[kind].append((t, k, record))
+        ordered = {
+            kind: [(k, r) for _, k, r in sorted(items, key=lambda e: e[0])]
+            for kind, items in found.items()
+        }
+        return Entries(ordered["measurements"], ordered["decisions"], ordered["simulations"], bad)
 
     def remove(self, keys: list[str]) -> None:
         self.backend.delete_many(keys)

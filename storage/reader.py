@@ -1,4 +1,5 @@
-"""The read side of a campaign store: xarray datasets, numpy columns, pandas tables, records.
+"""The read side of a campaign store: xarray datasets, numpy columns, pandas tables, records
+(measurements, decisions, simulations).
 
 Every read that answers "what is stored" first settles the journal (``StoreWriter.settle``),
 so it sees every acknowledged record; ``read_table`` and ``read_dataset`` read what is
@@ -15,9 +16,9 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from coorch.records import Decision, Measurement
+from coorch.records import Decision, Measurement, Simulation
 
-from . import codec, schema
+from . import codec, schema, simulations
 from .backend import LocalBackend
 from .tables import Tables
 
@@ -44,7 +45,8 @@ class StoreReader:
             return json.loads(json.dumps(self.tables.hierarchy.attrs))
 
     def groups(self) -> list[str]:
-        """Every committed table group: the modalities and, once written, ``decisions``."""
+        """Every committed table group: the modalities and, once written, ``decisions`` and
+        ``simulations``."""
         self.settle()
         with self.tables.mutex:
             self.tables.hierarchy.load()
@@ -154,6 +156,36 @@ class StoreReader:
         df["created"] = pd.to_datetime(df["created"].astype(float), unit="s", utc=True)
         return df
 
+    def simulations(self) -> pd.DataFrame:
+        """One row per simulation (``CampaignStore.simulations``), in stored order."""
+        names = [name for name, _, _ in schema.SIMULATION_COLUMNS]
+        if schema.SIMULATIONS_GROUP not in self.groups():
+            return pd.DataFrame(columns=names)
+        with self.tables.mutex:
+            self.tables.hierarchy.load()
+            arrays = self.tables.hierarchy.arrays(schema.SIMULATIONS_GROUP)
+        extra = sorted(
+            c
+            for c, meta in arrays.items()
+            if c not in names and meta["dimension_names"] == [schema.SIMULATION_DIM]
+        )
+        extra.sort(key=lambda c: not c.startswith(schema.PARAM_PREFIX))  # params, then outputs
+        t = self.read_table(schema.SIMULATIONS_GROUP, names + extra)  # never the signal data
+        df = pd.DataFrame({c: t[c] for c in names + extra})
+        for c in ("flow_run_id", "error", "worker"):
+            df[c] = [str(v) or None for v in df[c]]
+        for c in ("simulation_id", "campaign", "status", "surrogate_version"):
+            df[c] = df[c].astype(str)
+        for c in ("requested_at", "finished_at"):  # the records keep microseconds
+            df[c] = pd.to_datetime(df[c].astype(float), unit="s", utc=True).dt.round("us")
+        return df
+
+    def _simulation_grid(self) -> codec.SignalGrid | None:
+        """The simulated signal's grid, or None while no simulation had a signal."""
+        if "signal" not in self.group_attrs(schema.SIMULATIONS_GROUP):
+            return None
+        return self.signal_grid(schema.SIMULATIONS_GROUP)
+
     # -- records -------------------------------------------------------------------------------
     def signal_grid(self, modality: str) -> codec.SignalGrid:
         """What every measurement of ``modality`` shares: signal name, dims, units, coords."""
@@ -181,6 +213,16 @@ class StoreReader:
             return []
         out = codec.decisions_from_columns(self.read_table(schema.DECISIONS_GROUP))
         out.sort(key=lambda d: d.created)
+        return out
+
+    def read_simulations(self) -> list[Simulation]:
+        """Every stored simulation as a record, in request order (stable sort by
+        ``requested_at``); ``[]`` for a store without the group."""
+        if schema.SIMULATIONS_GROUP not in self.groups():
+            return []
+        grid = self._simulation_grid()
+        out = simulations.simulations_from_columns(self.read_table(schema.SIMULATIONS_GROUP), grid)
+        out.sort(key=lambda s: s.requested_at)
         return out
 
     # -- integrity -----------------------------------------------------------------------------

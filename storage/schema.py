@@ -1,4 +1,4 @@
-"""What the store's arrays are: columns of a modality group and of the decisions table.
+"""What the store's arrays are: columns of a modality group, the decisions and simulations tables.
 
 This is the one place that maps the shared records (``coorch.records``) onto named, CF-style
 zarr arrays, so that a reader with only xarray can understand a campaign years later. How one
@@ -19,6 +19,17 @@ from .zarr_table import Column
 MEASUREMENT_DIM = "measurement"
 DECISION_DIM = "decision"
 DECISIONS_GROUP = "decisions"
+SIMULATION_DIM = "simulation"
+SIMULATIONS_GROUP = "simulations"
+#: The id column of each kind of table, by its row dimension (the column appends de-duplicate on).
+ROW_KEYS = {
+    MEASUREMENT_DIM: "measurement_id",
+    DECISION_DIM: "decision_id",
+    SIMULATION_DIM: "simulation_id",
+}
+#: Simulation parameters and outputs are one float64 column each, named with these prefixes.
+PARAM_PREFIX = "param_"
+OUTPUT_PREFIX = "out_"
 TIME_UNITS = "seconds since 1970-01-01 00:00:00"
 TIME_ATTRS = {"units": TIME_UNITS, "calendar": "proleptic_gregorian", "time_zone": "UTC"}
 HASH_DESCRIPTION = "sha256 of the signal values as float64, little-endian, C order"
@@ -86,6 +97,32 @@ DECISION_COLUMNS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
+#: The fixed columns of the simulations table: (name, dtype, attrs). ``simulations.py`` adds a
+#: ``param_<name>`` / ``out_<name>`` column per parameter / output name the first time one is
+#: stored, and the simulated signal (``simulation x signal dims``) with the first signal.
+SIMULATION_COLUMNS: list[tuple[str, str, dict[str, Any]]] = [
+    ("simulation_id", "string", {"long_name": "simulation id"}),
+    ("campaign", "string", {"long_name": "campaign name"}),
+    ("flow_run_id", "string", {"long_name": "Prefect flow run id ('' if none)"}),
+    ("requested_at", "float64", {**TIME_ATTRS, "long_name": "simulation requested"}),
+    ("finished_at", "float64", {**TIME_ATTRS, "long_name": "simulation finished (or dropped)"}),
+    ("composition", "float64", {"units": "1", "long_name": "Sm fraction simulated"}),
+    ("status", "string", {"long_name": "done, failed or dropped"}),
+    ("attempts", "int64", {"units": "1", "long_name": "attempts made"}),
+    ("error", "string", {"long_name": "error of the last attempt ('' if none)"}),
+    ("worker", "string", {"long_name": "Dask worker that ran it ('' if none)"}),
+    ("runtime_s", "float64", {"units": "s", "long_name": "run time"}),
+    ("surrogate_version", "string", {"long_name": "theory surrogate that asked for it"}),
+    ("acquisition_value", "float64", {"units": "1", "long_name": "acquisition function value"}),
+    (
+        "n_measurements",
+        "int64",
+        {"units": "1", "long_name": "measurements the surrogate had read"},
+    ),
+    ("n_simulations", "int64", {"units": "1", "long_name": "simulations the surrogate had read"}),
+]
+
+
 def data_chunk_rows(row_shape: tuple[int, ...]) -> int:
     row_bytes = 8 * math.prod(row_shape)
     return int(min(1024, max(8, DATA_CHUNK_BYTES // max(row_bytes, 1))))
@@ -145,4 +182,11 @@ def decision_columns() -> list[Column]:
     return [
         Column(name, dtype, (DECISION_DIM,), (), dict(attrs), 256)
         for name, dtype, attrs in DECISION_COLUMNS
+    ]
+
+
+def simulation_columns() -> list[Column]:
+    return [
+        Column(name, dtype, (SIMULATION_DIM,), (), dict(attrs), 256)
+        for name, dtype, attrs in SIMULATION_COLUMNS
     ]

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from coorch.records import Decision, Measurement
+from coorch.records import Decision, Measurement, Signal
 
 from . import codec, schema
 from .tables import Tables
@@ -64,14 +64,7 @@ def create_group(
     gattrs = {**attrs, ROW_DIM_ATTR: row_dim, KIND_ATTR: kind}
     nodes[group] = group_metadata(gattrs)
     writes = {f"{group}/zarr.json": json.dumps(nodes[group]).encode()}
-    for name, (values, cattrs) in static.items():
-        dtype = _dtype_of(values)
-        shape = tuple(values.shape)
-        meta = array_metadata(dtype, shape, tuple(max(1, s) for s in shape), (name,), cattrs)
-        nodes[f"{group}/{name}"] = meta
-        writes[f"{group}/{name}/zarr.json"] = json.dumps(meta).encode()
-        if values.size:
-            writes[f"{group}/{name}/c/0"] = encode_chunk(dtype, values)
+    writes.update(static_arrays(tables, group, static))
     for col in cols:
         meta = array_metadata(
             col.dtype, (0, *col.row_shape), (col.chunk_rows, *col.row_shape), col.dims, col.attrs
@@ -85,28 +78,55 @@ def create_group(
     return writes
 
 
+def static_arrays(
+    tables: Tables, group: str, static: dict[str, tuple[np.ndarray, dict[str, Any]]]
+) -> dict[str, bytes]:
+    """Add a group's non-row arrays (a signal's own coordinates) to the uncommitted
+    hierarchy; return their objects, to be written before the commit."""
+    writes = {}
+    for name, (values, cattrs) in static.items():
+        dtype = _dtype_of(values)
+        shape = tuple(values.shape)
+        meta = array_metadata(dtype, shape, tuple(max(1, s) for s in shape), (name,), cattrs)
+        tables.hierarchy.nodes[f"{group}/{name}"] = meta
+        writes[f"{group}/{name}/zarr.json"] = json.dumps(meta).encode()
+        if values.size:
+            writes[f"{group}/{name}/c/0"] = encode_chunk(dtype, values)
+    return writes
+
+
 def check_compatible(tables: Tables, group: str, m: Measurement, values: np.ndarray) -> None:
     """Raise ``ValueError`` unless ``m`` fits the stored signal grid of ``group``."""
+    check_signal_fits(tables, group, m.signal, values)
+
+
+def check_signal_fits(tables: Tables, group: str, signal: Signal, values: np.ndarray) -> None:
+    """Raise ``ValueError`` unless ``signal`` fits the stored signal grid of ``group`` (a
+    modality, or the simulations table once it holds a signal)."""
     attrs = tables.hierarchy.nodes[group]["attributes"]
-    if m.signal.name != attrs["signal"] or list(m.signal.dims) != attrs["signal_dims"]:
+    if signal.name != attrs["signal"] or list(signal.dims) != attrs["signal_dims"]:
         raise ValueError(
-            f"modality {group!r} stores signal {attrs['signal']!r} with dims "
-            f"{attrs['signal_dims']}; got {m.signal.name!r} {m.signal.dims}"
+            f"{_kind(attrs)} {group!r} stores signal {attrs['signal']!r} with dims "
+            f"{attrs['signal_dims']}; got {signal.name!r} {signal.dims}"
         )
     col = tables.table(group).columns[attrs["signal"]]
     if tuple(values.shape) != col.row_shape:
         raise ValueError(
-            f"modality {group!r}: signal shape {values.shape} differs from "
+            f"{_kind(attrs)} {group!r}: signal shape {values.shape} differs from "
             f"the stored {col.row_shape}"
         )
     static = tables.static_coords(group)
-    for name, v in m.signal.coords.items():
+    for name, v in signal.coords.items():
         stored = static.get(name)
         if stored is None or not np.array_equal(np.asarray(v, dtype=stored.dtype), stored):
             raise ValueError(
-                f"modality {group!r}: coordinate {name!r} differs from the "
-                "stored one (one modality group holds one signal grid)"
+                f"{_kind(attrs)} {group!r}: coordinate {name!r} differs from the "
+                "stored one (one group holds one signal grid)"
             )
+
+
+def _kind(attrs: dict[str, Any]) -> str:
+    return "modality" if attrs.get(KIND_ATTR) == "modality" else "group"
 
 
 def stage_measurements(
@@ -132,7 +152,7 @@ def stage_measurements(
         n = tables.hierarchy.rows(group)
         signal = tables.hierarchy.nodes[group]["attributes"]["signal"]
         cols = {
-            name: _column_values([rows[i][0][name] for i in new], w.columns[name])
+            name: column_values([rows[i][0][name] for i in new], w.columns[name])
             for name, _, _ in schema.MEASUREMENT_COORDS
         }
         cols[signal] = np.stack([rows[i][1] for i in new])
@@ -221,7 +241,7 @@ def stage_decisions(tables: Tables, ds: list[Decision]) -> tuple[Staged, list[bo
     if not new:
         return staged, flags
     rows = [codec.decision_row(ds[i]) for i in new]
-    cols = {name: _column_values([r[name] for r in rows], col) for name, col in w.columns.items()}
+    cols = {name: column_values([r[name] for r in rows], col) for name, col in w.columns.items()}
     staged.chunks = w.stage(cols, n)
     staged.metas = w.set_rows(tables.hierarchy, n + len(new))
     staged.done.append((w, n + len(new), [ds[i].decision_id for i in new], n))
@@ -238,7 +258,7 @@ def _dtype_of(values: np.ndarray) -> str:
     return "float64"
 
 
-def _column_values(values: list[Any], col: Column) -> np.ndarray:
+def column_values(values: list[Any], col: Column) -> np.ndarray:
     if col.dtype == "string":
         return np.asarray(values, dtype=object)
     return np.asarray(values, dtype=col.dtype)

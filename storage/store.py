@@ -1,4 +1,5 @@
-"""The campaign store: one zarr v3 group per campaign, one sub-group per modality, decisions.
+"""The campaign store: one zarr v3 group per campaign, one sub-group per modality, decisions,
+simulations.
 
 ``CampaignStore`` is what the flows call: a thin facade over a writer (``writer.py``: journal,
 staging, consolidation, commit) and a reader (``reader.py``: xarray, numpy, pandas and record
@@ -21,7 +22,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from coorch.records import Decision, Measurement
+from coorch.records import Decision, Measurement, Simulation
 
 from .backend import Backend, check_key, open_backend
 from .reader import StoreReader
@@ -32,7 +33,7 @@ STORE_FORMAT = 1
 
 
 class CampaignStore:
-    """A campaign's measurements and decisions at one URL (local path or ``s3://...``).
+    """A campaign's measurements, decisions and simulations at one URL (local or ``s3://``).
 
     Thread-safe and multi-process-safe: single appends write one exclusive journal object each,
     and every consolidation into the arrays takes the campaign lock, so instruments in threads
@@ -130,6 +131,16 @@ class CampaignStore:
         """Store a batch of decisions in one consolidation; flags as in :meth:`append_many`."""
         return self.writer.append_decisions(decisions)
 
+    def append_simulation(self, s: Simulation) -> bool:
+        """Store one simulation a co-navigation campaign ran; False if its id is already
+        stored. Same path, durability and visibility as :meth:`append_measurement`; raises
+        ``ValueError`` for names the table cannot hold or a signal off its stored grid."""
+        return self.writer.append_simulation(s)
+
+    def append_simulations(self, simulations: Iterable[Simulation]) -> list[bool]:
+        """Store a batch of simulations in one consolidation; flags as in :meth:`append_many`."""
+        return self.writer.append_simulations(simulations)
+
     def set_metadata(self, **attrs: Any) -> None:
         """Merge campaign attributes (spec, instrument descriptions ...) into the root attrs."""
         self.writer.set_metadata(**attrs)
@@ -174,7 +185,8 @@ class CampaignStore:
         return self.reader.read_modality(modality)
 
     def read_dataset(self, group: str) -> xr.Dataset:
-        """``xr.open_zarr(url, group=group)`` of any group, ``decisions`` included."""
+        """``xr.open_zarr(url, group=group)`` of any group, ``decisions`` and ``simulations``
+        included."""
         return self.reader.read_dataset(group)
 
     def read_table(self, group: str, columns: Iterable[str] | None = None) -> dict[str, np.ndarray]:
@@ -196,6 +208,16 @@ class CampaignStore:
     def read_decisions(self) -> list[Decision]:
         """Every stored decision as a record, in creation order."""
         return self.reader.read_decisions()
+
+    def simulations(self) -> pd.DataFrame:
+        """One row per simulation: the fixed fields (times as UTC datetimes), then a
+        ``param_<name>`` and an ``out_<name>`` column per parameter and output (NaN where a
+        simulation has none); the signal is in :meth:`read_simulations` and the dataset."""
+        return self.reader.simulations()
+
+    def read_simulations(self) -> list[Simulation]:
+        """Every stored simulation as a record, in request order (``requested_at``)."""
+        return self.reader.read_simulations()
 
     # -- provenance ----------------------------------------------------------------------------
     def lineage(self, measurement_id: str) -> dict[str, Any]:

@@ -28,14 +28,23 @@ class Tables:
         self.mutex = threading.RLock()
         self._tables: dict[str, TableWriter] = {}
         self._static: dict[str, dict[str, np.ndarray]] = {}
+        self._checked: dict[str, bytes | None] = {}  # root document each table was checked at
 
     def table(self, group: str) -> TableWriter:
-        """The table of an existing group, rebuilt from its committed metadata once."""
+        """The table of an existing group, rebuilt from its committed metadata once (and given
+        the columns another writer added since, see :meth:`_recheck`)."""
         w = self._tables.get(group)
         if w is not None:
+            self._recheck(group, w)
             return w
-        node = self.hierarchy.nodes[group]
-        row_dim = node["attributes"][ROW_DIM_ATTR]
+        row_dim = self.hierarchy.nodes[group]["attributes"][ROW_DIM_ATTR]
+        w = TableWriter(self.backend, group, self._columns(group), schema.ROW_KEYS[row_dim])
+        self._tables[group] = w
+        self._checked[group] = self.hierarchy.raw
+        return w
+
+    def _columns(self, group: str) -> list[Column]:
+        row_dim = self.hierarchy.nodes[group]["attributes"][ROW_DIM_ATTR]
         cols = []
         for name, meta in self.hierarchy.arrays(group).items():
             dims = tuple(meta["dimension_names"])
@@ -51,10 +60,23 @@ class Tables:
                     meta["chunk_grid"]["configuration"]["chunk_shape"][0],
                 )
             )
-        key = "measurement_id" if row_dim == schema.MEASUREMENT_DIM else "decision_id"
-        w = TableWriter(self.backend, group, cols, key)
-        self._tables[group] = w
-        return w
+        return cols
+
+    def _recheck(self, group: str, w: TableWriter) -> None:
+        """Once per root document read: add the columns another writer committed since this
+        process built ``w`` (the simulations table grows a column per new parameter name and
+        one for the signal), and forget the group's signal coords if it gained any. Without
+        this, a commit from here would leave such a column at its old length."""
+        if self._checked.get(group) is self.hierarchy.raw:
+            return
+        self._checked[group] = self.hierarchy.raw
+        added = False
+        for col in self._columns(group):
+            if col.name not in w.columns:
+                w.columns[col.name] = col
+                added = True
+        if added:
+            self._static.pop(group, None)
 
     def add(self, group: str, table: TableWriter, static: dict[str, np.ndarray]) -> None:
         """Register a group staged in the (uncommitted) hierarchy."""
@@ -66,7 +88,10 @@ class Tables:
         return self._tables.get(group)
 
     def static_coords(self, group: str) -> dict[str, np.ndarray]:
-        """The signal coords (bias, wavenumber ...) of a modality group, read once."""
+        """The signal coords (bias, wavenumber ...) of a group, read once (again if another
+        writer gave the group a signal since)."""
+        if group in self._tables:
+            self._recheck(group, self._tables[group])
         if group not in self._static:
             row_dim = self.hierarchy.nodes[group]["attributes"][ROW_DIM_ATTR]
             out = {}
@@ -110,3 +135,4 @@ class Tables:
         self.hierarchy.raw = None
         self._tables.clear()
         self._static.clear()
+        self._checked.clear()

@@ -11,6 +11,8 @@ import json
 from collections import Counter
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from . import codec, schema
 
 if TYPE_CHECKING:
@@ -83,6 +85,7 @@ def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
                     problems.append(
                         f"dangling ref: decision {did} trained_on unknown measurement {ref}"
                     )
+    problems += _simulation_problems(store, open_with_xarray)
     for key in store.rejected():
         problems.append(
             f"rejected: journal entry {key} could not be stored (it does not fit "
@@ -91,4 +94,35 @@ def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
     for mid, did in decision_refs:
         if did not in decisions:
             problems.append(f"dangling ref: measurement {mid} names unknown decision {did}")
+    return problems
+
+
+def _simulation_problems(store: StoreReader, open_with_xarray: bool) -> list[str]:
+    """The simulations table: one row per id, every row a known status, and results (outputs,
+    a signal) only in the rows of runs that are done; xarray sees every row."""
+    if schema.SIMULATIONS_GROUP not in store.groups():
+        return []
+    problems: list[str] = []
+    t = store.read_table(schema.SIMULATIONS_GROUP)
+    ids = [str(v) for v in t["simulation_id"]]
+    for sid, c in Counter(ids).items():
+        if c > 1:
+            problems.append(f"duplicate: simulation {sid} stored {c} times")
+        if not sid:
+            problems.append("partial write: a simulation row has no simulation id")
+    results = [
+        name for name in t if name.startswith(schema.OUTPUT_PREFIX) or np.asarray(t[name]).ndim > 1
+    ]
+    for i, (sid, status) in enumerate(zip(ids, t["status"], strict=True)):
+        if status not in ("done", "failed", "dropped"):
+            problems.append(f"corrupt: simulation {sid} (row {i}) has status {status!r}")
+        elif status != "done" and any(not np.isnan(t[name][i]).all() for name in results):
+            problems.append(f"corrupt: simulation {sid} is {status} but has results")
+    if open_with_xarray:
+        try:
+            n = store.read_dataset(schema.SIMULATIONS_GROUP).sizes.get(schema.SIMULATION_DIM, 0)
+            if n != len(ids):
+                problems.append(f"xarray sees {n} simulations, the store {len(ids)}")
+        except Exception as exc:  # noqa: BLE001 - any failure to open is a problem
+            problems.append(f"xarray cannot open {schema.SIMULATIONS_GROUP}: {exc}")
     return problems

@@ -19,14 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from coorch.records import Decision, Measurement
+from coorch.records import Decision, Measurement, Simulation
 
 from . import codec, schema
+from .sim_staging import check_fits, stage_simulations
+from .simulations import check_names
 from .staging import Row, check_compatible, stage_decisions, stage_measurements
 from .tables import Tables
 from .zarr_table import Hierarchy
 
-RESERVED_GROUPS = {schema.DECISIONS_GROUP}
+RESERVED_GROUPS = {schema.DECISIONS_GROUP, schema.SIMULATIONS_GROUP}
 log = logging.getLogger(__name__)
 _OPEN_WRITERS: weakref.WeakSet[StoreWriter] = weakref.WeakSet()
 
@@ -134,6 +136,27 @@ class StoreWriter:
         self._after_journal()
         return True
 
+    def append_simulation(self, s: Simulation) -> bool:
+        """Journal one simulation; False if its id is already stored. Refuses (``ValueError``)
+        now, not at consolidation, what the simulations table could never hold."""
+        t = self.tables
+        if t.mutex.acquire(blocking=False):
+            try:
+                if t.committed(schema.SIMULATIONS_GROUP, s.simulation_id):
+                    return False
+                check_fits(t, s)
+            finally:
+                t.mutex.release()
+        else:  # a consolidation holds the store: check what is known, let it de-duplicate
+            w = t.cached(schema.SIMULATIONS_GROUP)
+            if w is not None and s.simulation_id in w.ids:
+                return False
+            check_names(s)
+        if not t.journal.put_simulation(s):
+            return False
+        self._after_journal()
+        return True
+
     def append_many(self, measurements: Iterable[Measurement]) -> list[bool]:
         """Commit a batch (with the journal) at once; one flag per input."""
         ms = list(measurements)
@@ -141,14 +164,23 @@ class StoreWriter:
             check_modality(m.modality)
         rows = [codec.measurement_row(m) for m in ms]  # hashing outside the lock
         with self.tables.mutex, self.tables.backend.lock():
-            flags, _ = self._consolidate(ms, rows, [])
+            flags, _, _ = self._consolidate(ms, rows, [])
         return flags
 
     def append_decisions(self, decisions: Iterable[Decision]) -> list[bool]:
         """Commit a batch of decisions (with the journal) at once; one flag per input."""
         ds = list(decisions)
         with self.tables.mutex, self.tables.backend.lock():
-            _, flags = self._consolidate([], [], ds)
+            _, flags, _ = self._consolidate([], [], ds)
+        return flags
+
+    def append_simulations(self, simulations: Iterable[Simulation]) -> list[bool]:
+        """Commit a batch of simulations (with the journal) at once; one flag per input."""
+        ss = list(simulations)
+        for s in ss:
+            check_names(s)
+        with self.tables.mutex, self.tables.backend.lock():
+            _, _, flags = self._consolidate([], [], [], ss)
         return flags
 
     def flush(self) -> int:
@@ -219,8 +251,12 @@ class StoreWriter:
             )
 
     def _consolidate(
-        self, ms: list[Measurement], rows: list[Row], ds: list[Decision]
-    ) -> tuple[list[bool], list[bool]]:
+        self,
+        ms: list[Measurement],
+        rows: list[Row],
+        ds: list[Decision],
+        ss: list[Simulation] | None = None,
+    ) -> tuple[list[bool], list[bool], list[bool]]:
         """Journal entries + the given records -> one commit; then drop the journal entries.
 
         Caller holds the lock. Journal entries go first (they are acknowledged already), so a
@@ -228,13 +264,14 @@ class StoreWriter:
         be consolidated is moved aside (``Journal.reject``) instead of blocking the others.
         Only entries read here are dropped: a listed key that read as absent (consumed by
         another writer, or a read that lied) is left for the next consolidation, never deleted
-        unread.
+        unread. Returns the flags of the given measurements, decisions and simulations.
         """
         t = self.tables
-        keys = t.journal.keys()
-        jm, jd, bad = t.journal.read(keys)
+        ss = ss or []
+        jm, jd, js, bad = t.journal.read(t.journal.keys())
         jms = [m for _, m in jm]
         jds = [d for _, d in jd]
+        jss = [s for _, s in js]
         jrows = [codec.measurement_row(m) for m in jms]
         try:
             t.hierarchy.load()
@@ -242,7 +279,9 @@ class StoreWriter:
                 t, jms + ms, jrows + rows, n_journal=len(jms)
             )
             staged_d, dflags = stage_decisions(t, jds + ds)
+            staged_s, sflags, rejected_s = stage_simulations(t, jss + ss, n_journal=len(jss))
             staged.merge(staged_d)
+            staged.merge(staged_s)
             if not staged.empty:
                 t.backend.write_many({**staged.pre, **staged.chunks})
                 t.backend.write_many(staged.metas)
@@ -252,7 +291,7 @@ class StoreWriter:
             raise
         for w, n, ids, start in staged.done:
             w.committed(n, ids, start)
-        reject = bad + [jm[i][0] for i in rejected]
+        reject = bad + [jm[i][0] for i in rejected] + [js[i][0] for i in rejected_s]
         if reject:
             log.error(
                 "moved %d journal entries that cannot be stored to .coorch-rejected/: %s",
@@ -260,11 +299,11 @@ class StoreWriter:
                 reject[:5],
             )
             t.journal.reject(reject)
-        consumed = [k for k, _ in jm] + [k for k, _ in jd]
+        consumed = [k for k, _ in jm] + [k for k, _ in jd] + [k for k, _ in js]
         t.journal.remove([k for k in consumed if k not in set(reject)])
         with self._pending_lock:
             self.pending = 0
-        return mflags[len(jms) :], dflags[len(jds) :]
+        return mflags[len(jms) :], dflags[len(jds) :], sflags[len(jss) :]
 
 
 def _jsonable(v: Any) -> Any:

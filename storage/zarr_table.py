@@ -280,6 +280,29 @@ class TableWriter:
             out[f"{path}/zarr.json"] = json.dumps(meta, separators=(",", ":")).encode()
         return out
 
+    def add_column(self, hierarchy: Hierarchy, col: Column, n: int) -> dict[str, bytes]:
+        """Add an array to this group (uncommitted), holding its fill value in the ``n``
+        committed rows; return the chunks of those rows, to be written with the next stage.
+
+        Why write fill chunks at all (a missing chunk already reads as fill): a writer that
+        added the same array and crashed before its commit may have left chunks behind, and
+        the rows they cover now belong to other records. The chunks are cached, so the next
+        :meth:`stage` starts from them, not from what such a writer left.
+        """
+        meta = array_metadata(
+            col.dtype, (n, *col.row_shape), (col.chunk_rows, *col.row_shape), col.dims, col.attrs
+        )
+        hierarchy.nodes[f"{self.group}/{col.name}"] = meta
+        self.columns[col.name] = col
+        writes: dict[str, bytes] = {}
+        for index in range(math.ceil(n / col.chunk_rows)):
+            block = col.empty_chunk()
+            writes[chunk_key(self.group, col.name, index, 1 + len(col.row_shape))] = encode_chunk(
+                col.dtype, block
+            )
+            self._cache[col.name] = (index, block)
+        return writes
+
     def committed(self, n: int, ids: list[str], start: int) -> None:
         """After the root commit: the cache and the index now describe ``n`` rows."""
         self._cache_rows = n
