@@ -160,8 +160,8 @@ class InstrumentConfig(BaseModel):
     @field_validator("modality")
     @classmethod
     def _not_a_store_group(cls, v: str) -> str:
-        if v == "decisions":  # storage's RESERVED_GROUPS: the store's own table
-            raise ValueError("'decisions' is the store's own table, not a modality")
+        if v in ("decisions", "simulations"):  # storage's RESERVED_GROUPS: its own tables
+            raise ValueError(f"{v!r} is the store's own table, not a modality")
         return v
 
     @field_validator("url")
