@@ -59,8 +59,8 @@ def parameter_schema() -> dict:
     return schema_of(_flow_signature).model_dump(exclude_unset=True)
 
 
-def ensure_work_pool(client: SyncPrefectClient) -> None:
-    """Create the process work pool :data:`POOL` if the server lacks it (with the process
+def ensure_work_pool(client: SyncPrefectClient, name: str = POOL) -> None:
+    """Create the process work pool ``name`` if the server lacks it (with the process
     worker's default job template, as ``prefect work-pool create --type process`` does); one
     of another type is refused rather than silently used."""
     from prefect.client.schemas.actions import WorkPoolCreate
@@ -68,21 +68,61 @@ def ensure_work_pool(client: SyncPrefectClient) -> None:
     from prefect.workers.process import ProcessWorker
 
     try:
-        pool = client.read_work_pool(POOL)
+        pool = client.read_work_pool(name)
     except ObjectNotFound:
         template = ProcessWorker.get_default_base_job_template()
         with contextlib.suppress(ObjectAlreadyExists):  # created meanwhile by another
             client.create_work_pool(
-                WorkPoolCreate(name=POOL, type="process", base_job_template=template)
+                WorkPoolCreate(name=name, type="process", base_job_template=template)
             )
         return
     if pool.type != "process":
-        raise RuntimeError(f"work pool {POOL!r} exists with type {pool.type!r}, not 'process'")
+        raise RuntimeError(f"work pool {name!r} exists with type {pool.type!r}, not 'process'")
+
+
+def create_deployment(
+    client: SyncPrefectClient,
+    *,
+    flow: str,
+    name: str,
+    entrypoint: str,
+    schema: dict,
+    work_pool: str = POOL,
+    work_queue: str = QUEUE,
+    description: str | None = None,
+    parameters: dict | None = None,
+    tags: list[str] | None = None,
+    pull_steps: list[dict] | None = None,
+    job_variables: dict | None = None,
+) -> UUID:
+    """Create (or update: Prefect upserts by flow and name) the deployment ``flow/name`` of
+    the module-path ``entrypoint`` in the process pool ``work_pool``, creating the pool first
+    if needed; return the deployment's id. ``schema``: its parameters' OpenAPI schema, which
+    the UI draws its run form from. No concurrency limit (see the module docstring)."""
+    ensure_work_pool(client, work_pool)
+    flow_id = client.create_flow_from_name(flow)
+    return client.create_deployment(
+        flow_id=flow_id,
+        name=name,
+        description=description,
+        work_pool_name=work_pool,
+        work_queue_name=work_queue,
+        entrypoint=entrypoint,
+        pull_steps=PULL_STEPS if pull_steps is None else pull_steps,
+        parameters=parameters or {},
+        parameter_openapi_schema=schema,
+        # the flow validates its spec (and ``coorch campaign submit`` before it); the
+        # server's JSON-schema check would only repeat it, less readably
+        enforce_parameter_schema=False,
+        job_variables=job_variables or {},
+        concurrency_limit=None,
+        tags=tags or [],
+    )
 
 
 def register_coorchestrate(client: SyncPrefectClient | None = None) -> UUID:
-    """Create (or update: Prefect upserts by flow and name) the ``coorchestrate`` deployment
-    in :data:`POOL`, creating the pool first if needed; return the deployment's id.
+    """Create (or update) the ``coorchestrate`` deployment in :data:`POOL`, creating the pool
+    first if needed; return the deployment's id.
 
     ``client``: a sync Prefect client; None opens one on ``PREFECT_API_URL``."""
     from prefect.client.orchestration import get_client
@@ -90,21 +130,13 @@ def register_coorchestrate(client: SyncPrefectClient | None = None) -> UUID:
     if client is None:
         with get_client(sync_client=True) as own:
             return register_coorchestrate(own)
-    ensure_work_pool(client)
-    flow_id = client.create_flow_from_name(FLOW)
-    return client.create_deployment(
-        flow_id=flow_id,
+    return create_deployment(
+        client,
+        flow=FLOW,
         name=DEPLOYMENT,
-        description=DESCRIPTION,
-        work_pool_name=POOL,
-        work_queue_name=QUEUE,
         entrypoint=ENTRYPOINT,
-        pull_steps=PULL_STEPS,
-        parameter_openapi_schema=parameter_schema(),
-        # the flow validates its spec (and ``coorch campaign submit`` before it); the
-        # server's JSON-schema check would only repeat it, less readably
-        enforce_parameter_schema=False,
-        concurrency_limit=None,
+        schema=parameter_schema(),
+        description=DESCRIPTION,
         tags=["coorch"],
     )
 
