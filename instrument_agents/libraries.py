@@ -4,7 +4,7 @@ The digital twins render their signals from these functions, and benchmarks scor
 against them, so a twin campaign can be graded against the truth (which a real library never
 gives us). Everything is vectorised over numpy arrays of library coordinates in mm.
 
-Two libraries:
+Three libraries:
 
 * ``smbfo``: Bi(1-s)Sm(s)FeO3, Sm fraction ``s`` rising linearly 0 -> 0.20 along x in [0, 10] mm
   (y in [0, 2] mm only changes the film thickness slightly). A morphotropic phase boundary at
@@ -14,20 +14,31 @@ Two libraries:
   only becomes switchable (ferroelectric below breakdown) once Sc/B have flattened the lattice
   enough, and loses its polar wurtzite structure past the phase-stability limit, so
   ferroelectricity appears in a band between two boundaries.
+* ``smbfo-lgd``: the smbfo spread whose PFM loops come from the Landau-Ginzburg-Devonshire
+  simulator (:mod:`coorch.lgd`) at hidden parameters, times a clamping factor along y that the
+  simulator lacks: the ground truth of a co-navigation (theory in the loop) campaign.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
+
+from coorch import lgd
 
 ArrayLike = Any  # float or numpy array; every function broadcasts
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * np.asarray(z, dtype=float)))
+
+
+def _scalar(a: ArrayLike) -> float:
+    return float(np.asarray(a).reshape(-1)[0])
 
 
 class VirtualLibrary(ABC):
@@ -91,6 +102,27 @@ class VirtualLibrary(ABC):
     @abstractmethod
     def eels_edges(self, x: ArrayLike, y: ArrayLike) -> list[tuple[float, np.ndarray, np.ndarray]]:
         """``[(onset_eV, jump, white_line)]``: core-loss edges in ``eels_range_ev``."""
+
+    def pfm_loop(self, bias: np.ndarray, x: float, y: float) -> np.ndarray:
+        """Noiseless piezoresponse loop at one position, ``(2, nb)`` pm/V (forward, reverse).
+
+        The default is a phenomenological tanh loop built from this library's switchable
+        fraction, amplitude, coercive voltage and thickness (imprint); libraries whose loops
+        come from a physics simulator override it.
+        """
+        f = _scalar(self.polar_fraction(x, y))
+        amp = _scalar(self.piezo_amplitude(x, y))
+        vc = _scalar(self.coercive_voltage(x, y))
+        vmax = self.bias_max_v
+        imprint = 0.05 * vmax * (_scalar(self.thickness_nm(x, y)) / 100.0 - 1.0) * 10
+        width = 0.04 * vmax + 0.15 * vc
+        v = bias - imprint
+        forward = f * amp * np.tanh((v - vc) / width)
+        reverse = f * amp * np.tanh((v + vc) / width)
+        # Non-switching fraction: electrostrictive, hysteresis-free response; plus a small
+        # electrostatic background that every real BE-PFM loop carries.
+        linear = (1.0 - f) * 0.4 * amp * bias / vmax + 1.5 * bias / vmax
+        return np.stack([forward + linear, reverse + linear])
 
     def mean_z(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
         """Mean atomic number of the heavy (imaged) column: sets HAADF contrast."""
@@ -311,12 +343,80 @@ class AlScBNLibrary(VirtualLibrary):
         ]
 
 
-_LIBRARIES: dict[str, type[VirtualLibrary]] = {"smbfo": SmBFOLibrary, "alscbn": AlScBNLibrary}
+@dataclass(frozen=True)
+class _LGDTable:
+    """The LGD simulator's loops at the hidden truth on a fine Sm grid, and what they imply."""
+
+    s: np.ndarray  # (ns,) Sm fractions
+    bias: np.ndarray  # (nb,) V
+    loops: np.ndarray  # (ns, 2, nb) pm/V
+    amplitude: np.ndarray  # (ns,) half the response span over the sweep, pm/V
+    coercive: np.ndarray  # (ns,) half the gap between the branches' zero crossings, V
+
+
+@lru_cache(maxsize=1)
+def _lgd_table(n_s: int = 41) -> _LGDTable:
+    """Simulated once per process, at first use (about 1-2 s on one core)."""
+    s = np.linspace(0.0, SmBFOLibrary.s_max, n_s)
+    bias = np.linspace(-SmBFOLibrary.bias_max_v, SmBFOLibrary.bias_max_v, lgd.N_BIAS)
+    loops = lgd.simulate_many(s, lgd.HIDDEN, bias)
+    loops.setflags(write=False)
+    amplitude = (loops[:, :, -1] - loops[:, :, 0]).mean(axis=1) / 2.0
+    return _LGDTable(s, bias, loops, amplitude, lgd.coercive_voltage(loops, bias))
+
+
+class LGDLibrary(SmBFOLibrary):
+    """The smbfo spread whose piezoresponse loops come from the LGD simulator
+    (:mod:`coorch.lgd`) at its hidden parameters, times a film clamping factor the simulator
+    lacks: the twin of a co-navigation campaign, where theory and experiment differ for real.
+
+    The phase boundary (Raman, WDS, STEM, topography) sits at the simulator's hidden ``s_c``,
+    so every instrument sees the boundary where the loops close.
+    """
+
+    name = "smbfo-lgd"
+    s_boundary = lgd.HIDDEN["s_c"]
+    clamping_gradient = 0.08
+    """Relative change of the piezoresponse per mm along y: substrate clamping relaxes across
+    the wafer (0.92 at y = 0, 1.08 at y = 2 mm); the simulator, a function of s only, lacks it."""
+
+    def clamping(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
+        """The term the simulator lacks: a piezoresponse factor varying along y only."""
+        _, yy = self.clip(x, y)
+        return 1.0 + self.clamping_gradient * (yy - 1.0)
+
+    def _interp(self, values: np.ndarray, x: ArrayLike, y: ArrayLike) -> np.ndarray:
+        """``values`` (ns, ...) of the table, linearly interpolated to the Sm fraction at x."""
+        table = _lgd_table()
+        s = np.asarray(self.sm(x, y), float)
+        k = np.clip(np.searchsorted(table.s, s, side="right") - 1, 0, len(table.s) - 2)
+        w = (s - table.s[k]) / (table.s[k + 1] - table.s[k])
+        w = w.reshape(w.shape + (1,) * (values.ndim - 1))
+        return (1.0 - w) * values[k] + w * values[k + 1]
+
+    def pfm_loop(self, bias: np.ndarray, x: float, y: float) -> np.ndarray:
+        table = _lgd_table()
+        loop = self._interp(table.loops, float(x), float(y))  # exact on the table's bias grid
+        loop = np.stack([np.interp(bias, table.bias, branch) for branch in loop])
+        return _scalar(self.clamping(x, y)) * loop
+
+    def piezo_amplitude(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
+        return self._interp(_lgd_table().amplitude, x, y) * self.clamping(x, y)
+
+    def coercive_voltage(self, x: ArrayLike, y: ArrayLike) -> np.ndarray:
+        return self._interp(_lgd_table().coercive, x, y)
+
+
+_LIBRARIES: dict[str, type[VirtualLibrary]] = {
+    "smbfo": SmBFOLibrary,
+    "alscbn": AlScBNLibrary,
+    "smbfo-lgd": LGDLibrary,
+}
 LIBRARY_NAMES: tuple[str, ...] = tuple(_LIBRARIES)
 
 
 def get_library(name: str) -> VirtualLibrary:
-    """The virtual library called ``name`` (``smbfo`` or ``alscbn``)."""
+    """The virtual library called ``name`` (one of ``LIBRARY_NAMES``)."""
     try:
         return _LIBRARIES[name]()
     except KeyError:

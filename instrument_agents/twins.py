@@ -57,7 +57,7 @@ class AFMTwin(TwinDriver):
                 "pm/V",
                 {"bias": "V"},
                 30.0,
-                lambda x, y: self._loop(bias, x, y),
+                lambda x, y: self.library.pfm_loop(bias, x, y),
                 self._loop_noise,
                 long_name="band-excitation piezoresponse hysteresis loop",
             ),
@@ -74,22 +74,6 @@ class AFMTwin(TwinDriver):
                 long_name="AFM topography",
             ),
         ]
-
-    def _loop(self, bias: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-        lib = self.library
-        f = _scalar(lib.polar_fraction(x, y))
-        amp = _scalar(lib.piezo_amplitude(x, y))
-        vc = _scalar(lib.coercive_voltage(x, y))
-        vmax = lib.bias_max_v
-        imprint = 0.05 * vmax * (_scalar(lib.thickness_nm(x, y)) / 100.0 - 1.0) * 10
-        width = 0.04 * vmax + 0.15 * vc
-        v = bias - imprint
-        forward = f * amp * np.tanh((v - vc) / width)
-        reverse = f * amp * np.tanh((v + vc) / width)
-        # Non-switching fraction: electrostrictive, hysteresis-free response; plus a small
-        # electrostatic background that every real BE-PFM loop carries.
-        linear = (1.0 - f) * 0.4 * amp * bias / vmax + 1.5 * bias / vmax
-        return np.stack([forward + linear, reverse + linear])
 
     @staticmethod
     def _loop_noise(clean: np.ndarray, rng: np.random.Generator) -> np.ndarray:
