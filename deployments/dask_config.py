@@ -75,7 +75,9 @@ class DaskConfig(BaseModel):
     )
     queue: str | None = Field(None, description="partition (#SBATCH -p) or queue (#PBS -q)")
     account: str | None = Field(None, description="account charged (#SBATCH -A / #PBS -A)")
-    walltime: str | None = Field(None, description="each job's time limit, HH:MM:SS")
+    walltime: str | None = Field(
+        None, description="each job's time limit, HH:MM:SS (a whole number: seconds)"
+    )
     cores: int | None = Field(None, ge=1, le=4096, description="cores per job")
     memory: str | None = Field(None, description="memory per job, e.g. '16GB', '64 GiB'")
     processes: int | None = Field(
@@ -113,6 +115,14 @@ class DaskConfig(BaseModel):
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.lower() if isinstance(v, str) else v
+
+    @field_validator("walltime", mode="before")
+    @classmethod
+    def _seconds(cls, v: object) -> object:
+        """YAML 1.1 (PyYAML) reads an unquoted ``12:00:00`` as the sexagesimal 43200: seconds."""
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return f"{v // 3600:02d}:{v % 3600 // 60:02d}:{v % 60:02d}"
+        return v
 
     @field_validator("walltime")
     @classmethod

@@ -12,7 +12,8 @@ compute nodes must reach the login node on ``interface`` at ``scheduler_port``.
 needed here), for ``coorch`` commands and for checking a site's YAML on a laptop;
 :func:`jobqueue_cluster` makes the cluster (its scheduler listens from then on) without
 submitting a job; :func:`start_jobs` submits them, adaptively or a fixed number, and replaces
-a job that dies.
+a job that dies. ``python -m coorch.deployments.jobqueue_cluster SPEC.yaml [theory.dask]``
+prints the job script of a spec's section.
 """
 
 from __future__ import annotations
@@ -141,3 +142,41 @@ def start_jobs(cluster: JobQueueCluster, config: DaskConfig) -> None:
     else:
         low = high = config.n_workers
     cluster.adapt(minimum_jobs=low, maximum_jobs=high)
+
+
+def config_at(path: str, section: str = "dask") -> DaskConfig:
+    """The :class:`DaskConfig` at the dotted ``section`` of the YAML file ``path`` (``dask`` in
+    a campaign spec, ``theory.dask`` in a co-navigation spec)."""
+    from pathlib import Path
+
+    import yaml
+
+    node = yaml.safe_load(Path(path).read_text())
+    for key in section.split("."):
+        if not isinstance(node, dict) or key not in node:
+            raise ValueError(f"{path}: no `{section}` section")
+        node = node[key]
+    return DaskConfig.model_validate(node)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m coorch.deployments.jobqueue_cluster SPEC.yaml [SECTION]``: print the job
+    script the ``dask`` (or ``SECTION``, e.g. ``theory.dask``) section of SPEC would submit."""
+    import sys
+
+    from pydantic import ValidationError
+
+    argv = sys.argv[1:] if argv is None else argv
+    if not 1 <= len(argv) <= 2:
+        print("usage: python -m coorch.deployments.jobqueue_cluster SPEC.yaml [SECTION]")
+        return 2
+    try:
+        print(job_script(config_at(*argv)), end="")
+    except (ValueError, ValidationError, OSError) as exc:
+        print(f"jobqueue_cluster: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

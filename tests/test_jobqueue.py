@@ -145,6 +145,46 @@ def test_jobqueue_kwargs_go_last_and_a_cluster_renders_the_same_script():
         cluster.close()
 
 
+def test_an_unquoted_yaml_walltime_is_read_as_the_seconds_it_became():
+    import yaml
+
+    data = yaml.safe_load("jobqueue: slurm\nwalltime: 12:00:00\n")
+    assert data["walltime"] == 43200  # YAML 1.1 sexagesimal (02:00:00 stays a string)
+    assert DaskConfig.model_validate(data).walltime == "12:00:00"
+    assert DaskConfig(jobqueue="pbs", walltime=90).walltime == "00:01:30"
+
+
+def doc_blocks(lang: str) -> list[str]:
+    text = (HERE.parent / "docs" / "hpc.md").read_text()
+    return [b.split("\n", 1)[1] for b in text.split("```")[1::2] if b.startswith(lang + "\n")]
+
+
+def test_the_docs_yaml_loads_and_prints_the_job_script_the_docs_show(tmp_path, capsys, monkeypatch):
+    """docs/hpc.md's `dask` and `theory.dask` examples are valid, and the script it shows is
+    what ``python -m coorch.deployments.jobqueue_cluster`` prints (its log folder moved here:
+    rendering the script creates it)."""
+    import sys
+
+    from coorch.deployments.jobqueue_cluster import main
+
+    logs = "/scratch/mat123/coorch/dask-logs"
+    campaign, conavigation = doc_blocks("yaml")[:2]
+    (tmp_path / "campaign.yaml").write_text(campaign.replace(logs, str(tmp_path / "logs")))
+    assert main([str(tmp_path / "campaign.yaml")]) == 0
+    (shown,) = [b for b in doc_blocks("bash") if b.startswith("#!/usr/bin/env bash")]
+    shown = shown.replace(logs, str(tmp_path / "logs"))
+    shown = shown.replace("/home/u/coorch/.venv/bin/python -m", f"{sys.executable} -m")
+    assert capsys.readouterr().out == shown
+
+    (tmp_path / "conav.yaml").write_text(conavigation)
+    monkeypatch.setenv("PREFECT_API_URL", API)  # what its export_env reads
+    assert main([str(tmp_path / "conav.yaml"), "theory.dask"]) == 0
+    script = capsys.readouterr().out
+    assert f"export PREFECT_API_URL={API}" in script and "#SBATCH -t 04:00:00" in script
+    assert main([str(tmp_path / "conav.yaml")]) == 2  # no `dask` at the top
+    assert "no `dask` section" in capsys.readouterr().err
+
+
 # -- a real run through stand-in sbatch/squeue/scancel --------------------------------------
 
 SBATCH = """\
