@@ -1,0 +1,197 @@
+"""The model discrepancy of a calibration: a GP over library position, and its likelihood.
+
+Why: no simulation is the sample. The LGD theory knows composition but not the film's
+thickness, strain or electrodes, which also vary over a library; forcing the theory to match
+the data anyway drags its parameters to wrong values with false confidence. Kennedy and O'Hagan
+(2001) write the experiment as ``y(x) = eta(s(x), theta) + delta(x) + noise``: the theory at
+the position's composition plus a smooth discrepancy over position. ``delta`` here is a zero-mean
+GP over both library axes (ARD Matern 5/2 on the library scaled to the unit square) with
+amplitude, lengthscales and noise fitted by MAP at a given ``theta`` (the calibration alternates
+this with the weights over ``theta``, :mod:`coorch.models.theory_posterior`).
+
+Priors (descriptor scaled by the theory's spread, positions in the unit square): the amplitude
+``LogNormal(log 0.05, 1.5)`` (a discrepancy a priori smaller than the theory's own variation, so
+``delta`` does not explain away what the parameters should), lengthscales
+``LogNormal(log 0.3, 0.7)`` (smooth across the library: a sharp feature is the theory's job) and
+noise ``LogNormal(log 0.01, 2)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ._threads import torch_scope
+from .theory_surrogate import matern52
+
+__all__ = ["Discrepancy", "fit_discrepancy", "gaussian_log_likelihoods", "grouped_log_likelihoods"]
+
+_PRIORS = {  # (log-median, log-sd) of each hyperparameter, scaled units
+    "variance": (math.log(0.05), 1.5),
+    "lengthscale": (math.log(0.3), 0.7),
+    "noise": (math.log(0.01), 2.0),
+}
+_NOISE_FLOOR = 1e-6
+_LBFGS_ITERS = 60
+_CHUNK = 256  # thetas per batched Cholesky
+
+
+@dataclass(frozen=True)
+class Discrepancy:
+    """Hyperparameters of ``delta`` plus observation noise (scaled descriptor, unit library).
+
+    Attributes:
+        variance: amplitude of the discrepancy GP.
+        lengthscale: (2,) along library x and y (unit square).
+        noise: observation-noise variance.
+    """
+
+    variance: float
+    lengthscale: np.ndarray
+    noise: float
+
+    @classmethod
+    def default(cls) -> Discrepancy:
+        """The priors' medians: where the alternation starts."""
+        return cls(
+            math.exp(_PRIORS["variance"][0]),
+            np.full(2, math.exp(_PRIORS["lengthscale"][0])),
+            math.exp(_PRIORS["noise"][0]),
+        )
+
+    def kernel(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Covariance of ``delta`` between unit positions ``a`` (m, 2) and ``b`` (p, 2)."""
+        return self.variance * matern52(a, b, torch.as_tensor(self.lengthscale))
+
+    def covariance(self, z: torch.Tensor) -> torch.Tensor:
+        """Covariance of the observations' discrepancy plus noise at ``z`` (n, 2), (n, n)."""
+        return self.kernel(z, z) + self.noise * torch.eye(len(z), dtype=z.dtype)
+
+
+def gaussian_log_likelihoods(
+    cov: torch.Tensor, resid: torch.Tensor, extra: Callable[[np.ndarray], torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log N(resid[:, j]; 0, cov + extra([j])[0])`` for every column j, and the solves
+    ``(cov + extra_j)^-1 resid[:, j]``.
+
+    Args:
+        cov: (n, n) covariance shared by all columns (the discrepancy plus noise).
+        resid: (n, S) residuals, one column per parameter vector.
+        extra: column indices (B,) -> their own covariances (B, n, n) (the surrogate's
+            covariance at each theta), asked for a chunk at a time to bound memory.
+
+    Returns:
+        (S,) log likelihoods, and (n, S) solves (what the discrepancy's posterior mean needs).
+        A column whose matrix cannot be factorised gets ``-inf`` and zero solves.
+    """
+    n, n_s = resid.shape
+    ll = torch.full((n_s,), -math.inf, dtype=torch.float64)
+    alpha = torch.zeros(n, n_s, dtype=torch.float64)
+    const = n * math.log(2.0 * math.pi)
+    with torch_scope(), torch.no_grad():
+        for j in range(0, n_s, _CHUNK):
+            cols = np.arange(j, min(j + _CHUNK, n_s))
+            chol, info = torch.linalg.cholesky_ex(cov + extra(cols))
+            ok = info == 0
+            r = resid[:, cols].T[ok][..., None]
+            a = torch.cholesky_solve(r, chol[ok])[..., 0]
+            logdet = 2.0 * torch.log(torch.diagonal(chol[ok], dim1=-2, dim2=-1)).sum(-1)
+            idx = torch.as_tensor(cols)[ok]
+            ll[idx] = -0.5 * ((r[..., 0] * a).sum(-1) + logdet + const)
+            alpha[:, idx] = a.T
+    return ll, alpha
+
+
+def grouped_log_likelihoods(
+    cov: torch.Tensor, resid: torch.Tensor, group_cov: torch.Tensor, group: np.ndarray
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """As :func:`gaussian_log_likelihoods`, but column j's own covariance is that of its
+    group, ``group_cov[group[j]]`` (G, n, n): one factorisation per group instead of per
+    column, so thousands of columns cost little more than a few hundred groups."""
+    n, n_s = resid.shape
+    ll = torch.full((n_s,), -math.inf, dtype=torch.float64)
+    alpha = torch.zeros(n, n_s, dtype=torch.float64)
+    const = n * math.log(2.0 * math.pi)
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], np.arange(len(group_cov) + 1))
+    with torch_scope(), torch.no_grad():
+        chol, info = torch.linalg.cholesky_ex(cov + group_cov)
+        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
+        for g in np.flatnonzero((info == 0).numpy() & (np.diff(starts) > 0)):
+            cols = torch.as_tensor(order[starts[g] : starts[g + 1]])
+            a = torch.cholesky_solve(resid[:, cols], chol[g])
+            ll[cols] = -0.5 * ((resid[:, cols] * a).sum(0) + logdet[g] + const)
+            alpha[:, cols] = a
+    return ll, alpha
+
+
+def _log_prior(raw: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of the LogNormal priors' log densities, in terms of the log parameters (up to a
+    constant; the Jacobian of the log transform cancels the LogNormal's ``-log x``)."""
+    total = torch.zeros((), dtype=torch.float64)
+    for name, value in raw.items():
+        mu, sd = _PRIORS[name]
+        total = total - (0.5 * ((value - mu) / sd) ** 2).sum()
+    return total
+
+
+def fit_discrepancy(
+    z: torch.Tensor,
+    resid: np.ndarray,
+    extra_cov: np.ndarray,
+    init: Discrepancy | None = None,
+) -> Discrepancy:
+    """MAP hyperparameters of ``delta`` for residuals ``resid`` (n,) at unit positions ``z``
+    (n, 2), with a known extra covariance ``extra_cov`` (n, n) (the surrogate's).
+
+    L-BFGS over log parameters from ``init`` (else the priors' medians). A failed fit (a step
+    to a singular matrix) returns ``init`` unchanged: the alternation then keeps what it had.
+    """
+    start = init or Discrepancy.default()
+    r = torch.as_tensor(np.asarray(resid, dtype=np.float64))
+    d = torch.as_tensor(np.asarray(extra_cov, dtype=np.float64))
+    raw = {
+        "variance": torch.tensor(math.log(start.variance), dtype=torch.float64),
+        "lengthscale": torch.as_tensor(np.log(start.lengthscale), dtype=torch.float64).clone(),
+        "noise": torch.tensor(math.log(max(start.noise, 2 * _NOISE_FLOOR)), dtype=torch.float64),
+    }
+    for v in raw.values():
+        v.requires_grad_(True)
+    eye = torch.eye(len(z), dtype=torch.float64)
+
+    def loss() -> torch.Tensor:
+        k = torch.exp(raw["variance"]) * matern52(z, z, torch.exp(raw["lengthscale"]))
+        cov = k + d + (torch.exp(raw["noise"]) + _NOISE_FLOOR) * eye
+        chol = torch.linalg.cholesky(cov)
+        a = torch.cholesky_solve(r[:, None], chol)[:, 0]
+        nll = 0.5 * (r @ a) + torch.log(torch.diagonal(chol)).sum()
+        return nll - _log_prior(raw)
+
+    opt = torch.optim.LBFGS(
+        list(raw.values()), lr=1.0, max_iter=_LBFGS_ITERS, line_search_fn="strong_wolfe"
+    )
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        return value
+
+    with torch_scope():
+        try:
+            opt.step(closure)
+            final = float(loss().detach())
+        except (torch.linalg.LinAlgError, RuntimeError):
+            return start
+    if not math.isfinite(final):
+        return start
+    with torch.no_grad():
+        return Discrepancy(
+            float(torch.exp(raw["variance"])),
+            torch.exp(raw["lengthscale"]).numpy().copy(),
+            float(torch.exp(raw["noise"])) + _NOISE_FLOOR,
+        )
