@@ -171,6 +171,7 @@ BENCHMARKS = {
     "pareto": ("coorch.benchmarks.pareto", "bench_pareto_command"),
     "ingest": ("coorch.benchmarks.ingest", "bench_ingest_command"),
     "load": ("coorch.benchmarks.load", "bench_load_command"),
+    "theory": ("coorch.benchmarks.theory", "bench_theory_command"),
 }
 
 

@@ -42,7 +42,7 @@ class FacilityConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    library: Literal["smbfo", "alscbn"] = Field("smbfo", description="virtual library")
+    library: Literal["smbfo", "smbfo-lgd", "alscbn"] = Field("smbfo", description="virtual library")
     instruments: list[TwinConfig] = Field(default_factory=_demo_twins)
     time_scale: float = Field(
         0.05,

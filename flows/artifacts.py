@@ -96,7 +96,7 @@ class CampaignArtifacts:
             raise ValueError(f"budget must be >= 1, got {budget}")
         self.campaign, self.budget = campaign, budget
         self.max_rows, self.close_timeout_s = max_rows, close_timeout_s
-        kinds = ("progress", "summary", "decisions", "report")
+        kinds = ("progress", "summary", "decisions", "report", "theory")
         self.keys = {kind: artifact_key(campaign, kind) for kind in kinds}
         self.failures = 0
         self._log = _logger()
@@ -138,6 +138,12 @@ class CampaignArtifacts:
         link = Path(path).resolve().as_uri()
         label = text or Path(path).name
         self._post("report", lambda: self._send_link(link, label))
+
+    def theory(self, history: Sequence[Mapping[str, Any]]) -> None:
+        """A co-navigation's parameter posterior over time: one row per theory fit (the
+        measurements and simulations it read, each parameter's mean and 90 % interval)."""
+        rows = [dict(r) for r in history[-self.max_rows :]]
+        self._post("theory", lambda: self._send_table(rows, "theory", "the theory's parameters"))
 
     def close(self) -> None:
         """Send what is pending, then stop the thread; idempotent. Waits at most
@@ -224,6 +230,11 @@ class CampaignArtifacts:
             key=self.keys["decisions"],
             description=f"{self.campaign}: what was measured where, and why",
             _sync=True,
+        )
+
+    def _send_table(self, rows: list[dict[str, Any]], kind: str, what: str) -> None:
+        create_table_artifact(
+            rows, key=self.keys[kind], description=f"{self.campaign}: {what}", _sync=True
         )
 
     def _send_link(self, link: str, text: str) -> None:

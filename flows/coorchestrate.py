@@ -88,6 +88,12 @@ def run_name() -> str:
 @flow(name="coorchestrate", flow_run_name=run_name, log_prints=False)
 def coorchestrate(spec: CampaignSpec) -> CampaignResult:
     """Run (or resume) the campaign ``spec`` until its measurement budget is spent."""
+    return run_campaign(spec)
+
+
+def run_campaign(spec: CampaignSpec) -> CampaignResult:
+    """The story every multi-instrument flow tells (see the module docstring); a
+    co-navigation spec (``theory``) adds its simulations to the background work."""
     log = get_run_logger()
     flow_run_id = str(get_run_context().flow_run.id)
     token = spec.steering.token()  # an unreadable token file fails before anything moves
@@ -100,7 +106,7 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
         describer = Describer(
             {i.name: i.latent_dim for i in spec.instruments if i.descriptor == "vae"}
         )
-        with background_work(spec, agent, log) as work:
+        with background_work(spec, agent, log, store, flow_run_id) as work:
             campaign = Campaign(
                 spec.name,
                 store,
@@ -129,12 +135,16 @@ def coorchestrate(spec: CampaignSpec) -> CampaignResult:
                 operators(spec, token, flow_run_id, events, log) as desk,
                 Watchdog(instruments.reconnect, events, log=log) as watchdog,
             ):
+                if work.theory is not None:  # a simulation landed: poll it soon
+                    work.theory.wake = lambda: events.put(("background", work.theory))
                 conductor = Conductor(
                     spec, campaign, instruments, hold, events, desk, art, watchdog
                 )
                 conductor.run()
                 campaign.finish()
                 conductor.publish(work.report)
+                if work.theory is not None:
+                    art.theory(work.theory.history)
         check_finished(campaign)
         return result(spec, campaign, flow_run_id, work)
 
@@ -222,6 +232,8 @@ class Conductor:
                 self.answered(*event)
             elif kind == "regained":
                 self.history.append(self.campaign.regain(*event))
+            elif kind == "background":
+                self.campaign.poll(*event)
             else:
                 self.steered(*event)
             for name in self.clients:
@@ -407,5 +419,6 @@ def result(
         n_vae_trainings=work.vae.trainings if work.vae else 0,
         policy=report,
         physics=work.physics.physics() if work.physics else {},
+        theory=work.theory.report() if work.theory else {},
         hyperparameters=hyper,
     )

@@ -12,7 +12,8 @@ Modules, one job each (imported explicitly, so that importing the protocol stays
   lease) and errors;
 * ``launch``    -- ``serve_driver`` / ``start_twin``: uvicorn on loopback in a thread;
 * ``frames``    -- ``AffineFrame`` library <-> stage from >= 3 fiducials;
-* ``libraries`` -- virtual libraries with ground truth (``get_library("smbfo" | "alscbn")``);
+* ``libraries`` -- virtual libraries with ground truth (``get_library("smbfo" | "smbfo-lgd" |
+  "alscbn")``; smbfo-lgd's PFM loops come from the LGD simulator, ``coorch.lgd``);
 * ``twin_base``, ``twins`` -- ``make_twin("afm" | "raman" | "wds" | "stem", library)``;
 * ``faults``    -- seeded fault injection for the twins;
 * ``replay``    -- ``ReplayDriver`` over a pre-acquired xarray dataset;

@@ -22,6 +22,7 @@ import typer
 import uvicorn
 
 from coorch.instrument_agents.command_log import attach_command_log
+from coorch.instrument_agents.libraries import LIBRARY_NAMES
 from coorch.instrument_agents.protocol import Driver
 from coorch.instrument_agents.replay import ReplayDriver
 from coorch.instrument_agents.server import create_app
@@ -44,9 +45,7 @@ class Instrument(StrEnum):
     stem = "stem"
 
 
-class Library(StrEnum):
-    smbfo = "smbfo"
-    alscbn = "alscbn"
+Library = StrEnum("Library", {name: name for name in LIBRARY_NAMES})
 
 
 def _fail(lines: list[str]) -> NoReturn:

@@ -82,6 +82,7 @@ class Agent:
         self.emphasis: np.ndarray | None = None  # (M,) operators' votes, see focus()
         self.reward: np.ndarray | None = None
         self.reward_weight = 0.0
+        self.guidance: np.ndarray | None = None  # (M, T) from outside the data, see guide()
 
     def instrument(self, name: str) -> InstrumentCost:
         try:
@@ -187,6 +188,22 @@ class Agent:
         r = (r - r.min()) / span if span > 0 else np.ones_like(r)
         self.emphasis = (1.0 - weight) + weight * r / max(float(r.mean()), 1e-9)
         self.reward, self.reward_weight = r, float(weight)
+
+    def guide(self, weights: np.ndarray | None) -> None:
+        """Value knowledge more where something beside the data says it teaches more:
+        ``weights`` (M, T) >= 0 per candidate and task, 1 where nothing is known (a theory's
+        plausible parameters disagreeing on a task's value there, :mod:`coorch.tasks.theory`).
+        None: the data alone. Multiplies the operators' emphasis, does not replace it."""
+        if weights is None:
+            self.guidance = None
+            return
+        w = np.asarray(weights, float)
+        if w.shape != (len(self.candidates), self.num_tasks) or not (w >= 0).all():
+            raise ValueError(
+                f"guidance is (candidates, tasks) = {(len(self.candidates), self.num_tasks)} "
+                f"weights >= 0, not shape {w.shape}"
+            )
+        self.guidance = w
 
     def relabel(self, values: dict[str, np.ndarray]) -> None:
         """Replace the values of measurements already told (positions do not change)."""

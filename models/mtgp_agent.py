@@ -233,12 +233,14 @@ class MTGPAgent(Agent):
         return int(idx[best]), float(value[best])
 
     def _emphasis(self) -> np.ndarray | None:
-        """(M, T) operators' weights on the knowledge at each candidate and task (instrument
-        weights, votes), None when they have said nothing."""
-        if self.emphasis is None and (self.task_weight == 1).all():
+        """(M, T) weights on the knowledge at each candidate and task: the operators'
+        (instrument weights, votes) times the guidance (:meth:`Agent.guide`), None when
+        nobody has said anything."""
+        if self.emphasis is None and (self.task_weight == 1).all() and self.guidance is None:
             return None
         where = np.ones(len(self.candidates)) if self.emphasis is None else self.emphasis
-        return where[:, None] * self.task_weight[None]
+        out = where[:, None] * self.task_weight[None]
+        return out if self.guidance is None else out * self.guidance
 
     # -- beliefs --------------------------------------------------------------------------
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -236,6 +236,12 @@ class Campaign:
             w.poll(self)
         return obs
 
+    def poll(self, work: BackgroundWork | None = None) -> None:
+        """Poll ``work`` (something of it landed between measurements: a simulation), or all
+        of it."""
+        for w in self.work if work is None else (work,):
+            w.poll(self)
+
     def lose(self, d: Decision, reason: str) -> Decision:
         """``d`` could not be measured because its instrument stopped answering: queue it again
         (first, with its request id, still reserved so the agent does not choose it twice),

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel
@@ -33,6 +34,9 @@ from coorch.tasks.meter import InstrumentTime, Meter
 from coorch.tasks.physics import PhysicsFits
 from coorch.tasks.votes import Votes
 
+if TYPE_CHECKING:
+    from coorch.tasks.theory import TheoryLoop
+
 
 class CampaignResult(BaseModel):
     """What a campaign flow run returns (and Prefect shows as its result)."""
@@ -47,6 +51,9 @@ class CampaignResult(BaseModel):
     #: Structured-GP physics parameters per instrument with ``physics_mean`` set
     #: (``center``/``width`` in library mm, ``amplitude``/``offset`` in descriptor units).
     physics: dict[str, dict[str, float]] = {}
+    #: A co-navigation's theory (:meth:`coorch.tasks.theory.TheoryLoop.report`): the parameter
+    #: posterior now and over time, the simulations' fates, where theory and experiment disagree.
+    theory: dict = {}
 
 
 class Instruments:
@@ -171,21 +178,27 @@ class Background:
     refit: HyperparameterRefit | None = None
     physics: PhysicsFits | None = None
     votes: Votes | None = None
+    theory: TheoryLoop | None = None  # a co-navigation's simulations
     report: LiveReport | None = None
 
     def __iter__(self) -> Iterator:
-        work = (self.vae, self.refit, self.physics, self.votes, self.report)
+        work = (self.vae, self.refit, self.physics, self.votes, self.theory, self.report)
         return iter([w for w in work if w is not None])
 
 
 @contextlib.contextmanager
 def background_work(
-    spec: CampaignSpec, agent: Agent, log: logging.Logger | logging.LoggerAdapter
+    spec: CampaignSpec,
+    agent: Agent,
+    log: logging.Logger | logging.LoggerAdapter,
+    store: CampaignStore | None = None,
+    flow_run_id: str | None = None,
 ) -> Iterator[Background]:
     """The campaign's background work: hyperparameter refits (GP agents), VAE trainings
     (instruments with ``descriptor: vae``) and physics fits (``physics_mean``), on a Dask
     cluster started only when one of them needs it; posteriors are built on a thread, and so
-    is the operators' reward surrogate (``steering.mode: votes``)."""
+    is the operators' reward surrogate (``steering.mode: votes``). A co-navigation spec
+    (``theory``) adds its simulations, on a cluster of their own, stored in ``store``."""
     means = {i.name: i.physics_mean for i in spec.instruments if i.physics_mean}
     vae = any(i.descriptor == "vae" for i in spec.instruments)
     with contextlib.ExitStack() as stack:
@@ -203,6 +216,10 @@ def background_work(
             work.physics = PhysicsFits(dask, means, every=spec.refit_every, seed=spec.seed, log=log)
         if spec.steering.mode == "votes":
             work.votes = Votes(stack.enter_context(ThreadPoolExecutor(1)))
+        if getattr(spec, "theory", None) is not None:
+            from coorch.tasks.theory import theory_loop  # torch and the simulator: only here
+
+            work.theory = stack.enter_context(theory_loop(spec, agent, store, flow_run_id, log))
         if spec.report_path() is not None:
             work.report = LiveReport(spec.report_path(), stack.enter_context(ThreadPoolExecutor(1)))
         yield work

@@ -89,10 +89,11 @@ def test_prefect_yaml_deploys_every_flow_with_valid_parameters():
     import yaml
 
     from coorch.deployments.im2spec_config import Im2SpecSpec
+    from coorch.deployments.theory_config import ConavigateSpec
 
     root = Path(__file__).resolve().parents[1]
     deployments = yaml.safe_load((root / "prefect.yaml").read_text())["deployments"]
-    specs = {"coorchestrate": CampaignSpec, "im2spec": Im2SpecSpec}
+    specs = {"coorchestrate": CampaignSpec, "im2spec": Im2SpecSpec, "conavigate": ConavigateSpec}
     helpers = {"__init__", "progress", "steering", "steer_client", "artifacts"}  # not flows
     flows = {p.stem for p in (root / "flows").glob("*.py")} - helpers
     # module paths: a worker runs them from the installed package, wherever it was started

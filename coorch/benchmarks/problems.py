@@ -137,7 +137,11 @@ def replay_measure(replay: Replay) -> Measure:
 
 # ---------------------------------------------------------------------------- digital twins
 TWIN_INSTRUMENTS = (("afm", "pfm_loop"), ("raman", "raman"), ("wds", "wds"))
-TWIN_GRIDS = {"smbfo": ((25, 3), (60, 3)), "alscbn": ((9, 9), (20, 20))}  # candidates, truth
+TWIN_GRIDS = {  # candidates, truth
+    "smbfo": ((25, 3), (60, 3)),
+    "smbfo-lgd": ((25, 3), (60, 3)),
+    "alscbn": ((9, 9), (20, 20)),
+}
 #: Modalities modelled as their log, per library, as a campaign declares them
 #: (``InstrumentConfig.log_scale``): how the library was made. alscbn's Sc comes from a sputter
 #: gun and falls off exponentially away from it; smbfo's Sm is a linear wedge from ~0 at.%,

@@ -19,17 +19,19 @@ import contextlib
 import dataclasses
 import functools
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Protocol
 
 import numpy as np
 
 from coorch.benchmarks.problems import Measure, Problem
+from coorch.models.agent import Agent
 from coorch.models.cost import log_tasks
 from coorch.models.incremental import exact_posterior
 from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters
 from coorch.models.policies import make_policy
 from coorch.storage import CampaignStore
-from coorch.tasks.background import InlineExecutor
+from coorch.tasks.background import BackgroundWork, InlineExecutor
 from coorch.tasks.describe import Describer
 from coorch.tasks.fit import HyperparameterRefit
 from coorch.tasks.runtime import Campaign
@@ -105,6 +107,17 @@ def memory_store() -> Iterator[CampaignStore]:
     fsspec.filesystem("memory").rm(url.removeprefix("memory://"), recursive=True)
 
 
+class Companion(Protocol):
+    """Work beside the campaign that also scores (a co-navigation's theory): its background
+    work, a way to let it catch up after each measurement, and its own map of some tasks."""
+
+    work: BackgroundWork
+
+    def settle(self, campaign: Campaign) -> None: ...
+
+    def rmse(self, problem: Problem, rmse: np.ndarray) -> np.ndarray: ...
+
+
 def simulate(
     problem: Problem,
     policy: str,
@@ -113,9 +126,12 @@ def simulate(
     measure: Measure,
     settings: Settings,
     score_every: int = 1,
+    companion: Callable[[CampaignStore, Agent], Companion] | None = None,
 ) -> Trace:
     """Seeds, then ``steps`` decisions, each measured and recorded; the map scored after the
-    seeds, every ``score_every`` steps and after the last."""
+    seeds, every ``score_every`` steps and after the last. A ``companion`` (built on the
+    store and agent) is polled with the campaign's work, settled after each measurement and
+    scores the tasks it maps itself."""
     agent = make_policy(
         policy,
         problem.candidates,
@@ -133,6 +149,7 @@ def simulate(
     )
     trace = Trace(policy, seed)
     with memory_store() as store:
+        beside = companion(store, agent) if companion is not None else None
         campaign = Campaign(
             f"simulated-{policy}-{seed}",
             store,
@@ -140,19 +157,26 @@ def simulate(
             describer,
             problem.modalities,
             len(problem.seeds) + steps,
-            [refit],
+            [refit] if beside is None else [refit, beside.work],
         )
         campaign.reserve([(inst, problem.candidates[c]) for inst, c in problem.seeds])
         for step in range(-len(problem.seeds) + 1, steps + 1):
             m, seconds = measure(campaign.decide(None))
             store.append_measurement(m)
             campaign.record(m)
+            if beside is not None:
+                beside.settle(campaign)
             trace.seconds.append((trace.seconds[-1] if trace.seconds else 0.0) + seconds)
             trace.instruments.append(m.instrument)
             if step >= 0 and (step == steps or step % score_every == 0):
                 trace.scored_at.append(len(trace.seconds))
                 h = scoring_fit(problem, agent, refit, fitting)
-                trace.rmse.append(map_rmse(problem, h, *agent.log.data()).tolist())
+                rmse = map_rmse(problem, h, *agent.log.data())
+                if beside is not None:
+                    rmse = beside.rmse(problem, rmse)
+                trace.rmse.append(rmse.tolist())
+        if beside is not None:  # its answer reads everything (the theory's last fit)
+            beside.work.finish(campaign)
     return trace
 
 
