@@ -19,7 +19,6 @@ noise ``LogNormal(log 0.01, 2)``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from ._threads import torch_scope
 from .theory_surrogate import matern52
 
-__all__ = ["Discrepancy", "fit_discrepancy", "gaussian_log_likelihoods", "grouped_log_likelihoods"]
+__all__ = ["Discrepancy", "fit_discrepancy"]
 
 _PRIORS = {  # (log-median, log-sd) of each hyperparameter, scaled units
     "variance": (math.log(0.05), 1.5),
@@ -37,7 +36,6 @@ _PRIORS = {  # (log-median, log-sd) of each hyperparameter, scaled units
 }
 _NOISE_FLOOR = 1e-6
 _LBFGS_ITERS = 60
-_CHUNK = 256  # thetas per batched Cholesky
 
 
 @dataclass(frozen=True)
@@ -70,63 +68,6 @@ class Discrepancy:
     def covariance(self, z: torch.Tensor) -> torch.Tensor:
         """Covariance of the observations' discrepancy plus noise at ``z`` (n, 2), (n, n)."""
         return self.kernel(z, z) + self.noise * torch.eye(len(z), dtype=z.dtype)
-
-
-def gaussian_log_likelihoods(
-    cov: torch.Tensor, resid: torch.Tensor, extra: Callable[[np.ndarray], torch.Tensor]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log N(resid[:, j]; 0, cov + extra([j])[0])`` for every column j, and the solves
-    ``(cov + extra_j)^-1 resid[:, j]``.
-
-    Args:
-        cov: (n, n) covariance shared by all columns (the discrepancy plus noise).
-        resid: (n, S) residuals, one column per parameter vector.
-        extra: column indices (B,) -> their own covariances (B, n, n) (the surrogate's
-            covariance at each theta), asked for a chunk at a time to bound memory.
-
-    Returns:
-        (S,) log likelihoods, and (n, S) solves (what the discrepancy's posterior mean needs).
-        A column whose matrix cannot be factorised gets ``-inf`` and zero solves.
-    """
-    n, n_s = resid.shape
-    ll = torch.full((n_s,), -math.inf, dtype=torch.float64)
-    alpha = torch.zeros(n, n_s, dtype=torch.float64)
-    const = n * math.log(2.0 * math.pi)
-    with torch_scope(), torch.no_grad():
-        for j in range(0, n_s, _CHUNK):
-            cols = np.arange(j, min(j + _CHUNK, n_s))
-            chol, info = torch.linalg.cholesky_ex(cov + extra(cols))
-            ok = info == 0
-            r = resid[:, cols].T[ok][..., None]
-            a = torch.cholesky_solve(r, chol[ok])[..., 0]
-            logdet = 2.0 * torch.log(torch.diagonal(chol[ok], dim1=-2, dim2=-1)).sum(-1)
-            idx = torch.as_tensor(cols)[ok]
-            ll[idx] = -0.5 * ((r[..., 0] * a).sum(-1) + logdet + const)
-            alpha[:, idx] = a.T
-    return ll, alpha
-
-
-def grouped_log_likelihoods(
-    cov: torch.Tensor, resid: torch.Tensor, group_cov: torch.Tensor, group: np.ndarray
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """As :func:`gaussian_log_likelihoods`, but column j's own covariance is that of its
-    group, ``group_cov[group[j]]`` (G, n, n): one factorisation per group instead of per
-    column, so thousands of columns cost little more than a few hundred groups."""
-    n, n_s = resid.shape
-    ll = torch.full((n_s,), -math.inf, dtype=torch.float64)
-    alpha = torch.zeros(n, n_s, dtype=torch.float64)
-    const = n * math.log(2.0 * math.pi)
-    order = np.argsort(group, kind="stable")
-    starts = np.searchsorted(group[order], np.arange(len(group_cov) + 1))
-    with torch_scope(), torch.no_grad():
-        chol, info = torch.linalg.cholesky_ex(cov + group_cov)
-        logdet = 2.0 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)
-        for g in np.flatnonzero((info == 0).numpy() & (np.diff(starts) > 0)):
-            cols = torch.as_tensor(order[starts[g] : starts[g + 1]])
-            a = torch.cholesky_solve(resid[:, cols], chol[g])
-            ll[cols] = -0.5 * ((resid[:, cols] * a).sum(0) + logdet[g] + const)
-            alpha[:, cols] = a
-    return ll, alpha
 
 
 def _log_prior(raw: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -23,12 +23,8 @@ import numpy as np
 import torch
 
 from ._threads import torch_scope
-from .theory_discrepancy import (
-    Discrepancy,
-    fit_discrepancy,
-    gaussian_log_likelihoods,
-    grouped_log_likelihoods,
-)
+from .theory_discrepancy import Discrepancy, fit_discrepancy
+from .theory_likelihood import TheoryCovariance, normalised, weigh
 from .theory_space import ParameterSpace
 from .theory_surrogate import TheorySurrogate
 
@@ -38,10 +34,9 @@ _SUPPORT_RATIO = 1e-10  # weights below this times the largest are left out of m
 _MAX_SUPPORT = 1024
 _VAR_REPRESENTATIVES = 16  # thetas over which the theory's own variance is averaged in predict
 _ALTERNATIONS = 2  # discrepancy fit <-> weights
-_ANCHORS = 256  # thetas whose surrogate variance is computed exactly before the weights are known
-_PLAUSIBLE_MASS = 1.0 - 1e-6  # weight that must rest on exact variances in the end
-_MAX_EXACT = 512
 _ARGMAX_EXACT = 64  # exact thetas while alternating: enough to find the most probable
+_REFINE_ESS = 200.0  # below this many effective samples a second, narrower set is drawn
+_REFINE_SDS = 4.0
 
 LogPrior = Callable[[np.ndarray], np.ndarray]
 
@@ -245,111 +240,6 @@ def _log_prior(space: ParameterSpace, thetas: np.ndarray, prior: LogPrior | None
     return lp
 
 
-def _farthest_points(points: np.ndarray, m: int) -> np.ndarray:
-    """Indices of ``m`` rows of ``points`` spread out (greedy farthest-point order)."""
-    chosen = [0]
-    dist = np.sum((points - points[0]) ** 2, axis=1)
-    for _ in range(1, min(m, len(points))):
-        chosen.append(int(np.argmax(dist)))
-        dist = np.minimum(dist, np.sum((points - points[chosen[-1]]) ** 2, axis=1))
-    return np.array(chosen)
-
-
-class _TheoryCovariance:
-    """The surrogate's scaled covariance across the observed compositions at every theta:
-    exact (n, n) at a spread-out set of anchors and wherever :meth:`make_exact` is asked.
-
-    For screening, every theta belongs to its nearest anchor (nearest in the surrogate's
-    lengthscales) and shares that anchor's covariance, its diagonal raised to the largest
-    variance any member sees among its three nearest anchors (:attr:`group_cov`).
-
-    Why: the exact covariances cost O(S n_obs n_sim^2) and a factorisation each, ~1.5 s at
-    100 x 2048 x 100 on one core, and only the thetas that carry weight need them; erring
-    large elsewhere only flattens the screened weights, so a theta is rarely ruled out by an
-    underestimate before it is computed exactly.
-    """
-
-    def __init__(self, surrogate: TheorySurrogate, s: np.ndarray, thetas: np.ndarray) -> None:
-        self.surrogate, self.s, self.thetas = surrogate, s, thetas
-        self.slot = np.full(len(thetas), -1)  # index into self.store, or -1
-        self.count = 0  # rows of self.store in use; it grows by doubling
-        self.store = torch.zeros(_ANCHORS, len(s), len(s), dtype=torch.float64)
-        scaled = surrogate.space.to_unit(thetas) / surrogate.hyper["lengthscale"][1:].numpy()
-        anchors = _farthest_points(scaled, _ANCHORS)
-        self.make_exact(anchors)
-        d = np.sum((scaled[:, None, :] - scaled[None, anchors, :]) ** 2, axis=-1)
-        near = np.argsort(d, axis=1)[:, :3]  # (S, 3) positions among the anchors
-        self.group = near[:, 0]
-        base = self.store[torch.as_tensor(self.slot[anchors])]  # (A, n, n)
-        diag = torch.diagonal(base, dim1=-2, dim2=-1)
-        var = diag[torch.as_tensor(near)].amax(dim=1)  # (S, n)
-        raise_by = np.zeros(tuple(diag.shape))
-        np.maximum.at(raise_by, self.group, (var - diag[self.group]).clamp_min(0.0).numpy())
-        self.group_cov = base + torch.diag_embed(torch.as_tensor(raise_by))
-
-    def make_exact(self, idx: np.ndarray) -> np.ndarray:
-        """Compute the exact covariance for thetas ``idx``; returns those that were not yet."""
-        idx = np.asarray(idx, dtype=int)
-        idx = np.unique(idx[self.slot[idx] < 0])
-        if len(idx):
-            c = self.surrogate.covariance_grid(self.s, self.thetas[idx])
-            end = self.count + len(idx)
-            if end > len(self.store):
-                grown = torch.zeros(max(end, 2 * len(self.store)), *self.store.shape[1:])
-                grown[: self.count] = self.store[: self.count]
-                self.store = grown.double()
-            self.store[self.count : end] = torch.as_tensor(c / self.surrogate.y_std**2)
-            self.slot[idx] = self.count + np.arange(len(idx))
-            self.count = end
-        return idx
-
-    def __call__(self, idx: np.ndarray) -> torch.Tensor:
-        """Exact covariances (B, n, n) of thetas ``idx`` (computed first where missing)."""
-        self.make_exact(idx)
-        return self.store[torch.as_tensor(self.slot[np.asarray(idx, dtype=int)])]
-
-
-def _normalised(log_post: np.ndarray) -> np.ndarray:
-    """Weights from log posteriors, normalised by log-sum-exp."""
-    top = np.max(log_post)
-    if not np.isfinite(top):
-        raise ValueError("no parameter vector has a finite posterior (prior or fit failed)")
-    w = np.exp(log_post - top)
-    return w / w.sum()
-
-
-def _plausible(log_post: np.ndarray) -> np.ndarray:
-    """The thetas holding all but 1e-6 of the weight (at most 512, the heaviest)."""
-    w = _normalised(log_post)
-    order = np.argsort(-w)
-    keep = np.searchsorted(np.cumsum(w[order]), _PLAUSIBLE_MASS) + 1
-    return order[: min(keep, _MAX_EXACT)]
-
-
-def _weigh(
-    theory: _TheoryCovariance,
-    cov: torch.Tensor,
-    resid: torch.Tensor,
-    log_prior: np.ndarray,
-    limit: int = _MAX_EXACT,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log likelihoods (S,) and solves (n, S) at every theta: screened with the groups'
-    covariances, then exact wherever the weight rests (at most ``limit`` thetas, the
-    heaviest; repeated while that set grows)."""
-    ll, alpha = grouped_log_likelihoods(cov, resid, theory.group_cov, theory.group)
-    done = np.zeros(len(ll), dtype=bool)
-    for _ in range(4):
-        todo = _plausible(ll.numpy() + log_prior)[:limit]
-        todo = todo[~done[todo]]
-        if not len(todo):
-            break
-        ll[todo], alpha[:, todo] = gaussian_log_likelihoods(
-            cov, resid[:, todo], lambda cols, todo=todo: theory(todo[cols])
-        )
-        done[todo] = True
-    return ll, alpha
-
-
 def infer_parameters(
     surrogate: TheorySurrogate,
     x_obs: np.ndarray,
@@ -386,6 +276,40 @@ def infer_parameters(
         return _calibrate(surrogate, x_obs, s_obs, y_obs, bounds_mm, n_theta, seed, prior)
 
 
+def _stage(
+    surrogate: TheorySurrogate,
+    obs: tuple[torch.Tensor, np.ndarray, np.ndarray],
+    thetas: np.ndarray,
+    log_prior: np.ndarray,
+    hyper: Discrepancy | None,
+) -> tuple[Discrepancy, np.ndarray, np.ndarray]:
+    """Log likelihoods (S,) and solves (n, S) at ``thetas``; with ``hyper`` None, the
+    discrepancy's hyperparameters are first fitted, alternating with the weights."""
+    z, s, y = obs
+    c = surrogate.y_std
+    resid = torch.as_tensor(y[:, None] / c - surrogate.mean_grid(s, thetas) / c)
+    theory = TheoryCovariance(surrogate, s, thetas)
+    if hyper is None:
+        hyper = Discrepancy.default()
+        for _ in range(_ALTERNATIONS):
+            ll, _ = weigh(theory, hyper.covariance(z), resid, log_prior, limit=_ARGMAX_EXACT)
+            best = int(np.argmax(ll.numpy() + log_prior))
+            hyper = fit_discrepancy(z, resid[:, best].numpy(), theory([best])[0].numpy(), hyper)
+    ll, alpha = weigh(theory, hyper.covariance(z), resid, log_prior)
+    return hyper, ll.numpy(), alpha.numpy()
+
+
+def _refined_box(space: ParameterSpace, thetas: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(k, 2): the posterior's mean +- 4 sd per parameter (at least +- 2 spacings of the
+    first set), inside the prior box."""
+    mean = weights @ thetas
+    sd = np.sqrt(weights @ (thetas - mean) ** 2)
+    spacing = space.width / len(thetas) ** (1.0 / space.k)
+    half = np.maximum(_REFINE_SDS * sd, 2.0 * spacing)
+    lo = np.maximum(mean - half, space.bounds[:, 0])
+    return np.column_stack([lo, np.minimum(mean + half, space.bounds[:, 1])])
+
+
 def _calibrate(
     surrogate: TheorySurrogate,
     x_obs: np.ndarray,
@@ -396,33 +320,47 @@ def _calibrate(
     seed: int,
     prior: LogPrior | None,
 ) -> ParameterPosterior:
-    """:func:`infer_parameters`' body, run under one torch thread."""
+    """:func:`infer_parameters`' body, run under one torch thread.
+
+    When the first set leaves fewer than 200 effective samples (the posterior is narrow
+    against its spacing), half as many Sobol points again are drawn in the box the posterior
+    occupies; the union is a sample of the mixture of the two uniform densities, so each
+    weight is divided by that mixture's density there (deterministic-mixture importance
+    weights), which keeps the weights exact over the whole box.
+    """
     z, s, y, bounds = _checked_observations(x_obs, s_obs, y_obs, bounds_mm)
-    thetas = _parameter_set(surrogate.space, n_theta, seed)
-    log_prior = _log_prior(surrogate.space, thetas, prior)
-    c = surrogate.y_std
-    resid = torch.as_tensor(y[:, None] / c - surrogate.mean_grid(s, thetas) / c)
-    theory = _TheoryCovariance(surrogate, s, thetas)
-    hyper = Discrepancy.default()
-    for _ in range(_ALTERNATIONS):
-        ll, alpha = _weigh(theory, hyper.covariance(z), resid, log_prior, limit=_ARGMAX_EXACT)
-        best = int(np.argmax(ll.numpy() + log_prior))
-        hyper = fit_discrepancy(z, resid[:, best].numpy(), theory([best])[0].numpy(), hyper)
-    ll, alpha = _weigh(theory, hyper.covariance(z), resid, log_prior)
-    weights = _normalised(ll.numpy() + log_prior)
+    space, obs = surrogate.space, (z, s, y)
+    thetas = _parameter_set(space, n_theta, seed)
+    log_prior = _log_prior(space, thetas, prior)
+    hyper, ll, alpha = _stage(surrogate, obs, thetas, log_prior, None)
+    weights = normalised(ll + log_prior)
+    if isinstance(n_theta, int | np.integer) and 1.0 / np.sum(weights**2) < _REFINE_ESS:
+        box = _refined_box(space, thetas, weights)
+        inner = ParameterSpace(space.names, box).sobol(max(len(thetas) // 2, 2), seed + 1)
+        inner_prior = _log_prior(space, inner, prior)
+        _, ll_inner, alpha_inner = _stage(surrogate, obs, inner, inner_prior, hyper)
+        outer = len(thetas) / np.prod(space.width)  # density of the first set's points
+        inner_density = len(inner) / np.prod(box[:, 1] - box[:, 0])
+        thetas = np.vstack([thetas, inner])
+        inside = np.all((thetas >= box[:, 0]) & (thetas <= box[:, 1]), axis=1)
+        log_q = np.log(outer + np.where(inside, inner_density, 0.0))
+        ll, alpha = np.concatenate([ll, ll_inner]), np.hstack([alpha, alpha_inner])
+        log_prior = np.concatenate([log_prior, inner_prior])
+        weights = normalised(ll + log_prior - log_q)
     best = int(np.argmax(weights))
+    cov_map = surrogate.covariance_grid(s, thetas[best][None])[0] / surrogate.y_std**2
     return ParameterPosterior(
-        names=surrogate.space.names,
+        names=space.names,
         thetas=thetas,
         weights=weights,
-        log_likelihood=ll.numpy(),
+        log_likelihood=ll,
         surrogate=surrogate,
         hyper=hyper,
         z_obs=z,
         s_obs=s,
         y_obs=y,
         bounds_mm=bounds,
-        alpha=alpha.numpy(),
+        alpha=alpha,
         theta_map=thetas[best],
-        cov_map=theory([best])[0].numpy(),
+        cov_map=cov_map,
     )

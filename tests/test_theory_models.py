@@ -172,3 +172,21 @@ def test_infer_parameters_refuses_mismatched_shapes() -> None:
     assert post.thetas.shape == (128, 2)
     clone = pickle.loads(pickle.dumps(post))  # ships to and from Dask workers
     np.testing.assert_allclose(clone.predict(x, s)[0], post.predict(x, s)[0])
+
+
+def test_refined_weights_agree_with_a_dense_grid() -> None:
+    """A coarse Sobol set (256) refined where the posterior sits gives the posterior a dense
+    grid (121 x 121) gives: the refinement's importance weights are exact, not a heuristic."""
+    x, s, y = ts.observe(15, np.random.default_rng(1))
+    surrogate = _surrogate(80, seed=1)
+    refined = infer_parameters(surrogate, x, s, y, bounds_mm=ts.BOUNDS_MM, n_theta=256)
+    grid = np.stack(np.meshgrid(np.linspace(0.08, 0.2, 121), np.linspace(0, 0.6, 121)), -1)
+    dense = infer_parameters(
+        surrogate, x, s, y, bounds_mm=ts.BOUNDS_MM, n_theta=grid.reshape(-1, 2)
+    )
+    assert len(refined.thetas) == 256 + 128  # the refinement ran
+    scale = ts.SPACE.width
+    np.testing.assert_allclose(refined.mean() / scale, dense.mean() / scale, atol=0.02)
+    np.testing.assert_allclose(
+        refined.interval() / scale[:, None], dense.interval() / scale[:, None], atol=0.05
+    )
