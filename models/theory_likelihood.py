@@ -39,6 +39,14 @@ _CHUNK = 256  # thetas per batched Cholesky
 _ANCHORS = 256  # thetas whose surrogate covariance is computed before the weights are known
 _PLAUSIBLE_MASS = 1.0 - 1e-6  # weight that must rest on exact covariances in the end
 _MAX_EXACT = 512
+_STORE_BYTES = 256 * 2**20  # memory for the exact (n, n) covariances kept at once, about
+
+
+def _capped(count: int, n_obs: int) -> int:
+    """``count`` covariances, or fewer (at least 32) with many observations: anchors plus
+    exact ones, stored with doubling, stay near ``_STORE_BYTES`` (the caps bite from
+    ~180 observations on: 256 anchors of 180 x 180 doubles are 66 MB)."""
+    return int(np.clip(_STORE_BYTES // (8 * n_obs * n_obs * 4), 32, count))
 
 
 def gaussian_log_likelihoods(
@@ -126,9 +134,9 @@ class TheoryCovariance:
         self.surrogate, self.s, self.thetas = surrogate, s, thetas
         self.slot = np.full(len(thetas), -1)  # index into self.store, or -1
         self.count = 0  # rows of self.store in use; it grows by doubling
-        self.store = torch.zeros(_ANCHORS, len(s), len(s), dtype=torch.float64)
+        self.store = torch.zeros(0, len(s), len(s), dtype=torch.float64)
         scaled = surrogate.space.to_unit(thetas) / surrogate.hyper["lengthscale"][1:].numpy()
-        anchors = _farthest_points(scaled, _ANCHORS)
+        anchors = _farthest_points(scaled, _capped(_ANCHORS, len(s)))
         self.make_exact(anchors)
         d = np.sum((scaled[:, None, :] - scaled[None, anchors, :]) ** 2, axis=-1)
         near = np.argsort(d, axis=1)[:, :3]  # (S, 3) positions among the anchors
@@ -150,7 +158,7 @@ class TheoryCovariance:
             if end > len(self.store):
                 grown = torch.zeros(max(end, 2 * len(self.store)), *self.store.shape[1:])
                 grown[: self.count] = self.store[: self.count]
-                self.store = grown.double()
+                self.store = grown.double()  # amortised: doubling, not one copy per call
             self.store[self.count : end] = torch.as_tensor(c / self.surrogate.y_std**2)
             self.slot[idx] = self.count + np.arange(len(idx))
             self.count = end
@@ -172,11 +180,10 @@ def normalised(log_post: np.ndarray) -> np.ndarray:
 
 
 def plausible(log_post: np.ndarray) -> np.ndarray:
-    """The thetas holding all but 1e-6 of the weight (at most 512, the heaviest)."""
+    """The thetas holding all but 1e-6 of the weight, heaviest first."""
     w = normalised(log_post)
     order = np.argsort(-w)
-    keep = np.searchsorted(np.cumsum(w[order]), _PLAUSIBLE_MASS) + 1
-    return order[: min(keep, _MAX_EXACT)]
+    return order[: np.searchsorted(np.cumsum(w[order]), _PLAUSIBLE_MASS) + 1]
 
 
 def weigh(
@@ -188,7 +195,9 @@ def weigh(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Log likelihoods (S,) and solves (n, S) at every theta: screened with the groups'
     covariances, then exact wherever the weight rests (at most ``limit`` thetas, the
-    heaviest; repeated while that set grows)."""
+    heaviest, fewer with many observations: :func:`_capped`; repeated while that set
+    grows)."""
+    limit = _capped(limit, len(resid))
     ll, alpha = grouped_log_likelihoods(cov, resid, theory.group_cov, theory.group)
     done = np.zeros(len(ll), dtype=bool)
     for _ in range(4):

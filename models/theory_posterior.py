@@ -6,7 +6,8 @@ plausible parameters disagree is where the next measurement teaches the most
 (:meth:`ParameterPosterior.disagreement`), and the theory's variance at plausible parameters is
 where the next simulations help (:mod:`coorch.models.theory_design`). With two or three
 parameters a Sobol set of a few thousand points covers the box well enough that weights are
-exact up to its resolution: no MCMC to tune or diagnose.
+exact up to its resolution, and where the posterior is narrow against that resolution a second
+set drawn where it sits refines it: no MCMC to tune or diagnose.
 
 :func:`infer_parameters` makes one (Kennedy-O'Hagan calibration, below); the class says what it
 answers. Units: the caller's outside (descriptor, mm, the parameters' own);
@@ -34,7 +35,8 @@ _SUPPORT_RATIO = 1e-10  # weights below this times the largest are left out of m
 _MAX_SUPPORT = 1024
 _VAR_REPRESENTATIVES = 16  # thetas over which the theory's own variance is averaged in predict
 _ALTERNATIONS = 2  # discrepancy fit <-> weights
-_ARGMAX_EXACT = 64  # exact thetas while alternating: enough to find the most probable
+_ARGMAX_EXACT = 64  # exact thetas while alternating (the heaviest)
+_EM_THETAS = 8  # posterior draws whose residuals the discrepancy's hyperparameters are fitted to
 _REFINE_ESS = 200.0  # below this many effective samples a second, narrower set is drawn
 _REFINE_SDS = 4.0
 
@@ -126,10 +128,8 @@ class ParameterPosterior:
         """A few thetas standing for the posterior (systematic resampling, deterministic):
         indices and weights, for averages too costly to take over the whole support."""
         idx, w = self._support()
-        points = (np.arange(_VAR_REPRESENTATIVES) + 0.5) / _VAR_REPRESENTATIVES
-        picks = np.minimum(np.searchsorted(np.cumsum(w), points), len(idx) - 1)
-        uniq, counts = np.unique(picks, return_counts=True)
-        return idx[uniq], counts / counts.sum()
+        picks, counts = _systematic(w, _VAR_REPRESENTATIVES)
+        return idx[picks], counts / counts.sum()
 
     # -- maps over the library -----------------------------------------------------------
     def _unit_positions(self, x: np.ndarray) -> torch.Tensor:
@@ -191,6 +191,14 @@ class ParameterPosterior:
         rep, rep_w = self._representatives()
         theory_var = self.surrogate.var_grid(sa, self.thetas[rep]) @ rep_w / c**2
         return mean * c, (spread + theory_var + delta_var) * c**2
+
+
+def _systematic(weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Systematic resampling with a fixed offset (deterministic): ``n`` draws from
+    ``weights``, returned as distinct indices and how many draws each got."""
+    points = (np.arange(n) + 0.5) / n
+    picks = np.minimum(np.searchsorted(np.cumsum(weights), points), len(weights) - 1)
+    return np.unique(picks, return_counts=True)
 
 
 def _checked_observations(
@@ -257,7 +265,8 @@ def infer_parameters(
     (:mod:`coorch.models.theory_discrepancy`), plus the surrogate's own uncertainty about
     ``eta(., theta)`` at the observed compositions (its full covariance across them, not only
     its variance: see :meth:`TheorySurrogate.covariance_grid`). ``delta``'s hyperparameters
-    are fitted by MAP at the most probable theta, alternating twice with the weights.
+    are fitted by MAP to the residuals of 8 draws from the weights (an EM step,
+    :func:`~coorch.models.theory_discrepancy.fit_discrepancy`), alternating twice.
 
     Args:
         surrogate: the fitted theory surrogate.
@@ -265,7 +274,9 @@ def infer_parameters(
         s_obs: (n,) their nominal compositions (the campaign's gradient).
         y_obs: (n,) the measured descriptors (the theory's units).
         bounds_mm: (2, 2) the library, ``[[x_low, x_high], [y_low, y_high]]``.
-        n_theta: number of Sobol parameter vectors over the box, or a (S, k) set (a grid).
+        n_theta: number of Sobol parameter vectors over the box (plus half as many again
+            where the posterior sits when it is narrow: see :func:`_calibrate`), or a
+            (S, k) set (a grid), used as given.
         seed: the Sobol scramble.
         prior: optional log density over parameters, (S, k) -> (S,), on top of uniform.
 
@@ -292,9 +303,11 @@ def _stage(
     if hyper is None:
         hyper = Discrepancy.default()
         for _ in range(_ALTERNATIONS):
-            ll, _ = weigh(theory, hyper.covariance(z), resid, log_prior, limit=_ARGMAX_EXACT)
-            best = int(np.argmax(ll.numpy() + log_prior))
-            hyper = fit_discrepancy(z, resid[:, best].numpy(), theory([best])[0].numpy(), hyper)
+            cov = hyper.covariance(z)
+            ll, _ = weigh(theory, cov, resid, log_prior, limit=_ARGMAX_EXACT)
+            picks, counts = _systematic(normalised(ll.numpy() + log_prior), _EM_THETAS)
+            extra = theory(picks).numpy()
+            hyper = fit_discrepancy(z, resid[:, picks].numpy(), extra, counts, hyper)
     ll, alpha = weigh(theory, hyper.covariance(z), resid, log_prior)
     return hyper, ll.numpy(), alpha.numpy()
 

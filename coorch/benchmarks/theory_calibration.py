@@ -51,6 +51,7 @@ class Problem:
     hidden: np.ndarray  # (k,)
     simulate: Callable[[np.ndarray], np.ndarray]  # rows (n, 1+k) -> descriptors (n,)
     experiment: Callable[[np.ndarray, np.random.Generator], np.ndarray]  # x (n, 2) -> y (n,)
+    truth: Callable[[np.ndarray], np.ndarray]  # x (n, 2) -> noise-free descriptor (n,)
 
 
 def composition(x_mm: np.ndarray) -> np.ndarray:
@@ -67,11 +68,15 @@ def standin() -> Problem:
         amp = 4000.0 * (1.0 - 0.9 * theta[:, 1]) / (1.0 + theta[:, 1])
         return amp * np.maximum(theta[:, 0] - s, 0.0) ** 2
 
-    def experiment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def truth(x: np.ndarray) -> np.ndarray:
         clean = eta(composition(x[:, 0]), np.broadcast_to(hidden, (len(x), 2)))
-        return clean * (1.0 + 0.3 * (x[:, 1] - 1.0)) + rng.normal(0.0, 1.0, len(x))
+        return clean * (1.0 + 0.3 * (x[:, 1] - 1.0))
 
-    return Problem("standin", space, hidden, lambda d: eta(d[:, 0], d[:, 1:]), experiment)
+    def experiment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return truth(x) + rng.normal(0.0, 1.0, len(x))
+
+    simulate = lambda d: eta(d[:, 0], d[:, 1:])  # noqa: E731
+    return Problem("standin", space, hidden, simulate, experiment, truth)
 
 
 def lgd_problem() -> Problem:
@@ -98,15 +103,18 @@ def lgd_problem() -> Problem:
     def simulate(rows: np.ndarray) -> np.ndarray:
         return opening(lgd.simulate_many(rows[:, 0], rows[:, 1:], bias))
 
-    def experiment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def loops(x: np.ndarray) -> np.ndarray:
         theta = np.broadcast_to(hidden, (len(x), len(hidden)))
-        loops = lgd.simulate_many(composition(x[:, 0]), theta, bias)
-        loops = loops * (1.0 + 0.08 * (x[:, 1] - 1.0))[:, None, None]
-        gain = 1.0 + rng.normal(0.0, 0.03, (len(x), 1, 1))
-        noise = rng.normal(0.0, 1.5, loops.shape) * (1.0 + 0.02 * np.abs(loops))
-        return opening(gain * loops + noise)
+        clean = lgd.simulate_many(composition(x[:, 0]), theta, bias)
+        return clean * (1.0 + 0.08 * (x[:, 1] - 1.0))[:, None, None]
 
-    return Problem("lgd", space, hidden, simulate, experiment)
+    def experiment(x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        clean = loops(x)
+        gain = 1.0 + rng.normal(0.0, 0.03, (len(x), 1, 1))
+        noise = rng.normal(0.0, 1.5, clean.shape) * (1.0 + 0.02 * np.abs(clean))
+        return opening(gain * clean + noise)
+
+    return Problem("lgd", space, hidden, simulate, experiment, lambda x: opening(loops(x)))
 
 
 def observe(problem: Problem, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
@@ -239,6 +247,51 @@ def plot(problem: Problem, records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_maps(problem: Problem, seed: int, n_sim: int, path: Path) -> dict:
+    """Seed ``seed`` at ``n_sim`` Sobol simulations: the truth over the library, the
+    theory-informed map (:meth:`ParameterPosterior.predict`), the theory alone at the posterior
+    mean, and the fitted discrepancy; returns the maps' RMSE against the truth."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    obs = observe(problem, np.random.default_rng(seed))
+    design = initial_design(problem.space, S_RANGE, n_sim, seed)
+    sur, post, _ = _calibrate(problem, design, problem.simulate(design), obs, seed)
+    gx, gy = np.meshgrid(np.linspace(*BOUNDS_MM[0], 41), np.linspace(*BOUNDS_MM[1], 9))
+    x = np.column_stack([gx.ravel(), gy.ravel()])
+    s = composition(x[:, 0])
+    truth = problem.truth(x)
+    mean, var = post.predict(x, s)
+    theory, _ = sur.predict(s, np.broadcast_to(post.mean(), (len(s), problem.space.k)))
+    delta, _ = post.discrepancy(x)
+    panels = {
+        "truth": truth,
+        "theory-informed map (predict)": mean,
+        "theory alone at the posterior mean": theory,
+        "discrepancy (posterior mean)": delta,
+    }
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.2 * len(panels)), sharex=True)
+    lim = (min(truth.min(), mean.min()), max(truth.max(), mean.max()))
+    for ax, (title, values) in zip(axes, panels.items(), strict=True):
+        vmin, vmax = lim if "discrepancy" not in title else (values.min(), values.max())
+        im = ax.pcolormesh(gx, gy, values.reshape(gx.shape), vmin=vmin, vmax=vmax, shading="auto")
+        ax.plot(obs[0][:, 0], obs[0][:, 1], "k.", ms=4)
+        ax.set(ylabel="y (mm)", title=title)
+        fig.colorbar(im, ax=ax)
+    axes[-1].set_xlabel("x (mm)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+    def rmse(a: np.ndarray) -> float:
+        return float(np.sqrt(np.mean((a - truth) ** 2)))
+
+    z2 = float(np.mean((mean - truth) ** 2 / var))
+    return {"rmse_predict": rmse(mean), "rmse_theory_alone": rmse(theory), "mean_z2": z2}
+
+
 def bench_theory_calibration_command(
     out: Path = typer.Option(Path("theory-calibration"), help="folder for JSON and PNG"),
     seeds: int = typer.Option(10, min=1, help="seeds per problem"),
@@ -256,6 +309,7 @@ def bench_theory_calibration_command(
             "names": list(problem.space.names),
             "summary": summarise(records),
             "timings": timings(problem),
+            "maps_seed0_80sims": plot_maps(problem, 0, 80, out / f"{name}-maps.png"),
             "records": records,
         }
         (out / f"{name}.json").write_text(json.dumps(result, indent=1))
