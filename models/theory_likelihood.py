@@ -12,7 +12,7 @@ simulations on one core. Most thetas carry no weight, so:
   variance among its three nearest anchors (erring large only flattens a screened weight);
 * :func:`grouped_log_likelihoods` screens every theta with one factorisation per anchor group;
 * :func:`weigh` then recomputes exactly (:func:`gaussian_log_likelihoods`) the thetas holding
-  all but 1e-6 of the weight, repeating while that set grows.
+  all but 1e-4 of the weight, repeating while that set grows.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ __all__ = [
 
 _CHUNK = 256  # thetas per batched Cholesky
 _ANCHORS = 256  # thetas whose surrogate covariance is computed before the weights are known
-_PLAUSIBLE_MASS = 1.0 - 1e-6  # weight that must rest on exact covariances in the end
+_PLAUSIBLE_MASS = 1.0 - 1e-4  # weight that must rest on exact covariances in the end
 _MAX_EXACT = 512
 _STORE_BYTES = 256 * 2**20  # memory for the exact (n, n) covariances kept at once, about
 
@@ -130,13 +130,19 @@ class TheoryCovariance:
     underestimate before it is computed exactly.
     """
 
-    def __init__(self, surrogate: TheorySurrogate, s: np.ndarray, thetas: np.ndarray) -> None:
+    def __init__(
+        self,
+        surrogate: TheorySurrogate,
+        s: np.ndarray,
+        thetas: np.ndarray,
+        anchors: int = _ANCHORS,
+    ) -> None:
         self.surrogate, self.s, self.thetas = surrogate, s, thetas
         self.slot = np.full(len(thetas), -1)  # index into self.store, or -1
         self.count = 0  # rows of self.store in use; it grows by doubling
         self.store = torch.zeros(0, len(s), len(s), dtype=torch.float64)
         scaled = surrogate.space.to_unit(thetas) / surrogate.hyper["lengthscale"][1:].numpy()
-        anchors = _farthest_points(scaled, _capped(_ANCHORS, len(s)))
+        anchors = _farthest_points(scaled, _capped(anchors, len(s)))
         self.make_exact(anchors)
         d = np.sum((scaled[:, None, :] - scaled[None, anchors, :]) ** 2, axis=-1)
         near = np.argsort(d, axis=1)[:, :3]  # (S, 3) positions among the anchors
@@ -180,7 +186,8 @@ def normalised(log_post: np.ndarray) -> np.ndarray:
 
 
 def plausible(log_post: np.ndarray) -> np.ndarray:
-    """The thetas holding all but 1e-6 of the weight, heaviest first."""
+    """The thetas holding all but 1e-4 of the weight, heaviest first (the rest keep their
+    screened weights: enough for 5 % and 95 % quantiles)."""
     w = normalised(log_post)
     order = np.argsort(-w)
     return order[: np.searchsorted(np.cumsum(w[order]), _PLAUSIBLE_MASS) + 1]

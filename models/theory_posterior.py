@@ -37,8 +37,10 @@ _VAR_REPRESENTATIVES = 16  # thetas over which the theory's own variance is aver
 _ALTERNATIONS = 2  # discrepancy fit <-> weights
 _ARGMAX_EXACT = 64  # exact thetas while alternating (the heaviest)
 _EM_THETAS = 8  # posterior draws whose residuals the discrepancy's hyperparameters are fitted to
-_REFINE_ESS = 200.0  # below this many effective samples a second, narrower set is drawn
+_REFINE_ESS = 100.0  # below this many effective samples a second, narrower set is drawn
 _REFINE_SDS = 4.0
+_ANCHORS = 256  # thetas whose surrogate covariance screens the rest: over the whole box
+_REFINE_ANCHORS = 64  # ... over the refined box, where it varies less
 
 LogPrior = Callable[[np.ndarray], np.ndarray]
 
@@ -294,12 +296,12 @@ def _stage(
     log_prior: np.ndarray,
     hyper: Discrepancy | None,
 ) -> tuple[Discrepancy, np.ndarray, np.ndarray]:
-    """Log likelihoods (S,) and solves (n, S) at ``thetas``; with ``hyper`` None, the
-    discrepancy's hyperparameters are first fitted, alternating with the weights."""
+    """Log likelihoods (S,) and solves (n, S) at ``thetas``; with ``hyper`` None (the first
+    set), the discrepancy's hyperparameters are first fitted, alternating with the weights."""
     z, s, y = obs
     c = surrogate.y_std
     resid = torch.as_tensor(y[:, None] / c - surrogate.mean_grid(s, thetas) / c)
-    theory = TheoryCovariance(surrogate, s, thetas)
+    theory = TheoryCovariance(surrogate, s, thetas, _ANCHORS if hyper is None else _REFINE_ANCHORS)
     if hyper is None:
         hyper = Discrepancy.default()
         for _ in range(_ALTERNATIONS):
@@ -335,7 +337,7 @@ def _calibrate(
 ) -> ParameterPosterior:
     """:func:`infer_parameters`' body, run under one torch thread.
 
-    When the first set leaves fewer than 200 effective samples (the posterior is narrow
+    When the first set leaves fewer than 100 effective samples (the posterior is narrow
     against its spacing), half as many Sobol points again are drawn in the box the posterior
     occupies; the union is a sample of the mixture of the two uniform densities, so each
     weight is divided by that mixture's density there (deterministic-mixture importance
