@@ -38,6 +38,8 @@ def test_parameter_space_scales_both_ways_and_draws_inside_the_box() -> None:
     np.testing.assert_allclose(ts.SPACE.to_unit(ts.HIDDEN[None]), [[0.055 / 0.12, 0.25 / 0.6]])
     design = initial_design(ts.SPACE, ts.S_RANGE, 32, seed=1)
     assert design.shape == (32, 3) and len(np.unique(design, axis=0)) == 32
+    # A longer design extends a shorter one: a campaign plans its start in pieces.
+    np.testing.assert_array_equal(initial_design(ts.SPACE, ts.S_RANGE, 12, seed=1), design[:12])
     assert design[:, 0].min() >= 0.0 and design[:, 0].max() <= 0.2
     with pytest.raises(ValueError, match="bounds"):
         ParameterSpace(("a", "b"), np.array([[0.0, 1.0]]))
