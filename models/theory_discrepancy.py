@@ -95,8 +95,10 @@ def fit_discrepancy(
     by ``weights`` (K,): the expected log marginal likelihood (an EM step, theta the latent).
 
     Why not the residual of the single most probable theta: hyperparameters fitted to it
-    explain that theta's residual best and so favour it further; the posterior came out
-    narrower than its errors (on the LGD problem 7 of 10 seeds' intervals held the truth).
+    explain that theta's residual best and so favour it further. On the LGD check
+    (``coorch.benchmarks.theory_calibration``, 10 seeds) the co-navigated arm's ``depol``
+    intervals held the truth in 7 of 10 seeds at 50-80 simulations that way, 10 of 10 with
+    this step.
 
     L-BFGS over log parameters from ``init`` (else the priors' medians). A failed fit (a step
     to a singular matrix) returns ``init`` unchanged: the alternation then keeps what it had.
