@@ -61,6 +61,11 @@ def _task_states(keys: list[str], dask_scheduler=None) -> dict[str, str | None]:
     return {k: tasks[k].state if k in tasks else None for k in keys}
 
 
+def warm_up() -> None:
+    """Pay a worker's imports (the simulator, numpy, scipy) before the first simulation."""
+    import coorch.models.theory_simulation  # noqa: F401
+
+
 def run_on_worker(simulate: Callable, s: float, theta: dict[str, float]) -> dict:
     """One simulation where Dask put it, timed and signed with the worker's host and pid."""
     t0 = time.perf_counter()
@@ -399,6 +404,7 @@ def theory_loop(
         dask_client(config.dask) as client,
         ThreadPoolExecutor(1, thread_name_prefix="theory") as fits,
     ):
+        client.submit(warm_up, pure=False)  # while the instruments take their seeds
         loop = TheoryLoop(
             config,
             instrument=config.instrument,

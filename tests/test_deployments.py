@@ -129,28 +129,81 @@ def run_to_completion(deployment: str, parameters: dict, timeout_s: float = 240)
     )
 
 
+@pytest.fixture(scope="module")
+def lgd_twins(tmp_path_factory):
+    """A PFM and a Raman twin over ``smbfo-lgd`` (the PFM loops are the LGD simulator's at
+    hidden parameters), served over loopback HTTP."""
+    from coorch.deployments.config import InstrumentConfig
+    from coorch.instrument_agents.launch import start_twin
+
+    token = "deployed-token"
+    token_file = tmp_path_factory.mktemp("tokens") / "agent.token"
+    token_file.write_text(token)
+    kinds = [("afm", "pfm_loop"), ("raman", "raman")]
+    agents = [
+        # measurements that take time (a PFM loop 1.5 s, a Raman spectrum 0.5 s), as theirs do
+        start_twin(kind, "smbfo-lgd", token=token, seed=k, time_scale=0.05)
+        for k, (kind, _) in enumerate(kinds)
+    ]
+    yield [
+        InstrumentConfig(
+            name=a.driver.describe().id, kind=kind, modality=mod, url=a.url, token_file=token_file
+        )
+        for a, (kind, mod) in zip(agents, kinds, strict=True)
+    ]
+    for a in agents:
+        a.stop()
+
+
 @pytest.mark.slow
-def test_a_deployment_runs_to_completion_on_a_process_worker(worker, twins, tmp_path):
-    from coorch.deployments.config import CampaignSpec
+def test_conavigate_runs_to_completion_on_a_process_worker(worker, lgd_twins, tmp_path):
+    """The co-navigation deployment end to end: measurements and simulations in one store, both
+    under the deployment's flow run, the simulations landing while the instruments measure, and
+    the posterior over the simulator's parameters in the store's metadata."""
+    import pandas as pd
+
+    from coorch.deployments.dask_config import DaskConfig
+    from coorch.deployments.theory_config import ConavigateSpec, TheoryConfig
     from coorch.storage import CampaignStore
 
     store = tmp_path / "deployed.zarr"
-    spec = CampaignSpec(
+    spec = ConavigateSpec(
         name="deployed",
-        instruments=twins,
-        policy="random",
-        budget=6,
-        seeds_per_instrument=1,
+        library="smbfo-lgd",
+        instruments=lgd_twins,
+        budget=8,
+        seeds_per_instrument=2,
         grid=(21, 3),
         store=str(store),
         report="",
+        theory=TheoryConfig(
+            instrument=lgd_twins[0].name,
+            initial_simulations=6,
+            max_simulations=12,
+            in_flight=2,
+            dask=DaskConfig(n_workers=1, threads_per_worker=2),
+        ),
     )
-    run = run_to_completion("coorchestrate/coorchestrate", {"spec": spec.model_dump(mode="json")})
+    run = run_to_completion("conavigate/conavigate", {"spec": spec.model_dump(mode="json")})
     assert run.state is not None and run.state.is_completed(), (run.state, tail(worker))
-    table = CampaignStore.open(str(store), create=False).measurements_table()
-    assert len(table) == 6 and table["measurement_id"].is_unique
-    assert set(table["instrument"]) == {c.name for c in twins}
+    with CampaignStore.open(str(store), create=False) as s:
+        table, sims, meta = s.measurements_table(), s.read_simulations(), s.metadata()
+    assert len(table) == 8 and table["measurement_id"].is_unique
+    assert set(table["instrument"]) == {c.name for c in lgd_twins}
     assert set(table["flow_run_id"]) == {str(run.id)}
+    # the campaign's end ends the theory: what is in flight lands, nothing new starts
+    assert 4 <= len(sims) <= 12 and {x.status for x in sims} == {"done"}
+    assert {x.flow_run_id for x in sims} == {str(run.id)} and {x.campaign for x in sims} == {
+        "deployed"
+    }
+    first, last = (pd.Timestamp(t).timestamp() for t in table["start_time"].agg(["min", "max"]))
+    landed = [x.finished_at.timestamp() for x in sims]
+    assert any(first < t < last for t in landed)  # beside the measurements, not after them
+    theory = meta["theory"]
+    assert set(theory["posterior"]) == {"s_c", "depol"} and theory["history"]
+    for row in theory["posterior"].values():
+        assert row["lo"] < row["mean"] < row["hi"]
+    assert theory["discrepancy_map"]["mean"]
 
 
 def tail(log: Path, n: int = 40) -> str:
