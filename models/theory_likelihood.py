@@ -69,9 +69,10 @@ def gaussian_log_likelihoods(
     ll = torch.full((n_s,), -math.inf, dtype=torch.float64)
     alpha = torch.zeros(n, n_s, dtype=torch.float64)
     const = n * math.log(2.0 * math.pi)
+    chunk = int(np.clip(_STORE_BYTES // (32 * n * n), 8, _CHUNK))  # a chunk's two (B, n, n)
     with torch_scope(), torch.no_grad():
-        for j in range(0, n_s, _CHUNK):
-            cols = np.arange(j, min(j + _CHUNK, n_s))
+        for j in range(0, n_s, chunk):
+            cols = np.arange(j, min(j + chunk, n_s))
             chol, info = torch.linalg.cholesky_ex(cov + extra(cols))
             ok = info == 0
             r = resid[:, cols].T[ok][..., None]
