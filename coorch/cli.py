@@ -172,6 +172,7 @@ BENCHMARKS = {
     "ingest": ("coorch.benchmarks.ingest", "bench_ingest_command"),
     "load": ("coorch.benchmarks.load", "bench_load_command"),
     "theory": ("coorch.benchmarks.theory", "bench_theory_command"),
+    "theory-flow": ("coorch.benchmarks.theory_flow", "bench_theory_flow_command"),
     "theory-calibration": (
         "coorch.benchmarks.theory_calibration",
         "bench_theory_calibration_command",
