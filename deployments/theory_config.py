@@ -108,11 +108,16 @@ class ConavigateSpec(CampaignSpec):
                 f"theory.instrument {self.theory.instrument!r} is none of the campaign's "
                 f"instruments {sorted(byname)}"
             )
-        if inst.modality not in SIMULATED_MODALITIES or inst.descriptor != "physics":
+        if (
+            inst.modality not in SIMULATED_MODALITIES
+            or inst.descriptor != "physics"
+            or (inst.log_scale)
+        ):
             raise ValueError(
                 f"theory.instrument {inst.name!r} measures {inst.modality!r} with the "
-                f"{inst.descriptor!r} descriptor; the simulator predicts the physics "
-                f"descriptor of {SIMULATED_MODALITIES}"
+                f"{inst.descriptor!r} descriptor{' on a log scale' if inst.log_scale else ''}; "
+                f"the simulator predicts the physics descriptor of {SIMULATED_MODALITIES} "
+                "in its own units"
             )
         lo, hi = self.theory.composition_range
         if not 0.0 <= lo < hi <= 1.0:

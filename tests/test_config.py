@@ -103,3 +103,23 @@ def test_prefect_yaml_deploys_every_flow_with_valid_parameters():
         flow = getattr(importlib.import_module(module), name)
         assert flow.name == d["name"]
         specs[d["name"]](**d["parameters"]["spec"])
+
+
+@pytest.mark.parametrize(
+    ("instrument", "theory", "fragment"),
+    [
+        ({}, {"instrument": "nope"}, "none of the campaign's instruments"),
+        ({}, {"instrument": "afm", "composition_range": [0.2, 0.1]}, "no fraction range"),
+        ({"log_scale": True}, {"instrument": "afm"}, "on a log scale"),
+        ({"modality": "raman", "kind": "raman"}, {"instrument": "afm"}, "measures 'raman'"),
+        ({}, {"instrument": "afm", "initial_simulations": 20, "max_simulations": 10}, "below"),
+        ({}, {"instrument": "afm", "timeout_s": 0}, "timeout_s"),
+    ],
+)
+def test_a_conavigation_spec_refuses_a_theory_it_cannot_run(instrument, theory, fragment):
+    from coorch.deployments.theory_config import ConavigateSpec
+
+    inst = {"name": "afm", "kind": "afm", "modality": "pfm_loop", "url": "http://x",
+            "token_file": "t", **instrument}  # fmt: skip
+    with pytest.raises(ValidationError, match=fragment):
+        ConavigateSpec(library="smbfo-lgd", instruments=[inst], theory=theory)
