@@ -27,7 +27,7 @@ from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient, get_client
-from prefect.exceptions import PrefectHTTPStatusError
+from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
 log = logging.getLogger(__name__)
@@ -101,8 +101,7 @@ class InstrumentSlots:
     def ensure(self, instruments: Sequence[str]) -> None:
         """One limit of one slot per instrument; idempotent (an existing limit is set to 1)."""
         for instrument in instruments:
-            name = limit_name(instrument)
-            self._insist(lambda c, n=name: c.upsert_global_concurrency_limit_by_name(n, 1))
+            self._insist(lambda c, n=limit_name(instrument): _upsert_one_slot(c, n))
 
     def take(self, instrument: str) -> UUID | None:
         """The slot's lease id, or None if the instrument is busy (one call, never waits)."""
@@ -184,3 +183,12 @@ class LeaseKeeper:
         self._stop.set()
         if self._thread is not threading.current_thread():
             self._thread.join(timeout=30)
+
+
+def _upsert_one_slot(client: SyncPrefectClient, name: str) -> None:
+    """Prefect's upsert reads, then creates: two campaigns starting together both read
+    nothing and one create fails. The loser finds the limit there and sets it."""
+    try:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+    except ObjectAlreadyExists:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
