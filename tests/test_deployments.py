@@ -95,7 +95,7 @@ def worker(server, registered, tmp_path_factory):
     log = home / "worker.log"
     proc = spawn_worker("test-worker", server, log, home)
     try:
-        await_worker(proc, "test-worker", log, timeout_s=60)
+        await_worker(proc, "test-worker", log, timeout_s=120)
         yield log
     finally:
         stop_worker(proc)

@@ -135,9 +135,14 @@ def test_an_instrument_that_dies_and_returns_gets_its_decision_back(
 
 
 def test_a_dead_instrument_ends_the_run_in_one_line_and_resume_finishes_it(
-    prefect_server, agents, tmp_path
+    prefect_server, agents, tmp_path, monkeypatch
 ):
+    from coorch.flows import coorchestrate as flow_module
     from coorch.flows.coorchestrate import InstrumentsUnavailable, coorchestrate
+
+    # the run waits this long for the dead instrument once nothing else is left (30 s in a
+    # campaign, where an agent's restart takes seconds): not the behaviour under test
+    monkeypatch.setattr(flow_module, "UNAVAILABLE_WAIT_S", 5.0)
 
     agents.kill_after("raman", 2, down_s=None).join(60)
     spec = campaign(agents, tmp_path / "c.zarr", budget=14)
