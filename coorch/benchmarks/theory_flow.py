@@ -127,6 +127,9 @@ def run_pair(
                 "theory": simulation_use(simulations, table, threads),
             }
             print(f"{name}: {json.dumps(out[name])}", file=sys.stderr)
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()  # the runs' last logs, while the server is still there
     return out
 
 
