@@ -94,7 +94,12 @@ def local_prefect_server(
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}") from exc
         os.environ["PREFECT_API_URL"] = url
-        yield url
+        # a settings context the caller is in (a test harness, a profile's temporary
+        # settings) outranks the environment: point that at the server too
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
     finally:
         if old is None:
             os.environ.pop("PREFECT_API_URL", None)
