@@ -333,3 +333,59 @@ def test_a_job_that_dies_is_replaced_and_its_tasks_finish(fake_slurm):
         groups = job_groups(fake_slurm)
     assert set(lines(fake_slurm / "cancelled")) == {first, again}  # once or twice: harmless
     assert wait_gone(groups) == []
+
+
+@pytest.mark.slow
+def test_a_conavigation_runs_its_simulations_in_slurm_jobs(fake_slurm, prefect_server, tmp_path):
+    """The flow itself through dask-jobqueue's machinery: ``theory.dask`` names a SLURM
+    cluster, the simulations run in its jobs beside the measurements, the jobs are cancelled
+    at the end, and the campaign's fits stay on their LocalCluster."""
+    from coorch.deployments.config import InstrumentConfig
+    from coorch.deployments.theory_config import ConavigateSpec, TheoryConfig
+    from coorch.flows.conavigate import conavigate
+    from coorch.instrument_agents.launch import start_twin
+    from coorch.storage import CampaignStore
+
+    token = tmp_path / "agent.token"
+    token.write_text("hpc-token")
+    kinds = (("afm", "pfm_loop"), ("raman", "raman"))
+    agents = [
+        start_twin(kind, "smbfo-lgd", token="hpc-token", seed=k, time_scale=0.05)
+        for k, (kind, _) in enumerate(kinds)
+    ]
+    try:
+        insts = [
+            InstrumentConfig(name=a.driver.describe().id, kind=kind, modality=mod, url=a.url,
+                             token_file=token)
+            for a, (kind, mod) in zip(agents, kinds, strict=True)
+        ]  # fmt: skip
+        jobs = loopback_jobs(minimum_jobs=1, maximum_jobs=1).model_dump()
+        spec = ConavigateSpec(
+            name="hpc",
+            library="smbfo-lgd",
+            instruments=insts,
+            budget=8,
+            seeds_per_instrument=2,
+            grid=(21, 3),
+            store=str(tmp_path / "hpc.zarr"),
+            report="",
+            theory=TheoryConfig(
+                instrument=insts[0].name,
+                initial_simulations=4,
+                max_simulations=8,
+                in_flight=1,
+                dask=DaskConfig(**{**jobs, "cores": 2}),
+            ),
+        )
+        result = conavigate(spec)
+    finally:
+        for a in agents:
+            a.stop()
+    assert result.n_measurements == 8 and set(result.theory["posterior"]) == {"s_c", "depol"}
+    with CampaignStore.open(spec.store, create=False) as store:
+        sims = store.read_simulations()
+    assert sims and {s.status for s in sims} == {"done"}
+    assert all(not s.worker.endswith(f":{os.getpid()}") for s in sims)  # not in this process
+    submitted = lines(fake_slurm / "submitted")
+    assert len(submitted) >= 1 and set(lines(fake_slurm / "cancelled")) == set(submitted)
+    assert wait_gone(job_groups(fake_slurm)) == []
