@@ -82,7 +82,6 @@ def local_prefect_server(
         start_new_session=True,
         preexec_fn=die_with_parent,
     )
-    old = os.environ.get("PREFECT_API_URL")
     try:
         try:
             wait_until_healthy(
@@ -93,18 +92,9 @@ def local_prefect_server(
             )
         except (TimeoutError, RuntimeError) as exc:
             raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}") from exc
-        os.environ["PREFECT_API_URL"] = url
-        # a settings context the caller is in (a test harness, a profile's temporary
-        # settings) outranks the environment: point that at the server too
-        from prefect.settings import PREFECT_API_URL, temporary_settings
-
-        with temporary_settings(updates={PREFECT_API_URL: url}):
+        with _client_pointed_at(url):
             yield url
     finally:
-        if old is None:
-            os.environ.pop("PREFECT_API_URL", None)
-        else:
-            os.environ["PREFECT_API_URL"] = old
         proc.terminate()
         try:
             proc.wait(10)
@@ -112,3 +102,22 @@ def local_prefect_server(
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+@contextlib.contextmanager
+def _client_pointed_at(url: str) -> Iterator[None]:
+    """This process's Prefect client (and the processes it starts) talks to ``url``: the
+    environment, and a settings context the caller may be in (a test harness, a profile's
+    temporary settings), which outranks the environment. Both restored on exit."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    old = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    try:
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield
+    finally:
+        if old is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = old
