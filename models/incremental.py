@@ -270,10 +270,17 @@ class IncrementalPosterior:
 
 
 def exact_posterior(
-    hyper: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray, y: np.ndarray, query: np.ndarray
+    hyper: MTGPHyperparameters,
+    x: np.ndarray,
+    tasks: np.ndarray,
+    y: np.ndarray,
+    query: np.ndarray,
+    *,
+    modelled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Posterior mean and latent variance (Q, T) at ``query`` in the targets' own units
-    (for a task modelled as its log: the log-normal's mean and variance).
+    (for a task modelled as its log: the log-normal's mean and variance), or with
+    ``modelled`` in the units the GP models (the log's, where it is Gaussian).
 
     The reporting path: one Cholesky of the observed rows, run after a campaign or per report,
     never per decision.
@@ -282,8 +289,9 @@ def exact_posterior(
     x, tasks, y = np.atleast_2d(x), np.asarray(tasks, int), np.asarray(y, float)
     q, t_all = len(query), np.arange(h.num_tasks)
     prior_var = np.einsum("qtt->qt", h.prior_diagonal(np.atleast_2d(query)))
+    out = h.modelled if modelled else h.unwarped
     if len(y) == 0:
-        return h.unwarped(np.broadcast_to(h.task_mean, (q, h.num_tasks)), prior_var)
+        return out(np.broadcast_to(h.task_mean, (q, h.num_tasks)), prior_var)
     ys = h.standardised(y, tasks) - h.task_mean[tasks]
     k_ss = h.covariance(x, tasks, x, tasks)
     k_ss[np.diag_indices_from(k_ss)] += h.noise[tasks] + JITTER
@@ -296,4 +304,4 @@ def exact_posterior(
         mean[:, t] = h.task_mean[t] + kt @ alpha
         w = solve_triangular(factor[0], kt.T, lower=True, check_finite=False)
         var[:, t] = np.maximum(prior_var[:, t] - (w * w).sum(0), 0.0)
-    return h.unwarped(mean, var)
+    return out(mean, var)

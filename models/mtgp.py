@@ -82,6 +82,8 @@ class MTGPHyperparameters:
     task_variance: np.ndarray | None = None  # (T,) s, each task's own part; None: plain ICM
     trend_weight: np.ndarray | None = None  # (T, d) slope variances in the unit box; None: none
     log_tasks: np.ndarray | None = None  # (T,) bool: task modelled as log(y); None: none
+    #: draws from the hyperparameters' posterior (``coorch.models.mtgp_laplace``), () if none
+    samples: tuple[MTGPHyperparameters, ...] = ()
 
     @property
     def num_tasks(self) -> int:
@@ -97,10 +99,15 @@ class MTGPHyperparameters:
         tasks = np.asarray(tasks, int)
         return (self.warp(y, tasks) - self.y_offset[tasks]) / self.y_scale[tasks]
 
+    def modelled(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and latent variance (Q, T) in standardised units -> the units the GP
+        models (a ``log_tasks`` task's log, where the posterior is Gaussian)."""
+        return mean * self.y_scale + self.y_offset, var * self.y_scale**2
+
     def unwarped(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and latent variance (Q, T) in standardised units -> the targets'
         own units: the log-normal's mean and variance for ``log_tasks``."""
-        m, v = mean * self.y_scale + self.y_offset, var * self.y_scale**2
+        m, v = self.modelled(mean, var)
         if self.log_tasks is not None and self.log_tasks.any():
             lg = self.log_tasks
             m, v = m.copy(), v.copy()

@@ -26,6 +26,7 @@ from coorch.models.acquisition import blend, integrated_variance_reduction, max_
 from coorch.models.agent import Agent
 from coorch.models.cost import InstrumentCost, instrument_seconds, log_tasks
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
+from coorch.models.marginal import marginal_posterior, task_inflation
 from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters, trend_prior
 
 Cost = Callable[[InstrumentCost, np.ndarray, "np.ndarray | None"], np.ndarray]
@@ -63,11 +64,14 @@ class DecisionModel:
 @dataclasses.dataclass
 class Posterior:
     """A built decision model: the incremental posterior, the value scale of its variance
-    (M, T) (:func:`value_scale`) and how many reserved rows it was built on."""
+    (M, T) (:func:`value_scale`), how many reserved rows it was built on, and how much more
+    variance each task has once the hyperparameters' uncertainty is counted (T,)
+    (:func:`~coorch.models.marginal.task_inflation`; ones for a fit without draws)."""
 
     post: IncrementalPosterior
     value_scale: np.ndarray
     n_rows: int
+    inflation: np.ndarray | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,13 +81,18 @@ class IntegratedVarianceReduction:
     Each task's reduction is weighted by ``task_weights * y_scale ** weight_power / prior
     variance`` times the value scale: power 0 counts tasks equally in standardised units (error
     judged per task, normalised), 2 counts variance in the targets' own units (error judged as
-    one RMSE in shared units, as in the published replay). ``top_k`` candidates of the local
-    reduction are ranked by the integrated one.
+    one RMSE in shared units, as in the published replay). Then by the task's inflation for
+    hyperparameter uncertainty (the variance a plug-in fit hides), and by its current
+    normalised integrated variance to the power ``balance``: 0 makes the sum of the tasks'
+    normalised squared errors fall fastest; above 0 leans towards the task furthest from known,
+    so that one confident-looking task cannot take every measurement while another's map is
+    still poor. ``top_k`` candidates of the local reduction are ranked by the integrated one.
     """
 
     top_k: int = 32
     task_weights: tuple[float, ...] | None = None
     weight_power: float = 0.0
+    balance: float = 0.0
 
     def __call__(
         self,
@@ -94,7 +103,14 @@ class IntegratedVarianceReduction:
     ) -> tuple[np.ndarray, np.ndarray]:
         h = model.post.hyper
         w = np.ones(h.num_tasks) if self.task_weights is None else np.asarray(self.task_weights)
-        w = model.value_scale * (w * h.y_scale**self.weight_power / h.prior_variance)[None]
+        w = w * h.y_scale**self.weight_power / h.prior_variance
+        if model.inflation is not None:
+            w = w * model.inflation
+        if self.balance:
+            known = model.post.variance()[model.post.reference].mean(0) / h.prior_variance
+            inflation = 1.0 if model.inflation is None else model.inflation
+            w = w * np.maximum(known * inflation, 1e-6) ** self.balance
+        w = model.value_scale * w[None]
         if emphasis is not None:
             w = w * emphasis
         return integrated_variance_reduction(
@@ -183,9 +199,14 @@ class MTGPAgent(Agent):
     def posterior_work(self, h: MTGPHyperparameters) -> Callable[[], Posterior]:
         """The work of building the posterior for fitted ``h`` on everything reserved so far:
         run it anywhere (it reads a snapshot), then :meth:`install` its result."""
-        trusted = self.decision.trusted(h, self.log.counts(), self.trend)
+        counts = self.log.counts()
+        trusted = self.decision.trusted(h, counts, self.trend)
         return functools.partial(
-            self._build, self.decision.shaped(trusted), list(self.rows), self.log.data()
+            self._build,
+            self.decision.shaped(trusted),
+            list(self.rows),
+            self.log.data(),
+            fitted=(h, counts >= self.decision.min_fit_values),
         )
 
     def install(self, built: Posterior) -> None:
@@ -199,17 +220,22 @@ class MTGPAgent(Agent):
         """Swap in fitted ``h`` now (builds the posterior on this thread)."""
         self.install(self.posterior_work(h)())
 
-    def _build(self, h: MTGPHyperparameters, rows, data) -> Posterior:
+    def _build(self, h: MTGPHyperparameters, rows, data, fitted=None) -> Posterior:
         """The posterior for ``h`` on ``rows`` (position, tasks), in one blocked build
         (:meth:`IncrementalPosterior.extend`): the state adding them one by one would reach,
-        in seconds rather than the 27 s row by row took at 2000 rows (issue 15)."""
+        in seconds rather than the 27 s row by row took at 2000 rows (issue 15). ``fitted``:
+        the fit as it came (with its draws) and which tasks use it, for the inflation."""
         post = IncrementalPosterior(
             self.unit, h, reference=self.reference, capacity=max(64, 2 * len(rows))
         )
         x = np.array([u for u, ts in rows for _ in ts], float)  # one GP row per task
         tasks = np.array([k for _, ts in rows for k in ts], int)
         post.extend(x.reshape(len(tasks), self.unit.shape[1]), tasks)
-        return Posterior(post, value_scale(h, data, self.unit), len(rows))
+        inflation = None
+        if fitted is not None and fitted[0].samples:
+            inflation = task_inflation(fitted[0], data, self.unit[self.reference])
+            inflation[~fitted[1]] = 1.0  # decided on the prior guess: nothing hidden
+        return Posterior(post, value_scale(h, data, self.unit), len(rows), inflation)
 
     def _condition(self, u: np.ndarray, inst: InstrumentCost) -> None:
         self.rows.append((u, inst.tasks))
@@ -245,7 +271,8 @@ class MTGPAgent(Agent):
     # -- beliefs --------------------------------------------------------------------------
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Posterior mean and variance (Q, T) at library positions ``x``, targets' units."""
-        return exact_posterior(self.model.post.hyper, *self.log.data(), self.geometry.to_unit(x))
+        h = self.model.post.hyper
+        return marginal_posterior(h, *self.log.data(), self.geometry.to_unit(x))
 
     def report(self) -> dict:
         out = super().report()

@@ -20,6 +20,7 @@ the pieces are composed from botorch's loss closure and optimisation loop instea
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -45,6 +46,7 @@ from coorch.models.mtgp import (
     standardise,
     warp,
 )
+from coorch.models.mtgp_laplace import laplace_draws
 
 #: What a numerically singular or NaN step raises: torch's own failure, linear_operator's after
 #: its jitter retries, or a step to NaN hyperparameters (seen once in ~10,000 fits on the smbfo
@@ -121,6 +123,7 @@ class HadamardMTGP(gpytorch.models.ExactGP):
             keep = couple.to(x.dtype)[:, None]
             factor.data.mul_(keep)
             factor.register_hook(lambda g: g * keep)
+            factor._coorch_mask = keep  # the Laplace draws keep the mask too (mtgp_laplace)
         shapes = {"lengthscale": (d,), "trend_variance": (num_tasks,)}
         if own:
             shapes |= {"task_lengthscale": (num_tasks, d), "task_variance": (num_tasks,)}
@@ -332,6 +335,7 @@ def fit_hyperparameters(
     log_tasks: np.ndarray | None = None,
     max_iter: int = 50,
     seed: int = 0,
+    draws: int = 0,
 ) -> MTGPHyperparameters:
     """Maximum a-posteriori hyperparameters of the Hadamard MTGP, with each task's own part
     (``own``, :mod:`coorch.models.mtgp`) or as the plain ICM; the better of two starts, one
@@ -348,6 +352,8 @@ def fit_hyperparameters(
     campaign is still deciding (at 200, none landed within the demo's 40 s campaign; the
     efficiency benchmark found 30 and 100 to give the same hyperparameters).
     ``seed`` seeds the task covariance's random start; the caller's torch RNG is left alone.
+    ``draws`` > 0: that many hyperparameter sets from the Laplace approximation about the MAP
+    come with the result (``samples``: :mod:`coorch.models.mtgp_laplace`).
     Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
     """
     x, tasks = np.asarray(x, float), np.asarray(tasks, int)
@@ -377,4 +383,12 @@ def fit_hyperparameters(
 
     with torch_scope(seed=seed, threads=None):
         model = best_of_starts(fit_from, TREND_STARTS)
-    return hyperparameters(model.eval(), stretch, off, scale, log_tasks)
+        convert = partial(hyperparameters, model, stretch, off, scale, log_tasks)
+        samples = (
+            laplace_draws(
+                ExactMarginalLogLikelihood(model.likelihood, model), convert, draws=draws, seed=seed
+            )
+            if draws
+            else []
+        )
+    return dataclasses.replace(convert(), samples=tuple(samples))

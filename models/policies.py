@@ -44,6 +44,7 @@ def coorchestrate(
     min_fit_values: int = COORCHESTRATE_MIN_FIT_VALUES,
     task_weights: Sequence[float] | None = None,
     weight_power: float = 0.0,
+    balance: float = 0.0,
     revisit: bool = False,
 ) -> MTGPAgent:
     """Co-orchestration: integrated variance reduction over every task per instrument-second,
@@ -51,6 +52,7 @@ def coorchestrate(
     ivr = IntegratedVarianceReduction(
         task_weights=None if task_weights is None else tuple(task_weights),
         weight_power=weight_power,
+        balance=balance,
     )
     return MTGPAgent(
         candidates,

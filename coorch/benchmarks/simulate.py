@@ -28,7 +28,9 @@ from coorch.benchmarks.problems import Measure, Problem
 from coorch.models.agent import Agent
 from coorch.models.cost import log_tasks
 from coorch.models.incremental import exact_posterior
+from coorch.models.marginal import marginal_posterior
 from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters
+from coorch.models.mtgp_laplace import DRAWS
 from coorch.models.policies import make_policy
 from coorch.storage import CampaignStore
 from coorch.tasks.background import BackgroundWork, InlineExecutor
@@ -43,16 +45,20 @@ class Settings:
     co-orchestration policy is configured.
 
     ``max_iter`` bounds the L-BFGS iterations (a benchmark refits ~1000 times; on these data
-    the fits converge within 30: 30 and 100 gave the same hyperparameters).
+    the fits converge within 30: 30 and 100 gave the same hyperparameters). ``draws``
+    hyperparameter sets from the Laplace approximation come with every fit, decisions' and
+    scoring's alike (``coorch.models.mtgp_laplace``; 0: plug-in MAP fits).
     ``max_correlation``, ``task_weights`` and ``weight_power`` are co-orchestration's options
     (``coorch.models.policies.coorchestrate``; why these values: docs/benchmarks.md,
     "Efficiency"); the baselines run as published.
     """
 
     max_iter: int = 30
+    draws: int = DRAWS
     max_correlation: float | None = 0.7
     task_weights: tuple[float, ...] | None = None
     weight_power: float = 0.0
+    balance: float = 0.0
 
     def policy_options(self, policy: str) -> dict:
         """Keyword options for :func:`make_policy` (only ``coorchestrate`` takes any)."""
@@ -62,13 +68,16 @@ class Settings:
             "max_correlation": self.max_correlation,
             "weight_power": self.weight_power,
             "task_weights": self.task_weights,
+            "balance": self.balance,
         }
 
 
 @dataclasses.dataclass
 class Trace:
-    """One campaign: cumulative instrument-seconds after each measurement and the map error
-    (RMSE per task, truth units) at the scored steps (measurement counts, seeds included)."""
+    """One campaign: cumulative instrument-seconds after each measurement, and at the scored
+    steps (measurement counts, seeds included) the map error (RMSE per task, truth units) and
+    the calibration (per task, the share of held-back positions inside the 90 % predictive
+    interval: :func:`interval_coverage`)."""
 
     policy: str
     seed: int
@@ -76,6 +85,7 @@ class Trace:
     instruments: list[str] = dataclasses.field(default_factory=list)
     scored_at: list[int] = dataclasses.field(default_factory=list)
     rmse: list[list[float]] = dataclasses.field(default_factory=list)
+    coverage: list[list[float]] = dataclasses.field(default_factory=list)
 
 
 def fit(
@@ -94,6 +104,33 @@ def map_rmse(
     """RMSE per task (T,) of the posterior mean against the truth at the scored positions."""
     mean, _ = exact_posterior(h, x, t, y, problem.geometry.to_unit(problem.query))
     return np.sqrt(((mean - problem.truth) ** 2).mean(0))
+
+
+#: The predictive interval whose coverage is reported.
+INTERVAL = 0.9
+
+
+def interval_coverage(
+    problem: Problem, h: MTGPHyperparameters, x: np.ndarray, t: np.ndarray, y: np.ndarray
+) -> np.ndarray:
+    """Per task (T,), the share of held-back scored positions whose truth lies inside the
+    central 90 % interval of the posterior integrated over ``h``'s draws (moment-matched, in
+    the units the GP models: a log task's log). Held back: every scored position a task has
+    not measured. Against a replay's stored values (themselves measurements) the interval is
+    a new measurement's, noise included; against a twin's expected descriptor, the map's."""
+    from scipy.stats import norm
+
+    query = problem.geometry.to_unit(problem.query)
+    mean, var = marginal_posterior(h, x, t, y, query, modelled=True, noise=problem.passthrough)
+    truth = problem.truth
+    if h.log_tasks is not None and h.log_tasks.any():
+        truth = np.where(h.log_tasks, np.log(np.maximum(truth, 1e-300)), truth)
+    inside = np.abs(truth - mean) <= norm.ppf(0.5 + INTERVAL / 2) * np.sqrt(var)
+    held = np.ones_like(inside)
+    for k in range(h.num_tasks):
+        measured = np.isclose(query[:, None, :], x[t == k][None]).all(2).any(1)
+        held[measured, k] = False
+    return np.array([inside[held[:, k], k].mean() for k in range(h.num_tasks)])
 
 
 @contextlib.contextmanager
@@ -140,7 +177,7 @@ def simulate(
         seed=seed,
         **settings.policy_options(policy),
     )
-    fitting = functools.partial(fit, seed=seed, max_iter=settings.max_iter)
+    fitting = functools.partial(fit, seed=seed, max_iter=settings.max_iter, draws=settings.draws)
     refit = HyperparameterRefit(InlineExecutor(), every=1, fit=fitting)
     describer = (
         Describer(describe=lambda _, s: s.array().reshape(-1))
@@ -172,6 +209,7 @@ def simulate(
                 trace.scored_at.append(len(trace.seconds))
                 h = scoring_fit(problem, agent, refit, fitting)
                 rmse = map_rmse(problem, h, *agent.log.data())
+                trace.coverage.append(interval_coverage(problem, h, *agent.log.data()).tolist())
                 if beside is not None:
                     rmse = beside.rmse(problem, rmse)
                 trace.rmse.append(rmse.tolist())

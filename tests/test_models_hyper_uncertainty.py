@@ -1,0 +1,101 @@
+"""Hyperparameter uncertainty (issue 15): Laplace draws with every fit, the posterior
+integrated over them, and decisions that count what a plug-in fit hides."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from shared_data import two_tasks as truth
+
+from coorch.models.cost import InstrumentCost
+from coorch.models.incremental import exact_posterior
+from coorch.models.marginal import marginal_posterior, task_inflation
+from coorch.models.mtgp import fit_hyperparameters
+from coorch.models.mtgp_agent import IntegratedVarianceReduction
+from coorch.models.mtgp_laplace import draw_offsets
+from coorch.models.observations import Observation
+from coorch.models.policies import make_policy
+
+
+@pytest.fixture(scope="module")
+def few() -> tuple:
+    """Task 0 well measured, task 1 at four clustered positions: its fit is a guess."""
+    rng = np.random.default_rng(3)
+    x0 = rng.random(16)
+    x1 = np.array([0.1, 0.15, 0.2, 0.25])
+    x = np.r_[x0, x1][:, None]
+    t = np.r_[np.zeros(16, int), np.ones(4, int)]
+    y = np.r_[truth(x0)[:, 0], truth(x1)[:, 1]] + 0.02 * rng.standard_normal(20)
+    return x, t, y
+
+
+def test_draws_come_with_the_fit_and_leave_the_map_alone(few) -> None:
+    x, t, y = few
+    plain = fit_hyperparameters(x, t, y, 2, max_iter=30)
+    drawn = fit_hyperparameters(x, t, y, 2, max_iter=30, draws=8)
+    assert plain.samples == ()
+    assert len(drawn.samples) == 8
+    np.testing.assert_allclose(drawn.lengthscale, plain.lengthscale)
+    np.testing.assert_allclose(drawn.noise, plain.noise)
+    spread = np.std([s.task_lengthscale[1, 0] for s in drawn.samples])
+    assert spread > 0  # the draws differ from each other
+    for s in drawn.samples:
+        assert s.samples == () and np.isfinite(s.task_covariance).all()
+
+
+def test_a_log_task_fitted_uncoupled_stays_uncoupled_in_every_draw() -> None:
+    x = np.r_[np.linspace(0, 1, 12), np.linspace(0.1, 0.9, 4)][:, None]
+    t = np.r_[np.zeros(12, int), np.ones(4, int)]
+    y = np.r_[np.sin(6 * x[:12, 0]), np.exp(np.sin(6 * x[12:, 0]))]
+    h = fit_hyperparameters(x, t, y, 2, log_tasks=np.array([False, True]), max_iter=30, draws=6)
+    assert h.samples
+    assert all(s.task_covariance[0, 1] == 0.0 for s in (h, *h.samples))
+
+
+def test_draw_offsets_floor_flat_directions() -> None:
+    """A direction the data do not constrain gets the capped variance, not infinity."""
+    h = np.diag([100.0, 1e-9, -3.0])  # well determined, flat, a saddle
+    off = draw_offsets(h, 20000, np.random.default_rng(0), max_variance=1.0)
+    np.testing.assert_allclose(off.var(0), [0.01, 1.0, 1.0], rtol=0.05)
+
+
+def test_the_mixture_is_wider_where_the_fit_is_a_guess(few) -> None:
+    x, t, y = few
+    h = fit_hyperparameters(x, t, y, 2, max_iter=30, draws=16)
+    q = np.linspace(0, 1, 50)[:, None]
+    _, plug_in = exact_posterior(h, x, t, y, q)
+    mean, mixed = marginal_posterior(h, x, t, y, q)
+    assert np.isfinite(mean).all()
+    # average variance of the mixture is at least the draws' average (law of total variance)
+    parts = [exact_posterior(s, x, t, y, q)[1] for s in h.samples]
+    assert (mixed >= np.mean(parts, axis=0) - 1e-12).all()
+    inflation = task_inflation(h, (x, t, y), q)
+    assert inflation.shape == (2,) and (inflation >= 1).all()
+    assert inflation.max() > 1.2  # twenty values do not pin these hyperparameters down
+
+
+def test_inflation_steers_the_gain_towards_the_task_that_hides_variance(few) -> None:
+    """Two instruments of equal cost, one per task: a built model carries the fit's
+    inflation, and the task whose fit hides more variance is worth more for it."""
+    x, t, y = few
+    cand = np.linspace(0, 1, 41)[:, None]
+    insts = [InstrumentCost("a", (0,), cost_s=1.0), InstrumentCost("b", (1,), cost_s=1.0)]
+    agent = make_policy("coorchestrate", cand, np.array([[0.0, 1.0]]), insts, min_fit_values=0)
+    agent.tell(
+        [
+            Observation(insts[ti].name, np.array([xi]), np.array([yi]), f"m{k}")
+            for k, (xi, ti, yi) in enumerate(zip(x[:, 0], t, y, strict=True))
+        ]
+    )
+    h = fit_hyperparameters(*agent.log.data(), 2, max_iter=30, draws=16)
+    agent.set_hyperparameters(h)
+    model = agent.model
+    np.testing.assert_allclose(model.inflation, task_inflation(h, agent.log.data(), agent.unit))
+    excl = np.array([], int)
+    gain = IntegratedVarianceReduction()
+    model.inflation = np.array([1.0, 4.0])
+    with_inflation = [gain(model, [k], excl)[1].max() for k in (0, 1)]
+    model.inflation = None
+    without = [gain(model, [k], excl)[1].max() for k in (0, 1)]
+    # not 4x: each instrument also informs the other task through the coupling
+    assert with_inflation[1] / with_inflation[0] > 1.5 * without[1] / without[0]
