@@ -15,10 +15,12 @@ from shared_data import REPLAY_FILE
 from coorch.benchmarks.efficiency import (
     DEFAULT_POLICIES,
     bench_efficiency_command,
+    paired_comparison,
     plot_curves,
     run_dataset,
     run_twins,
 )
+from coorch.benchmarks.efficiency_format import format_dataset, format_twins
 
 DATA = REPLAY_FILE
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} not present")
@@ -29,17 +31,65 @@ def replay_result() -> dict:
     return run_dataset(DATA, steps=3, seeds=1, workers=1)
 
 
+FINAL = {
+    "rmse",
+    "nrmse",
+    "mean_nrmse",
+    "coverage",
+    "measured",
+    "measured_per_seed",
+    "seeds",
+    "mean_nrmse_per_seed",
+}
+
+
+def check_final(final: dict, tasks: list[str], seeds: int, measurements: int) -> None:
+    """The figures after the last step: per task, finite and positive errors whose mean over
+    tasks is the score, counts that add up to every measurement taken, coverage a share."""
+    assert set(final) == FINAL
+    for key in ("rmse", "nrmse", "measured"):
+        assert list(final[key]) == tasks
+    assert all(math.isfinite(v) and v > 0 for k in ("rmse", "nrmse") for v in final[k].values())
+    assert final["mean_nrmse"] == pytest.approx(np.mean(list(final["nrmse"].values())), abs=1e-3)
+    assert final["seeds"] == list(range(seeds)) and len(final["mean_nrmse_per_seed"]) == seeds
+    assert len(final["measured_per_seed"]) == seeds
+    assert all(sum(c.values()) == measurements for c in final["measured_per_seed"])
+    assert sum(final["measured"].values()) == pytest.approx(measurements)
+    if final["coverage"] is not None:  # None while the traces carry no coverage
+        assert list(final["coverage"]) == tasks
+        assert all(0.0 <= v <= 1.0 for v in final["coverage"].values())
+
+
+def check_paired(paired: dict, policies: list[str], seeds: int, seconds: bool) -> None:
+    assert paired["reference"] == "coorchestrate"
+    assert set(paired["baselines"]) == set(policies) - {"coorchestrate"}
+    for row in paired["baselines"].values():
+        assert row["of"] == seeds
+        assert row["nrmse_wins"] + row["nrmse_losses"] <= seeds
+        assert ("seconds_wins" in row) is seconds
+        assert row["wins"] == row["seconds_wins" if seconds else "nrmse_wins"]
+
+
 @needs_data
 def test_dataset_json_shape(replay_result: dict) -> None:
-    modalities = [str(m) for m in xr.open_dataset(DATA)["modality"].values]
-    assert {"policies", "published"} <= set(replay_result)
+    ds = xr.open_dataset(DATA)
+    modalities = [str(m) for m in ds["modality"].values]
+    assert {"policies", "published", "paired", "scale", "score"} <= set(replay_result)
     assert set(replay_result["policies"]) == set(DEFAULT_POLICIES)
     for figures in replay_result["policies"].values():
-        assert set(figures) == {"rmse", "nrmse"}
-        for key in ("rmse", "nrmse"):
-            assert list(figures[key]) == modalities
-            assert all(math.isfinite(v) and v > 0 for v in figures[key].values())
+        assert set(figures) == {"final"}
+        check_final(figures["final"], modalities, seeds=1, measurements=ds.sizes["seed"] + 3)
+    check_paired(replay_result["paired"], list(DEFAULT_POLICIES), seeds=1, seconds=False)
     json.dumps(replay_result)  # plain JSON types only
+
+
+@needs_data
+def test_dataset_table_shows_every_policy_and_the_paired_wins(replay_result: dict) -> None:
+    text = format_dataset(replay_result)
+    assert all(p in text for p in DEFAULT_POLICIES)
+    assert "published mtgp" in text and "mean nRMSE" in text
+    paired = text.split("paired:")[1]
+    assert all(p in paired for p in DEFAULT_POLICIES if p != "coorchestrate")
 
 
 @needs_data
@@ -80,6 +130,7 @@ def test_twins_curves_shapes(tmp_path: Path) -> None:
     assert set(result["policies"]) == set(policies)
     assert len(result["instruments"]) >= 2
     assert len({i["cost_s"] for i in result["instruments"].values()}) >= 2  # costs differ
+    tasks = list(result["instruments"])
     for curve in result["policies"].values():
         n = len(curve["measurements"])
         assert curve["measurements"][-1] == 8
@@ -88,4 +139,45 @@ def test_twins_curves_shapes(tmp_path: Path) -> None:
         assert np.all(np.diff(curve["seconds"]) > 0)
         assert np.isfinite(curve["mean_nrmse"]).all()
         assert {"median_s", "reached", "of"} <= set(curve["to_target"])
+        check_final(curve["final"], tasks, seeds=1, measurements=8)
+        assert curve["final"]["mean_nrmse"] == pytest.approx(curve["mean_nrmse"][-1], abs=1e-3)
+    check_paired(result["paired"], list(policies), seeds=1, seconds=True)
+    text = format_twins(result)
+    assert "s to target" in text and "paired:" in text and "random" in text.split("paired:")[1]
+    json.dumps(result)
     assert plot_curves(result, tmp_path / "twins.png").stat().st_size > 0
+
+
+def test_paired_comparison_counts_wins_seed_by_seed() -> None:
+    """Hand-made per-seed figures: a lower final nRMSE wins its seed; on seconds, reaching the
+    target beats never reaching it and fewer seconds beat more; ties count for neither."""
+    nrmse = {
+        "coorchestrate": {0: 0.10, 1: 0.20, 2: 0.30, 3: 0.40},
+        "random": {0: 0.15, 1: 0.10, 2: 0.30, 3: 0.50},
+        "grid": {3: 0.30, 2: 0.40, 1: 0.30, 0: 0.20},  # seed order does not matter
+    }
+    seconds = {
+        "coorchestrate": {0: 500.0, 1: None, 2: 800.0, 3: None},
+        "random": {0: None, 1: 400.0, 2: 900.0, 3: None},
+        "grid": {0: 400.0, 1: None, 2: 800.0, 3: 700.0},
+    }
+    both = paired_comparison(nrmse, seconds)
+    assert both["reference"] == "coorchestrate" and both["wins_on"] == "seconds to the target"
+    assert both["baselines"]["random"] == {
+        "of": 4,
+        "nrmse_wins": 2,  # seeds 0 and 3; seed 2 ties
+        "nrmse_losses": 1,
+        "seconds_wins": 2,  # seed 0 (random never reached) and seed 2 (800 < 900)
+        "seconds_losses": 1,  # seed 1 (coorchestrate never reached); seed 3: neither
+        "wins": 2,
+    }
+    grid = both["baselines"]["grid"]
+    assert (grid["nrmse_wins"], grid["nrmse_losses"]) == (3, 1)
+    assert (grid["seconds_wins"], grid["seconds_losses"], grid["wins"]) == (0, 2, 0)
+
+    alone = paired_comparison(nrmse)  # the replay: nRMSE only
+    assert alone["wins_on"] == "final mean nRMSE"
+    assert alone["baselines"]["grid"] == {"of": 4, "nrmse_wins": 3, "nrmse_losses": 1, "wins": 3}
+    short = paired_comparison({"coorchestrate": {0: 0.1, 1: 0.1}, "random": {1: 0.2}})
+    assert short["baselines"]["random"]["of"] == 1  # only the seeds both ran
+    assert paired_comparison({"random": {0: 0.1}, "grid": {0: 0.2}}) is None

@@ -7,13 +7,20 @@ runtime driven by a plain measure function):
   ``smbfo_coorchestration/raman_beps.nc`` (``descriptor(modality, position, latent)``, the
   published run's seeds and, optionally, its per-step errors). Every policy starts from the same
   seed measurements and takes ``steps`` more, one at a time, each answered with the stored
-  descriptor, equal cost per modality as in the published run. The score is the RMSE of one
-  latent component over every position, the published run's metric, so the published
-  multi-task GP is a fair reference.
+  descriptor, equal cost per modality as in the published run. The error is the RMSE of one
+  latent component over every position, the published run's metric (so the published
+  multi-task GP is a fair reference); the score is its mean over modalities of nRMSE (RMSE /
+  std of the component), so that no modality's units outweigh another's.
 * **digital twins** (:func:`run_twins`): several instruments with different costs over a virtual
   library; the score is the normalised RMSE of each instrument's physics descriptor on a
-  held-out grid against the twins' noiseless ground truth, against the number of measurements
-  and against cumulative instrument-seconds (measurement plus stage moves).
+  held-out grid against the twins' ground truth (the expected measured descriptor:
+  :func:`coorch.tasks.report.ground_truth`), against the number of measurements and against
+  cumulative instrument-seconds (measurement plus stage moves).
+
+Both report, per policy, the figures after the last step (:func:`final_figures`: error per task,
+measurement counts, 90 % interval coverage) and, seed by seed, whether co-orchestration beat
+each baseline on the same seed (:func:`paired_comparison`): a mean over seeds can hide a policy
+that wins big once and loses the rest.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -30,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from coorch.benchmarks.efficiency_format import format_dataset, format_twins
 from coorch.benchmarks.problems import (
     TWIN_INSTRUMENTS,
     load_replay,
@@ -40,6 +48,7 @@ from coorch.benchmarks.problems import (
 from coorch.benchmarks.simulate import Settings, Trace, simulate
 
 DEFAULT_POLICIES = ("coorchestrate", "max_uncertainty", "single_task", "random", "grid")
+REFERENCE = "coorchestrate"  # the policy the paired comparison holds against each baseline
 
 
 #: the replay's error is one RMSE in latent units: count variance in the targets' own units
@@ -65,7 +74,7 @@ def _dataset_job(
 def run_dataset(
     path: str | Path,
     steps: int = 30,
-    seeds: int = 5,
+    seeds: int = 10,
     component: int = 1,
     policies: Sequence[str] = DEFAULT_POLICIES,
     *,
@@ -73,9 +82,10 @@ def run_dataset(
     score_every: int = 1,
     workers: int | None = None,
 ) -> dict:
-    """Every policy on a replay file, ``seeds`` agent seeds each; RMSE and nRMSE (RMSE / std of
-    the component over all positions) per modality after the last step, mean over seeds, the
-    published figures where the file has them, and the learning curves under ``curves``."""
+    """Every policy on a replay file, ``seeds`` agent seeds each: per policy the
+    :func:`final_figures` (score: ``mean_nrmse``, the mean over modalities of RMSE / std of the
+    component over all positions), the paired comparison with co-orchestration, the published
+    figures where the file has them, and the learning curves under ``curves``."""
     settings = settings or REPLAY_SETTINGS
     replay = load_replay(path, component)
     jobs = [
@@ -86,21 +96,98 @@ def run_dataset(
     traces = run_jobs(_dataset_job, jobs, workers)
     scale = replay.values.std(0)
     tasks = replay.problem.tasks
-    out: dict = {"policies": {}, "published": replay.published, "curves": {}}
+    out: dict = {
+        "score": "final mean over modalities of nRMSE (RMSE / std of the component)",
+        "scale": _per_task(tasks, scale),
+        "policies": {},
+        "published": replay.published,
+        "curves": {},
+    }
     for p in policies:
-        runs = [t for t in traces if t.policy == p]
+        runs = _runs(traces, p)
         rmse = np.mean([t.rmse for t in runs], axis=0)  # (scored steps, T)
-        out["policies"][p] = {
-            "rmse": _per_task(tasks, rmse[-1]),
-            "nrmse": _per_task(tasks, rmse[-1] / scale),
-        }
+        out["policies"][p] = {"final": final_figures(runs, scale, tasks)}
         out["curves"][p] = {
             "measurements": runs[0].scored_at,
             "rmse": {m: rmse[:, k].round(4).tolist() for k, m in enumerate(tasks)},
             "rmse_final_per_seed": [_per_task(tasks, np.asarray(t.rmse[-1])) for t in runs],
-            "measured": {m: float(np.mean([t.instruments.count(m) for t in runs])) for m in tasks},
         }
+    out["paired"] = paired_comparison(_per_seed_nrmse(out["policies"]))
     return out
+
+
+def _runs(traces: list[Trace], policy: str) -> list[Trace]:
+    """One policy's campaigns in seed order (the order the paired comparison matches on)."""
+    return sorted((t for t in traces if t.policy == policy), key=lambda t: t.seed)
+
+
+def final_figures(runs: list[Trace], scale: np.ndarray, tasks: Sequence[str]) -> dict:
+    """The figures after the last scored step, mean over seeds: RMSE and nRMSE (RMSE /
+    ``scale``) per task and nRMSE's mean over tasks, the 90 % interval coverage per task (None
+    when the traces carry none), measurement counts per task (seeds included), and per seed:
+    its id, its mean nRMSE and its counts."""
+    nrmse = np.array([np.asarray(t.rmse[-1]) / scale for t in runs])  # (S, T)
+    counts = [{m: t.instruments.count(m) for m in tasks} for t in runs]
+    coverage = None
+    if runs and all(t.coverage for t in runs):
+        coverage = _per_task(tasks, np.mean([t.coverage[-1] for t in runs], axis=0))
+    return {
+        "rmse": _per_task(tasks, np.mean([t.rmse[-1] for t in runs], axis=0)),
+        "nrmse": _per_task(tasks, nrmse.mean(0)),
+        "mean_nrmse": round(float(nrmse.mean()), 4),
+        "coverage": coverage,
+        "measured": {m: float(np.mean([c[m] for c in counts])) for m in tasks},
+        "measured_per_seed": counts,
+        "seeds": [t.seed for t in runs],
+        "mean_nrmse_per_seed": nrmse.mean(1).round(4).tolist(),
+    }
+
+
+def _per_seed_nrmse(policies: Mapping[str, dict]) -> dict[str, dict[int, float]]:
+    return {
+        p: dict(zip(v["final"]["seeds"], v["final"]["mean_nrmse_per_seed"], strict=True))
+        for p, v in policies.items()
+    }
+
+
+def paired_comparison(
+    nrmse: Mapping[str, Mapping[int, float]],
+    seconds: Mapping[str, Mapping[int, float | None]] | None = None,
+    reference: str = REFERENCE,
+) -> dict | None:
+    """``reference`` against each other policy, seed by seed on the seeds both ran: per seed
+    ``nrmse`` (final mean nRMSE, lower wins) and, when given, ``seconds`` to the target (None:
+    never reached; a win is reaching it when the baseline did not, or reaching it in fewer
+    seconds). Per baseline ``of`` seeds, wins and losses on each (the rest are ties) and
+    ``wins``: those on seconds to the target when given (the twins' question), else on nRMSE.
+    None when ``reference`` is not among the policies."""
+    if reference not in nrmse:
+        return None
+    baselines = {}
+    for b in (p for p in nrmse if p != reference):
+        seeds = sorted(set(nrmse[reference]) & set(nrmse[b]))
+        ref, base = nrmse[reference], nrmse[b]
+        row = {
+            "of": len(seeds),
+            "nrmse_wins": int(sum(ref[s] < base[s] for s in seeds)),
+            "nrmse_losses": int(sum(ref[s] > base[s] for s in seeds)),
+        }
+        if seconds is not None:
+            ref_s, base_s = seconds[reference], seconds[b]
+            row["seconds_wins"] = int(sum(_sooner(ref_s[s], base_s[s]) for s in seeds))
+            row["seconds_losses"] = int(sum(_sooner(base_s[s], ref_s[s]) for s in seeds))
+        row["wins"] = row["seconds_wins" if seconds is not None else "nrmse_wins"]
+        baselines[b] = row
+    return {
+        "reference": reference,
+        "wins_on": "seconds to the target" if seconds is not None else "final mean nRMSE",
+        "baselines": baselines,
+    }
+
+
+def _sooner(a: float | None, b: float | None) -> bool:
+    """``a`` reached the target and ``b`` did not, or both did and ``a`` took fewer seconds."""
+    return a is not None and (b is None or a < b)
 
 
 def _per_task(tasks: Sequence[str], values: np.ndarray) -> dict[str, float]:
@@ -152,7 +239,7 @@ def _twins_job(
 def run_twins(
     library: str = "smbfo",
     budget: int = 40,
-    seeds: int = 5,
+    seeds: int = 10,
     policies: Sequence[str] = DEFAULT_POLICIES,
     *,
     settings: Settings | None = None,
@@ -160,20 +247,26 @@ def run_twins(
     workers: int | None = None,
 ) -> dict:
     """Every policy on the twins; normalised RMSE (RMSE / std of the truth over the held-out
-    grid, per task, then mean over tasks) vs measurements and vs instrument-seconds, and the
-    instrument-seconds each policy needs to reach the error target: the median over seeds of
-    the nRMSE the random policy reaches with the full budget."""
+    grid, per task, then mean over tasks) vs measurements and vs instrument-seconds, the
+    instrument-seconds each policy needs to reach the error target (the median over seeds of
+    the nRMSE the random policy reaches with the full budget), the :func:`final_figures` and
+    the paired comparison with co-orchestration (seconds to the target and final nRMSE)."""
     settings = settings or Settings()
     setup = twin_setup(library, 0)
     scale = setup.problem.truth.std(0)
     jobs = [(library, p, s, budget, settings, score_every) for p in policies for s in range(seeds)]
     traces = run_jobs(_twins_job, jobs, workers)
     tasks = setup.problem.tasks
-    curves = {p: twin_curve([t for t in traces if t.policy == p], scale, tasks) for p in policies}
+    curves = {p: twin_curve(_runs(traces, p), scale, tasks) for p in policies}
     reference = "random" if "random" in curves else policies[-1]
     target = float(np.median([c[-1] for c in curves[reference]["per_seed_nrmse"]]))
     for p in policies:
         curves[p]["to_target"] = seconds_to_target(curves[p], target)
+        curves[p]["final"] = final_figures(_runs(traces, p), scale, tasks)
+    seconds = {
+        p: dict(zip(c["final"]["seeds"], c["to_target"]["per_seed_s"], strict=True))
+        for p, c in curves.items()
+    }
     return {
         "library": library,
         "budget": budget,
@@ -191,6 +284,7 @@ def run_twins(
             "definition": f"median over seeds of {reference}'s final mean nRMSE",
         },
         "policies": curves,
+        "paired": paired_comparison(_per_seed_nrmse(curves), seconds),
     }
 
 
@@ -241,7 +335,7 @@ def plot_curves(result: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     twins = "target" in result
-    tasks = ["mean"] if twins else list(next(iter(result["policies"].values()))["rmse"])
+    tasks = ["mean"] if twins else list(next(iter(result["policies"].values()))["final"]["rmse"])
     fig, axes = plt.subplots(1, 2 if twins else len(tasks), figsize=(12, 4.5), squeeze=False)
     if twins:
         _plot_twins(result, axes[0])
@@ -297,7 +391,7 @@ def bench_efficiency_command(
     ),
     library: str = typer.Option("smbfo", help="twins: the virtual library"),
     steps: int = typer.Option(30, min=1, help="decisions after the seed measurements"),
-    seeds: int = typer.Option(5, min=1, help="agent seeds per policy"),
+    seeds: int = typer.Option(10, min=1, help="agent seeds per policy"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
     plot: Path | None = typer.Option(None, help="save the learning curves to this PNG"),
     workers: int = typer.Option(0, help="processes (0: one per core, at most two)"),
@@ -317,36 +411,3 @@ def bench_efficiency_command(
         print(format_dataset(result))
     else:
         print(format_twins(result))
-
-
-def format_dataset(result: dict) -> str:
-    """A plain-text table of final RMSE (nRMSE) per policy and modality."""
-    tasks = list(next(iter(result["policies"].values()))["rmse"])
-    lines = [f"{'policy':<18}" + "".join(f"{m:>28}" for m in tasks)]
-    for p, v in result["policies"].items():
-        lines.append(
-            f"{p:<18}" + "".join(f"{v['rmse'][m]:>18.3f} ({v['nrmse'][m]:.3f})" for m in tasks)
-        )
-    for model, v in result["published"].items():
-        lines.append(
-            f"{'published ' + model:<18}"
-            + "".join(f"{v.get(m, float('nan')):>28.3f}" for m in tasks)
-        )
-    return "\n".join(lines)
-
-
-def format_twins(result: dict) -> str:
-    """A plain-text table: final nRMSE, instrument-seconds spent, seconds to the target."""
-    t = result["target"]
-    lines = [
-        f"target nRMSE {t['nrmse']:.3f} ({t['definition']})",
-        f"{'policy':<18}{'final nRMSE':>12}{'seconds used':>14}{'s to target':>13}{'reached':>9}",
-    ]
-    for p, c in result["policies"].items():
-        tt = c["to_target"]
-        med = "never" if tt["median_s"] is None else f"{tt['median_s']:.0f}"
-        lines.append(
-            f"{p:<18}{c['mean_nrmse'][-1]:>12.3f}{c['final_seconds']:>14.0f}"
-            f"{med:>13}{tt['reached']:>6}/{tt['of']}"
-        )
-    return "\n".join(lines)
