@@ -23,22 +23,32 @@ Window = tuple[float, float]
 
 def loop_opening(sig: Signal) -> np.ndarray:
     """Area between the two branches of a hysteresis loop (pm/V x V): zero when non-switching."""
-    loop = sig.array()
-    bias = np.asarray(sig.coords["bias"], float)
-    branch = list(sig.coords.get("branch", ["forward", "reverse"]))
-    fwd, rev = loop[branch.index("forward")], loop[branch.index("reverse")]
-    diff = median_filter(rev - fwd, size=3, mode="nearest")
-    return np.array([np.sum((diff[1:] + diff[:-1]) * np.diff(bias)) / 2.0])
+    return loop_openings(sig, sig.array()[None])
+
+
+def loop_openings(template: Signal, loops: np.ndarray) -> np.ndarray:
+    """:func:`loop_opening` of many loops at once, ``loops`` (n, branch, bias) shaped like
+    ``template``'s values (the ground truth averages thousands of noisy draws)."""
+    bias = np.asarray(template.coords["bias"], float)
+    branch = list(template.coords.get("branch", ["forward", "reverse"]))
+    diff = loops[:, branch.index("reverse")] - loops[:, branch.index("forward")]
+    diff = median_filter(diff, size=(1, 3), mode="nearest")
+    return ((diff[:, 1:] + diff[:, :-1]) * np.diff(bias)).sum(-1) / 2.0
 
 
 def spectral_centroid(sig: Signal, axis: str | None = None) -> np.ndarray:
     """Intensity-weighted mean position after removing spikes and a rolling-minimum baseline."""
-    y = median_filter(sig.array(), size=5, mode="nearest")  # cosmic-ray spikes
-    axis = axis or sig.dims[0]
-    x = np.asarray(sig.coords[axis], float)
-    base = gaussian_filter1d(minimum_filter1d(y, size=max(5, len(y) // 5)), len(y) / 20)
+    return spectral_centroids(sig, sig.array()[None], axis)
+
+
+def spectral_centroids(template: Signal, y: np.ndarray, axis: str | None = None) -> np.ndarray:
+    """:func:`spectral_centroid` of many spectra at once, ``y`` (n, N) on ``template``'s axis."""
+    x = np.asarray(template.coords[axis or template.dims[0]], float)
+    y = median_filter(np.asarray(y, float), size=(1, 5), mode="nearest")  # cosmic-ray spikes
+    n = y.shape[-1]
+    base = gaussian_filter1d(minimum_filter1d(y, size=max(5, n // 5), axis=-1), n / 20, axis=-1)
     w = np.clip(y - base, 0, None)
-    return np.array([float((w * x).sum() / max(w.sum(), 1e-12))])
+    return (w * x).sum(-1) / np.maximum(w.sum(-1), 1e-12)
 
 
 def dopant_fraction(sig: Signal, dopants: tuple[str, ...] = ("Sm", "Sc", "B")) -> np.ndarray:
@@ -105,6 +115,13 @@ def edge_peak_ratio(
     step = net[windows[2]].mean()
     return np.array([float(net[windows[1]].mean() / (step if abs(step) > 1e-12 else 1e-12))])
 
+
+#: Descriptors of many signals at once, ``fn(template, values (n, *shape))``, where one
+#: exists (the costly ones; :func:`coorch.tasks.report.ground_truth` averages noisy draws).
+BATCHED: dict[Descriptor, Callable[[Signal, np.ndarray], np.ndarray]] = {
+    loop_opening: loop_openings,
+    spectral_centroid: spectral_centroids,
+}
 
 PHYSICS: dict[str, Descriptor] = {
     "pfm_loop": loop_opening,

@@ -277,6 +277,15 @@ def default_hyperparameters(
 #: co-orchestration also waits for before it trusts any task's fit).
 MIN_COUPLING_VALUES = 6
 
+#: Hyperparameter sets drawn from the Laplace approximation with every campaign fit
+#: (:mod:`coorch.models.mtgp_laplace`): enough for the mixture's variance to be within ~25 % of
+#: its limit (the spread of a variance estimated from 16 draws), cheap to predict with.
+LAPLACE_DRAWS = 16
+#: Values above which a fit draws nothing: the hyperparameters' posterior has concentrated
+#: (the plug-in fit is then the marginal's good approximation), while the Hessian's ~30
+#: backward passes through an n x n Cholesky would cost more than the fit itself.
+LAPLACE_MAX_VALUES = 500
+
 #: Slope variances (standardised units per longest side) the hyperparameter fit starts from.
 TREND_STARTS = (0.2, 3.0)
 

@@ -40,6 +40,7 @@ from linear_operator.utils.errors import NanError, NotPSDError
 from coorch.models import kernels
 from coorch.models._threads import torch_scope
 from coorch.models.mtgp import (
+    LAPLACE_MAX_VALUES,
     MIN_COUPLING_VALUES,
     TREND_STARTS,
     MTGPHyperparameters,
@@ -353,7 +354,8 @@ def fit_hyperparameters(
     efficiency benchmark found 30 and 100 to give the same hyperparameters).
     ``seed`` seeds the task covariance's random start; the caller's torch RNG is left alone.
     ``draws`` > 0: that many hyperparameter sets from the Laplace approximation about the MAP
-    come with the result (``samples``: :mod:`coorch.models.mtgp_laplace`).
+    come with the result (``samples``: :mod:`coorch.models.mtgp_laplace`), up to
+    :data:`~coorch.models.mtgp.LAPLACE_MAX_VALUES` values.
     Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
     """
     x, tasks = np.asarray(x, float), np.asarray(tasks, int)
@@ -388,7 +390,7 @@ def fit_hyperparameters(
             laplace_draws(
                 ExactMarginalLogLikelihood(model.likelihood, model), convert, draws=draws, seed=seed
             )
-            if draws
+            if draws and len(y) <= LAPLACE_MAX_VALUES
             else []
         )
     return dataclasses.replace(convert(), samples=tuple(samples))

@@ -34,9 +34,10 @@ import torch
 from botorch.optim.closures import get_loss_closure
 from gpytorch.mlls import ExactMarginalLogLikelihood
 
-#: Hyperparameter sets drawn per fit: enough for the mixture's variance to be within ~25 % of
-#: its limit (the variance of a variance estimate from 16 draws), cheap to predict with.
-DRAWS = 16
+from coorch.models.mtgp import LAPLACE_DRAWS
+
+#: Hyperparameter sets drawn per fit (:data:`coorch.models.mtgp.LAPLACE_DRAWS`).
+DRAWS = LAPLACE_DRAWS
 #: The most variance (unconstrained units) any direction of the Laplace posterior may have.
 MAX_VARIANCE = 1.0
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from coorch.models.agent import Agent
-from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters
+from coorch.models.mtgp import LAPLACE_DRAWS, MTGPHyperparameters, aspect, fit_hyperparameters
 from coorch.models.mtgp_agent import MTGPAgent
 from coorch.models.vae import fit_vae
 from coorch.tasks.background import InlineExecutor, outcome
@@ -57,7 +57,9 @@ class HyperparameterRefit:
     Args:
         executor: where fits run (Dask, or :class:`InlineExecutor`).
         builder: where a fitted model's posterior is built (a thread, or inline).
-        fit: the fitting function, ``fit(x, t, y, num_tasks, coupled=, aspect=, log_tasks=)``.
+        fit: the fitting function, ``fit(x, t, y, num_tasks, coupled=, aspect=, log_tasks=)``;
+            by default the MAP fit with :data:`~coorch.models.mtgp.LAPLACE_DRAWS` Laplace draws,
+            so decisions and reports count the hyperparameters' uncertainty (issue 15).
     """
 
     def __init__(
@@ -67,8 +69,9 @@ class HyperparameterRefit:
         every: int,
         min_per_task: int = 2,
         builder: Executor | None = None,
-        fit: Callable[..., MTGPHyperparameters] = fit_hyperparameters,
+        fit: Callable[..., MTGPHyperparameters] | None = None,
     ) -> None:
+        fit = fit or functools.partial(fit_hyperparameters, draws=LAPLACE_DRAWS)
         self.executor, self.builder, self.fit = executor, builder or InlineExecutor(), fit
         self.every, self.min_per_task = every, min_per_task
         self.fitting: tuple[Future, Key] | None = None

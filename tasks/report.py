@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.ndimage import gaussian_filter1d, median_filter, minimum_filter1d
 
 from coorch.geometry import LibraryGeometry
-from coorch.models.descriptors import PHYSICS, describe, loop_opening, spectral_centroid
+from coorch.models.descriptors import BATCHED, PHYSICS, describe
 from coorch.models.incremental import exact_posterior
 from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters, standardise
 from coorch.records import Measurement, Signal
@@ -110,53 +109,26 @@ def expected_descriptor(
     descriptor when ``draws`` is 0).
 
     Each draw is one call of the twin's noise model (it draws per acquisition: a gain, a
-    cosmic-ray spike). The descriptors of a position's draws are computed at once where a
-    batched twin of the modality's descriptor exists (:data:`_BATCHED`: a per-draw call costs
-    ~0.2 ms, mostly scipy's Python wrappers, 8 s for a 20 x 20 grid of three twins), and the
-    first draw is checked against :func:`describe` itself, so a descriptor that changes and a
-    batched copy that does not can never part silently: on a mismatch, every draw is described
-    one at a time."""
+    cosmic-ray spike). A position's draws are described at once where the descriptor has a
+    batched form (:data:`~coorch.models.descriptors.BATCHED`: a per-draw call costs ~0.2 ms,
+    mostly scipy's Python wrappers, 8 s for a 20 x 20 grid of three twins)."""
     spec = twin.describe().modality(modality)
     mode = twin.modes[modality]
     template = Signal.from_array(modality, spec.dims, clean[0], coords=mode.coords)
 
-    def one(values: np.ndarray) -> float:  # the Signal validated once, values swapped in
-        return float(describe(modality, template.model_copy(update={"values": values}))[0])
+    def each(_: Signal, values: np.ndarray) -> np.ndarray:  # one Signal, values swapped in
+        return np.array(
+            [describe(modality, template.model_copy(update={"values": v}))[0] for v in values]
+        )
 
     if draws <= 0:
-        return np.array([one(c) for c in clean])
-    batched = _BATCHED.get(PHYSICS.get(modality)) if spec.dims != ["latent"] else None
+        return each(template, clean)
+    batched = BATCHED.get(PHYSICS.get(modality), each) if spec.dims != ["latent"] else each
     out = np.empty(len(clean))
     for q, c in enumerate(clean):
         noisy = np.stack([np.asarray(mode.noise(c, rng), float) for _ in range(draws)])
-        values = batched(template, noisy) if batched is not None else None
-        if values is None or not np.isclose(values[0], one(noisy[0]), rtol=1e-9, atol=1e-9):
-            values = np.array([one(v) for v in noisy])
-        out[q] = values.mean()
+        out[q] = batched(template, noisy).mean()
     return out
-
-
-def _centroids(template: Signal, y: np.ndarray) -> np.ndarray:
-    """:func:`~coorch.models.descriptors.spectral_centroid` of each row of ``y`` (draws, N)."""
-    x = np.asarray(template.coords[template.dims[0]], float)
-    y = median_filter(y, size=(1, 5), mode="nearest")
-    n = y.shape[-1]
-    base = gaussian_filter1d(minimum_filter1d(y, size=max(5, n // 5), axis=-1), n / 20, axis=-1)
-    w = np.clip(y - base, 0, None)
-    return (w * x).sum(-1) / np.maximum(w.sum(-1), 1e-12)
-
-
-def _loop_openings(template: Signal, loops: np.ndarray) -> np.ndarray:
-    """:func:`~coorch.models.descriptors.loop_opening` of each loop (draws, branch, bias)."""
-    bias = np.asarray(template.coords["bias"], float)
-    branch = list(template.coords.get("branch", ["forward", "reverse"]))
-    diff = loops[:, branch.index("reverse")] - loops[:, branch.index("forward")]
-    diff = median_filter(diff, size=(1, 3), mode="nearest")
-    return ((diff[:, 1:] + diff[:, :-1]) * np.diff(bias)).sum(-1) / 2.0
-
-
-#: batched copies of the costly descriptors, by the descriptor they copy (checked on use)
-_BATCHED = {spectral_centroid: _centroids, loop_opening: _loop_openings}
 
 
 def training_arrays(

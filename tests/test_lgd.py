@@ -125,7 +125,9 @@ def test_lgd_twin_shows_the_boundary_at_the_hidden_s_c_in_every_modality():
     x_c = lgd.HIDDEN["s_c"] / lib.s_max * 10.0  # mm along x
     assert lib.polar_fraction(x_c, 1.0) == pytest.approx(0.5)
     twins = {k: make_twin(k, "smbfo-lgd") for k in ("afm", "raman")}
-    truth = ground_truth(twins, {"afm": "pfm_loop", "raman": "raman"}, np.array(lib.extent))
+    truth = ground_truth(
+        twins, {"afm": "pfm_loop", "raman": "raman"}, np.array(lib.extent), draws=0
+    )
     x, op = truth.grid[:, 0], truth.values[:, 0]
     assert op[x < x_c - 2.0].min() > 10.0 and np.abs(op[x > x_c + 0.5]).max() < 1.0
     raman = truth.values[:, 1]

@@ -29,8 +29,7 @@ from coorch.models.agent import Agent
 from coorch.models.cost import log_tasks
 from coorch.models.incremental import exact_posterior
 from coorch.models.marginal import marginal_posterior
-from coorch.models.mtgp import MTGPHyperparameters, aspect, fit_hyperparameters
-from coorch.models.mtgp_laplace import DRAWS
+from coorch.models.mtgp import LAPLACE_DRAWS, MTGPHyperparameters, aspect, fit_hyperparameters
 from coorch.models.policies import make_policy
 from coorch.storage import CampaignStore
 from coorch.tasks.background import BackgroundWork, InlineExecutor
@@ -54,7 +53,7 @@ class Settings:
     """
 
     max_iter: int = 30
-    draws: int = DRAWS
+    draws: int = LAPLACE_DRAWS
     max_correlation: float | None = 0.7
     task_weights: tuple[float, ...] | None = None
     weight_power: float = 0.0
