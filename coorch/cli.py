@@ -167,6 +167,7 @@ def flow_failures(command: str, campaign: str) -> Iterator[None]:
 BENCHMARKS = {
     "decision": ("coorch.benchmarks.decision", "bench_decision_command"),
     "efficiency": ("coorch.benchmarks.efficiency", "bench_efficiency_command"),
+    "defaults": ("coorch.benchmarks.defaults_cv", "bench_defaults_command"),
     "overhead": ("coorch.benchmarks.overhead", "bench_overhead_command"),
     "pareto": ("coorch.benchmarks.pareto", "bench_pareto_command"),
     "ingest": ("coorch.benchmarks.ingest", "bench_ingest_command"),

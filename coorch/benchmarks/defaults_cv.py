@@ -33,11 +33,14 @@ from coorch.benchmarks.problems import load_replay, twin_setup
 from coorch.benchmarks.simulate import Settings, Trace
 
 #: The candidates: one change at a time from the plain setting (Laplace draws in every fit,
-#: the sum of normalised errors as the objective, the correlation cap of earlier releases).
+#: the sum of the tasks' normalised squared errors as the objective, the correlation cap of
+#: earlier releases): the sum of normalised errors (RMSE, not squared: the benchmarks' score),
+#: the worst task first, no cap.
 CANDIDATES: dict[str, Settings] = {
     "sum": Settings(balance=0.0, max_correlation=0.7),
+    "sum-rmse": Settings(balance=-0.5, max_correlation=0.7),
+    "worst-first": Settings(balance=1.0, max_correlation=0.7),
     "sum-uncapped": Settings(balance=0.0, max_correlation=None),
-    "balanced": Settings(balance=1.0, max_correlation=0.7),
 }
 TWINS = ("smbfo", "alscbn")
 
@@ -96,25 +99,31 @@ def run_cv(
     steps: int = 30,
     candidates: dict[str, Settings] = CANDIDATES,
     workers: int | None = None,
+    cache: Path | None = None,
 ) -> dict:
     """Every candidate on every problem, ``seeds`` agent seeds each (co-orchestration only:
     the baselines have no settings), the scores and the leave-one-problem-out choice."""
-    jobs, keys = [], []
-    for name, settings in candidates.items():
-        for lib in TWINS:
-            for s in range(seeds):
-                jobs.append((_twins_job, (lib, "coorchestrate", s, budget, settings, 2)))
-                keys.append((lib, name))
-        if replay is not None:
-            for s in range(seeds):
-                jobs.append(
-                    (_dataset_job, (str(replay), 1, "coorchestrate", s, steps, settings, 1))
-                )
-                keys.append(("replay", name))
-    traces = run_jobs(_call, [(fn, args) for fn, args in jobs], workers)
+    twin_jobs = [
+        (lib, "coorchestrate", s, budget, settings, 2)
+        for settings in candidates.values()
+        for lib in TWINS
+        for s in range(seeds)
+    ]
+    replay_jobs = [
+        (str(Path(replay).resolve()), 1, "coorchestrate", s, steps, settings, 1)
+        for settings in candidates.values()
+        for s in range(seeds)
+        if replay is not None
+    ]
     grouped: dict[str, dict[str, list[Trace]]] = {}
-    for (problem, name), tr in zip(keys, traces, strict=True):
-        grouped.setdefault(problem, {}).setdefault(name, []).append(tr)
+    names = [n for n in candidates for _ in TWINS for _ in range(seeds)]
+    for job, name, tr in zip(
+        twin_jobs, names, run_jobs(_twins_job, twin_jobs, workers, cache), strict=True
+    ):
+        grouped.setdefault(job[0], {}).setdefault(name, []).append(tr)
+    names = [n for n in candidates for _ in range(seeds)] if replay is not None else []
+    for name, tr in zip(names, run_jobs(_dataset_job, replay_jobs, workers, cache), strict=True):
+        grouped.setdefault("replay", {}).setdefault(name, []).append(tr)
     per_seed = {
         p: (_replay_scores(str(replay), g) if p == "replay" else _twin_scores(p, g))
         for p, g in grouped.items()
@@ -127,10 +136,6 @@ def run_cv(
         "per_seed": per_seed,
         **leave_one_out(scores),
     }
-
-
-def _call(fn, args) -> Trace:
-    return fn(*args)
 
 
 def format_cv(result: dict) -> str:
@@ -151,9 +156,12 @@ def bench_defaults_command(
     seeds: int = typer.Option(5, min=1, help="agent seeds per candidate and problem"),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
     workers: int = typer.Option(0, help="processes (0: one per core, at most two)"),
+    cache: Path | None = typer.Option(
+        None, help="keep each campaign's trace in this folder and reuse it on a re-run"
+    ),
 ) -> None:
     """Choose co-orchestration's defaults by leave-one-problem-out cross-validation over the
     twins and the replay file (progress on stderr)."""
-    result = run_cv(dataset, seeds=seeds, workers=workers or None)
+    result = run_cv(dataset, seeds=seeds, workers=workers or None, cache=cache)
     print(json.dumps(result) if json_out else format_cv(result))
     print(f"default: {result['default']}", file=sys.stderr)

@@ -30,13 +30,14 @@ import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 import typer
 
+from coorch.benchmarks import trace_cache
 from coorch.benchmarks.efficiency_format import format_dataset, format_twins
 from coorch.benchmarks.problems import (
     TWIN_INSTRUMENTS,
@@ -51,8 +52,8 @@ DEFAULT_POLICIES = ("coorchestrate", "max_uncertainty", "single_task", "random",
 REFERENCE = "coorchestrate"  # the policy the paired comparison holds against each baseline
 
 
-#: the replay's error is one RMSE in latent units: count variance in the targets' own units
-REPLAY_SETTINGS = Settings(max_correlation=0.7, weight_power=2.0)
+#: defaults only (issue 15): the replay is scored like the twins, by the mean of its tasks' nRMSE
+REPLAY_SETTINGS = Settings()
 
 
 def _dataset_job(
@@ -81,6 +82,8 @@ def run_dataset(
     settings: Settings | None = None,
     score_every: int = 1,
     workers: int | None = None,
+    baseline_seeds: int | None = None,
+    cache: Path | None = None,
 ) -> dict:
     """Every policy on a replay file, ``seeds`` agent seeds each: per policy the
     :func:`final_figures` (score: ``mean_nrmse``, the mean over modalities of RMSE / std of the
@@ -88,12 +91,13 @@ def run_dataset(
     figures where the file has them, and the learning curves under ``curves``."""
     settings = settings or REPLAY_SETTINGS
     replay = load_replay(path, component)
+    counts = _seed_counts(policies, seeds, baseline_seeds)
     jobs = [
-        (str(path), component, p, s, steps, settings, score_every)
+        (str(Path(path).resolve()), component, p, s, steps, settings, score_every)
         for p in policies
-        for s in range(seeds)
+        for s in range(counts[p])
     ]
-    traces = run_jobs(_dataset_job, jobs, workers)
+    traces = run_jobs(_dataset_job, jobs, workers, cache)
     scale = replay.values.std(0)
     tasks = replay.problem.tasks
     out: dict = {
@@ -195,35 +199,46 @@ def _per_task(tasks: Sequence[str], values: np.ndarray) -> dict[str, float]:
 
 
 def run_jobs(
-    fn: Callable[..., Trace], jobs: list[tuple], workers: int | None = None
+    fn: Callable[..., Trace],
+    jobs: list[tuple],
+    workers: int | None = None,
+    cache: Path | None = None,
 ) -> list[Trace]:
     """Run campaign jobs, in ``workers`` spawned processes (default: one per core, at most
-    two: the fits are single-threaded), reporting progress on stderr (stdout carries JSON)."""
+    two: the fits are single-threaded), reporting progress on stderr (stdout carries JSON).
+    With ``cache`` (a folder), a job run before is read back and each new one is kept as it
+    finishes (:mod:`coorch.benchmarks.trace_cache`)."""
     workers = workers or min(2, os.cpu_count() or 1)
+    out, todo = trace_cache.split(fn, jobs, cache)
     t0 = time.perf_counter()
 
-    def done(i: int, tr: Trace) -> None:
+    def done(k: int, i: int, tr: Trace) -> None:
+        trace_cache.store(fn, jobs[i], tr, cache)
+        out[i] = tr
         err = ", ".join(f"{v:.3f}" for v in tr.rmse[-1])
         print(
-            f"[{i + 1}/{len(jobs)} {time.perf_counter() - t0:6.1f} s] {tr.policy} seed "
+            f"[{k + 1}/{len(todo)} {time.perf_counter() - t0:6.1f} s] {tr.policy} seed "
             f"{tr.seed}: final RMSE {err}",
             file=sys.stderr,
             flush=True,
         )
 
-    if workers <= 1 or len(jobs) <= 1:
-        out = []
-        for i, job in enumerate(jobs):
-            out.append(fn(*job))
-            done(i, out[-1])
-        return out
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-        futures = [pool.submit(fn, *job) for job in jobs]
-        out = []
-        for i, fut in enumerate(futures):
-            out.append(fut.result())
-            done(i, out[-1])
-        return out
+    if workers <= 1 or len(todo) <= 1:
+        for k, i in enumerate(todo):
+            done(k, i, fn(*jobs[i]))
+    else:
+        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(fn, *jobs[i]): i for i in todo}
+            for k, fut in enumerate(as_completed(futures)):
+                done(k, futures[fut], fut.result())
+    return [out[i] for i in range(len(jobs))]
+
+
+def _seed_counts(policies: Sequence[str], seeds: int, baseline_seeds: int | None) -> dict:
+    """Agent seeds per policy: ``seeds`` for co-orchestration, ``baseline_seeds`` (default the
+    same) for every other policy."""
+    other = seeds if baseline_seeds is None else baseline_seeds
+    return {p: seeds if p == "coorchestrate" else other for p in policies}
 
 
 # ---------------------------------------------------------------------------- digital twins
@@ -245,6 +260,8 @@ def run_twins(
     settings: Settings | None = None,
     score_every: int = 2,
     workers: int | None = None,
+    baseline_seeds: int | None = None,
+    cache: Path | None = None,
 ) -> dict:
     """Every policy on the twins; normalised RMSE (RMSE / std of the truth over the held-out
     grid, per task, then mean over tasks) vs measurements and vs instrument-seconds, the
@@ -254,8 +271,11 @@ def run_twins(
     settings = settings or Settings()
     setup = twin_setup(library, 0)
     scale = setup.problem.truth.std(0)
-    jobs = [(library, p, s, budget, settings, score_every) for p in policies for s in range(seeds)]
-    traces = run_jobs(_twins_job, jobs, workers)
+    counts = _seed_counts(policies, seeds, baseline_seeds)
+    jobs = [
+        (library, p, s, budget, settings, score_every) for p in policies for s in range(counts[p])
+    ]
+    traces = run_jobs(_twins_job, jobs, workers, cache)
     tasks = setup.problem.tasks
     curves = {p: twin_curve(_runs(traces, p), scale, tasks) for p in policies}
     reference = "random" if "random" in curves else policies[-1]
@@ -270,7 +290,7 @@ def run_twins(
     return {
         "library": library,
         "budget": budget,
-        "seeds": seeds,
+        "seeds": counts,
         "instruments": {
             i.name: {
                 "modality": setup.problem.modalities[i.name],
@@ -391,18 +411,23 @@ def bench_efficiency_command(
     ),
     library: str = typer.Option("smbfo", help="twins: the virtual library"),
     steps: int = typer.Option(30, min=1, help="decisions after the seed measurements"),
-    seeds: int = typer.Option(10, min=1, help="agent seeds per policy"),
+    seeds: int = typer.Option(10, min=1, help="agent seeds of co-orchestration"),
+    baseline_seeds: int = typer.Option(0, min=0, help="seeds per baseline (0: as --seeds)"),
+    cache: Path | None = typer.Option(
+        None, help="keep each campaign's trace in this folder and reuse it on a re-run"
+    ),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
     plot: Path | None = typer.Option(None, help="save the learning curves to this PNG"),
     workers: int = typer.Option(0, help="processes (0: one per core, at most two)"),
 ) -> None:
     """Map error vs measurements and instrument time: co-orchestration against the published
     max-uncertainty agent, single-task GPs, random and grid (progress on stderr)."""
+    more = {"workers": workers or None, "baseline_seeds": baseline_seeds or None, "cache": cache}
     if dataset is not None:
-        result = run_dataset(dataset, steps=steps, seeds=seeds, workers=workers or None)
+        result = run_dataset(dataset, steps=steps, seeds=seeds, **more)
     else:
         budget = steps + 2 * len(TWIN_INSTRUMENTS)
-        result = run_twins(library, budget=budget, seeds=seeds, workers=workers or None)
+        result = run_twins(library, budget=budget, seeds=seeds, **more)
     if plot is not None:
         print(f"learning curves: {plot_curves(result, plot)}", file=sys.stderr)
     if json_out:

@@ -27,10 +27,17 @@ def format_dataset(result: dict) -> str:
         rows.append([p, f"{f['mean_nrmse']:.3f}", *cells, *_counts_and_coverage(f, tasks)])
     for model, v in result["published"].items():
         rows.append([f"published {model}", *_published(v, scale, tasks), "-", "-"])
-    n = len(next(iter(policies.values()))["final"]["seeds"])
-    lines = [f"score: {result.get('score', 'final mean nRMSE')}, mean over {n} seeds"]
+    lines = [f"score: {result.get('score', 'final mean nRMSE')}, mean over {_seeds(policies)}"]
     lines += _table(header, rows)
     return "\n".join(lines + _paired_lines(result.get("paired")))
+
+
+def _seeds(policies: dict) -> str:
+    """'N seeds' when every policy ran as many, else the count per policy."""
+    n = {p: len(v["final"]["seeds"]) for p, v in policies.items()}
+    if len(set(n.values())) == 1:
+        return f"{next(iter(n.values()))} seeds"
+    return "seeds " + ", ".join(f"{p} {k}" for p, k in n.items())
 
 
 def format_twins(result: dict) -> str:
