@@ -3,6 +3,8 @@ integrated over them, and decisions that count what a plug-in fit hides."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from shared_data import two_tasks as truth
@@ -99,3 +101,25 @@ def test_inflation_steers_the_gain_towards_the_task_that_hides_variance(few) -> 
     without = [gain(model, [k], excl)[1].max() for k in (0, 1)]
     # not 4x: each instrument also informs the other task through the coupling
     assert with_inflation[1] / with_inflation[0] > 1.5 * without[1] / without[0]
+
+
+def test_a_task_whose_variance_is_its_trend_is_not_worth_more_per_point() -> None:
+    """Each task's gain is normalised by how much its map varies over the library, the trend
+    included: a task whose fit put its variance into the trend (stationary variance near zero)
+    was weighted by one over that near-zero and took every measurement (the replay's Raman)."""
+    from coorch.models.mtgp import default_hyperparameters
+
+    cand = np.linspace(0, 1, 41)[:, None]
+    insts = [InstrumentCost("a", (0,), cost_s=1.0), InstrumentCost("b", (1,), cost_s=1.0)]
+    agent = make_policy("coorchestrate", cand, np.array([[0.0, 1.0]]), insts, min_fit_values=0)
+    h = default_hyperparameters(2, 1, lengthscale=0.2, trend=np.array([1.0]))
+    steep = h.task_covariance.copy()
+    steep[0, 0] = 0.01  # task 0: almost all trend (slope variance 40), task 1: stationary
+    h = dataclasses.replace(h, task_covariance=steep, trend_weight=np.array([[40.0], [0.0]]))
+    agent.set_hyperparameters(h)
+    model = agent.model
+    assert model.signal_variance[0] > 10 * h.prior_variance[0]
+    gain = IntegratedVarianceReduction()
+    excl = np.array([], int)
+    a, b = (gain(model, [k], excl)[1].max() for k in (0, 1))
+    assert 0.1 < a / b < 10
