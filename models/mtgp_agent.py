@@ -26,7 +26,7 @@ from coorch.models.acquisition import blend, integrated_variance_reduction, max_
 from coorch.models.agent import Agent
 from coorch.models.cost import InstrumentCost, instrument_seconds, log_tasks
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
-from coorch.models.marginal import marginal_posterior, task_inflation
+from coorch.models.marginal import loo_scale, marginal_posterior, task_inflation
 from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters, trend_prior
 
 Cost = Callable[[InstrumentCost, np.ndarray, "np.ndarray | None"], np.ndarray]
@@ -65,8 +65,9 @@ class DecisionModel:
 class Posterior:
     """A built decision model: the incremental posterior, the value scale of its variance
     (M, T) (:func:`value_scale`), how many reserved rows it was built on, and how much more
-    variance each task has once the hyperparameters' uncertainty is counted (T,)
-    (:func:`~coorch.models.marginal.task_inflation`; ones for a fit without draws)."""
+    variance each task has than the fit alone says (T,): the larger of what the
+    hyperparameters' uncertainty adds (:func:`~coorch.models.marginal.task_inflation`) and
+    what its own held-out residuals say (:func:`~coorch.models.marginal.loo_scale`)."""
 
     post: IncrementalPosterior
     value_scale: np.ndarray
@@ -243,8 +244,9 @@ class MTGPAgent(Agent):
         tasks = np.array([k for _, ts in rows for k in ts], int)
         post.extend(x.reshape(len(tasks), self.unit.shape[1]), tasks)
         inflation = None
-        if fitted is not None and fitted[0].samples:
-            inflation = task_inflation(fitted[0], data, self.unit[self.reference])
+        if fitted is not None and data is not None and len(data[2]):
+            hidden = task_inflation(fitted[0], data, self.unit[self.reference])
+            inflation = np.maximum(hidden, loo_scale(fitted[0], *data))
             inflation[~fitted[1]] = 1.0  # decided on the prior guess: nothing hidden
         return Posterior(post, value_scale(h, data, self.unit), len(rows), inflation)
 

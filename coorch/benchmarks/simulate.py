@@ -28,7 +28,7 @@ from coorch.benchmarks.problems import Measure, Problem
 from coorch.models.agent import Agent
 from coorch.models.cost import log_tasks
 from coorch.models.incremental import exact_posterior
-from coorch.models.marginal import marginal_posterior
+from coorch.models.marginal import loo_scale, marginal_posterior
 from coorch.models.mtgp import LAPLACE_DRAWS, MTGPHyperparameters, aspect, fit_hyperparameters
 from coorch.models.policies import make_policy
 from coorch.storage import CampaignStore
@@ -113,14 +113,18 @@ def interval_coverage(
     problem: Problem, h: MTGPHyperparameters, x: np.ndarray, t: np.ndarray, y: np.ndarray
 ) -> np.ndarray:
     """Per task (T,), the share of held-back scored positions whose truth lies inside the
-    central 90 % interval of the posterior integrated over ``h``'s draws (moment-matched, in
-    the units the GP models: a log task's log). Held back: every scored position a task has
+    central 90 % interval of the posterior integrated over ``h``'s draws and widened by each
+    task's leave-one-out calibration (:func:`~coorch.models.marginal.loo_scale`; moment-matched,
+    in the units the GP models: a log task's log). Held back: every scored position a task has
     not measured. Against a replay's stored values (themselves measurements) the interval is
     a new measurement's, noise included; against a twin's expected descriptor, the map's."""
     from scipy.stats import norm
 
     query = problem.geometry.to_unit(problem.query)
-    mean, var = marginal_posterior(h, x, t, y, query, modelled=True, noise=problem.passthrough)
+    scale = loo_scale(h, x, t, y)
+    mean, var = marginal_posterior(
+        h, x, t, y, query, modelled=True, noise=problem.passthrough, scale=scale
+    )
     truth = problem.truth
     if h.log_tasks is not None and h.log_tasks.any():
         truth = np.where(h.log_tasks, np.log(np.maximum(truth, 1e-300)), truth)
