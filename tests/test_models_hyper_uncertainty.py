@@ -123,3 +123,21 @@ def test_a_task_whose_variance_is_its_trend_is_not_worth_more_per_point() -> Non
     excl = np.array([], int)
     a, b = (gain(model, [k], excl)[1].max() for k in (0, 1))
     assert 0.1 < a / b < 10
+
+
+def test_leave_one_out_widens_a_task_the_fit_is_too_sure_of() -> None:
+    """A model that believes its values nearly noiseless while they are noisy is widened by
+    its own held-out residuals; a model that matches its data is left as it is."""
+    from coorch.models.marginal import loo_scale
+    from coorch.models.mtgp import default_hyperparameters
+
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 1))
+    t = np.r_[np.zeros(30, int), np.ones(30, int)]
+    y = np.sin(4 * x[:, 0]) + np.where(t == 1, 0.3, 0.01) * rng.standard_normal(60)
+    h = default_hyperparameters(2, 1, lengthscale=0.3, noise=1e-4)
+    h = dataclasses.replace(h, noise=np.array([1e-4, 1e-4]))
+    scale = loo_scale(h, x, t, y)
+    assert scale[1] > 3 and scale[0] < scale[1]
+    honest = dataclasses.replace(h, noise=np.array([1e-4, 0.09]))
+    assert loo_scale(honest, x, t, y)[1] < 1.5
