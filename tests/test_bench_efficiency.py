@@ -119,7 +119,16 @@ def test_cli_prints_one_json_object(
 
     monkeypatch.setattr(eff, "run_dataset", lambda *a, **kw: replay_result)
     bench_efficiency_command(
-        dataset=DATA, library="smbfo", steps=3, seeds=1, json_out=True, plot=None, workers=1
+        dataset=DATA,
+        library="smbfo",
+        steps=3,
+        seeds=1,
+        baseline_seeds=0,
+        cache=None,
+        json_out=True,
+        plot=None,
+        workers=1,
+        policy=list(DEFAULT_POLICIES),
     )
     assert json.loads(capsys.readouterr().out) == replay_result
 

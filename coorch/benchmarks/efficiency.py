@@ -419,10 +419,18 @@ def bench_efficiency_command(
     json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
     plot: Path | None = typer.Option(None, help="save the learning curves to this PNG"),
     workers: int = typer.Option(0, help="processes (0: one per core, at most two)"),
+    policy: list[str] = typer.Option(
+        list(DEFAULT_POLICIES), "--policy", help="the policies to run (repeat the option)"
+    ),
 ) -> None:
     """Map error vs measurements and instrument time: co-orchestration against the published
     max-uncertainty agent, single-task GPs, random and grid (progress on stderr)."""
-    more = {"workers": workers or None, "baseline_seeds": baseline_seeds or None, "cache": cache}
+    more = {
+        "workers": workers or None,
+        "baseline_seeds": baseline_seeds or None,
+        "cache": cache,
+        "policies": tuple(policy),
+    }
     if dataset is not None:
         result = run_dataset(dataset, steps=steps, seeds=seeds, **more)
     else:
