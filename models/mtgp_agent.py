@@ -74,24 +74,15 @@ class Posterior:
     n_rows: int
     inflation: np.ndarray | None = None
 
-    @functools.cached_property
-    def signal_variance(self) -> np.ndarray:
-        """(T,) each task's prior variance averaged over the reference positions, the trend's
-        included: how much the map varies over the library, what its normalised error is
-        normalised by. Not the prior variance at the centre: where a task's fit puts its
-        variance into the trend (a steep gradient, 2.3 of slope variance against 0.008 of
-        stationary variance on the replay's Raman latent), that alone made every Raman point
-        worth 100 times a BEPS point, and Raman took 27 of 36 measurements."""
-        ref = self.post.candidates[self.post.reference]
-        return np.einsum("qtt->qt", self.post.hyper.prior_diagonal(ref)).mean(0)
-
 
 @dataclasses.dataclass(frozen=True)
 class IntegratedVarianceReduction:
     """Integrated variance removed over the library, every task weighted (co-orchestration).
 
-    Each task's reduction is weighted by ``task_weights * y_scale ** weight_power / signal
-    variance`` (:attr:`Posterior.signal_variance`) times the value scale: power 0 counts tasks
+    Each task's reduction is weighted by ``task_weights * y_scale ** weight_power / prior
+    variance`` (at the library's centre, the trend's excluded: normalising by the map's variance
+    over the library, trend included, was tried and was worse on all three benchmark problems,
+    docs/benchmarks.md, "Unseen data") times the value scale: power 0 counts tasks
     equally in standardised units (error judged per task, normalised), 2 counts variance in
     the targets' own units (error judged as one RMSE in shared units). Then by the task's
     inflation for hyperparameter uncertainty (the variance a plug-in fit hides), and by its current
@@ -115,11 +106,11 @@ class IntegratedVarianceReduction:
     ) -> tuple[np.ndarray, np.ndarray]:
         h = model.post.hyper
         w = np.ones(h.num_tasks) if self.task_weights is None else np.asarray(self.task_weights)
-        w = w * h.y_scale**self.weight_power / model.signal_variance
+        w = w * h.y_scale**self.weight_power / h.prior_variance
         if model.inflation is not None:
             w = w * model.inflation
         if self.balance:
-            known = model.post.variance()[model.post.reference].mean(0) / model.signal_variance
+            known = model.post.variance()[model.post.reference].mean(0) / h.prior_variance
             inflation = 1.0 if model.inflation is None else model.inflation
             w = w * np.maximum(known * inflation, 1e-6) ** self.balance
         w = model.value_scale * w[None]

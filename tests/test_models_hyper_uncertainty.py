@@ -103,28 +103,6 @@ def test_inflation_steers_the_gain_towards_the_task_that_hides_variance(few) -> 
     assert with_inflation[1] / with_inflation[0] > 1.5 * without[1] / without[0]
 
 
-def test_a_task_whose_variance_is_its_trend_is_not_worth_more_per_point() -> None:
-    """Each task's gain is normalised by how much its map varies over the library, the trend
-    included: a task whose fit put its variance into the trend (stationary variance near zero)
-    was weighted by one over that near-zero and took every measurement (the replay's Raman)."""
-    from coorch.models.mtgp import default_hyperparameters
-
-    cand = np.linspace(0, 1, 41)[:, None]
-    insts = [InstrumentCost("a", (0,), cost_s=1.0), InstrumentCost("b", (1,), cost_s=1.0)]
-    agent = make_policy("coorchestrate", cand, np.array([[0.0, 1.0]]), insts, min_fit_values=0)
-    h = default_hyperparameters(2, 1, lengthscale=0.2, trend=np.array([1.0]))
-    steep = h.task_covariance.copy()
-    steep[0, 0] = 0.01  # task 0: almost all trend (slope variance 40), task 1: stationary
-    h = dataclasses.replace(h, task_covariance=steep, trend_weight=np.array([[40.0], [0.0]]))
-    agent.set_hyperparameters(h)
-    model = agent.model
-    assert model.signal_variance[0] > 10 * h.prior_variance[0]
-    gain = IntegratedVarianceReduction()
-    excl = np.array([], int)
-    a, b = (gain(model, [k], excl)[1].max() for k in (0, 1))
-    assert 0.1 < a / b < 10
-
-
 def test_leave_one_out_widens_a_task_the_fit_is_too_sure_of() -> None:
     """A model that believes its values nearly noiseless while they are noisy is widened by
     its own held-out residuals; a model that matches its data is left as it is."""
