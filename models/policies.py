@@ -22,9 +22,15 @@ from coorch.models.mtgp_agent import (
     MTGPAgent,
 )
 
-#: Cap on |task correlation| in co-orchestration's decision model, from the efficiency
-#: benchmark (docs/benchmarks.md): 0.7 met the published run on real data and was used on twins.
+#: Cap on |task correlation| in co-orchestration's decision model. First chosen on the shared
+#: replay file; kept since by leave-one-problem-out cross-validation over both twin libraries
+#: and the replay (``coorch bench defaults``, docs/benchmarks.md, "Unseen data"), against no cap,
+#: the sum of normalised RMSEs and the worst task first.
 COORCHESTRATE_MAX_CORRELATION = 0.7
+#: Exponent of each task's normalised integrated variance in the gain (``balance`` of
+#: ``IntegratedVarianceReduction``): 0, the sum of the tasks' normalised squared errors, chosen
+#: by the same cross-validation over -0.5 (sum of normalised RMSEs) and 1 (worst task first).
+COORCHESTRATE_BALANCE = 0.0
 #: Values a task needs before co-orchestration trusts its fitted hyperparameters, from the
 #: efficiency benchmark on the alscbn twins (docs/benchmarks.md): about three per input
 #: dimension, the rule of thumb for a GP's lengthscales; the same number a log task waits
@@ -44,7 +50,7 @@ def coorchestrate(
     min_fit_values: int = COORCHESTRATE_MIN_FIT_VALUES,
     task_weights: Sequence[float] | None = None,
     weight_power: float = 0.0,
-    balance: float = 0.0,
+    balance: float = COORCHESTRATE_BALANCE,
     revisit: bool = False,
 ) -> MTGPAgent:
     """Co-orchestration: integrated variance reduction over every task per instrument-second,

@@ -30,7 +30,11 @@ from coorch.models.cost import log_tasks
 from coorch.models.incremental import exact_posterior
 from coorch.models.marginal import loo_scale, marginal_posterior
 from coorch.models.mtgp import LAPLACE_DRAWS, MTGPHyperparameters, aspect, fit_hyperparameters
-from coorch.models.policies import make_policy
+from coorch.models.policies import (
+    COORCHESTRATE_BALANCE,
+    COORCHESTRATE_MAX_CORRELATION,
+    make_policy,
+)
 from coorch.storage import CampaignStore
 from coorch.tasks.background import BackgroundWork, InlineExecutor
 from coorch.tasks.describe import Describer
@@ -47,17 +51,18 @@ class Settings:
     the fits converge within 30: 30 and 100 gave the same hyperparameters). ``draws``
     hyperparameter sets from the Laplace approximation come with every fit, decisions' and
     scoring's alike (``coorch.models.mtgp_laplace``; 0: plug-in MAP fits).
-    ``max_correlation``, ``task_weights`` and ``weight_power`` are co-orchestration's options
-    (``coorch.models.policies.coorchestrate``; why these values: docs/benchmarks.md,
-    "Efficiency"); the baselines run as published.
+    ``max_correlation``, ``task_weights``, ``weight_power`` and ``balance`` are
+    co-orchestration's options (``coorch.models.policies.coorchestrate``), by default the
+    policy's own defaults, chosen by cross-validation (``coorch bench defaults``); the
+    baselines run as published.
     """
 
     max_iter: int = 30
     draws: int = LAPLACE_DRAWS
-    max_correlation: float | None = 0.7
+    max_correlation: float | None = COORCHESTRATE_MAX_CORRELATION
     task_weights: tuple[float, ...] | None = None
     weight_power: float = 0.0
-    balance: float = 0.0
+    balance: float = COORCHESTRATE_BALANCE
 
     def policy_options(self, policy: str) -> dict:
         """Keyword options for :func:`make_policy` (only ``coorchestrate`` takes any)."""
