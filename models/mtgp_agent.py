@@ -235,7 +235,7 @@ class MTGPAgent(Agent):
         tasks = np.array([k for _, ts in rows for k in ts], int)
         post.extend(x.reshape(len(tasks), self.unit.shape[1]), tasks)
         inflation = None
-        if fitted is not None and data is not None and len(data[2]):
+        if fitted is not None and fitted[0].samples:  # a small fit (<= 500 values): widen
             hidden = task_inflation(fitted[0], data, self.unit[self.reference])
             inflation = np.maximum(hidden, loo_scale(fitted[0], *data))
             inflation[~fitted[1]] = 1.0  # decided on the prior guess: nothing hidden
