@@ -115,6 +115,8 @@ def test_vae_is_trained_for_a_policy_that_fits_no_gp(prefect_server, twins, tmp_
     from coorch.flows.coorchestrate import coorchestrate
 
     raman = twins[1].model_copy(update={"descriptor": "vae", "latent_dim": 2})
-    result = coorchestrate(spec([twins[0], raman], tmp_path / "r.zarr", budget=14, policy="random"))
+    # Raman alone: with a second instrument the share each gets depends on which is free
+    # first, and under load Raman could end below the VAE's six signals
+    result = coorchestrate(spec([raman], tmp_path / "r.zarr", budget=10, policy="random"))
     assert result.n_vae_trainings >= 1
     assert result.n_fits == 0

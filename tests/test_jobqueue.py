@@ -373,7 +373,9 @@ def test_a_conavigation_runs_its_simulations_in_slurm_jobs(fake_slurm, prefect_s
                 instrument=insts[0].name,
                 initial_simulations=4,
                 max_simulations=8,
-                in_flight=1,
+                # all four submitted at once: the campaign's end waits for what is in flight,
+                # so at least the three a posterior needs land however slowly the job starts
+                in_flight=4,
                 dask=DaskConfig(**{**jobs, "cores": 2}),
             ),
         )
