@@ -106,7 +106,7 @@ def test_simulations_narrow_the_posterior_and_a_failing_or_hanging_one_is_retrie
         initial_simulations=16,
         max_simulations=28,
         in_flight=4,
-        # a healthy simulation takes about a second; 12 s leaves room for a loaded machine
+        # a healthy simulation takes 0.5-0.7 s; 12 s leaves room for a loaded machine
         # (at 6 s, in a CI run beside another test process, all four first attempts 'hung')
         timeout_s=12.0,
         retries=1,
