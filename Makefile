@@ -22,8 +22,8 @@ test: lint
 	# machine has no package lists until apt-get update)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 	  || (sudo apt-get update -qq && sudo apt-get install -y -qq chromium)
-	# two test processes: most tests wait on servers, leases and killed processes (the serial
-	# run kept the 2 cores about a quarter busy); one file per process, so module fixtures hold
+	# two test processes: most tests wait on servers, leases and killed processes (about 1200 s
+	# of CPU in a 25 min serial run: 40 % of 2 cores); one file per process, so module fixtures hold
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # ruff (lint and format), and the layer map of ../shared/DESIGN.md as import-linter contracts (pyproject.toml)
