@@ -180,7 +180,9 @@ def test_conavigate_runs_to_completion_on_a_process_worker(worker, lgd_twins, tm
             instrument=lgd_twins[0].name,
             initial_simulations=6,
             max_simulations=12,
-            in_flight=2,
+            # four submitted at once: the campaign's end waits for what is in flight, so at
+            # least four land however late the process worker's Dask cluster comes up
+            in_flight=4,
             dask=DaskConfig(n_workers=1, threads_per_worker=2),
         ),
     )
