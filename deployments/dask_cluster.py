@@ -19,7 +19,7 @@ import dask
 from distributed import Client, LocalCluster
 from distributed.deploy import Cluster
 
-from coorch.deployments.dask_config import DaskConfig
+from coorch.deployments.dask_config import SCHEDULER_HTTP, DaskConfig
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def dask_client(config: DaskConfig | None = None) -> Iterator[Client]:
             threads_per_worker=config.threads_per_worker,
             processes=True,
             dashboard_address=None,
+            scheduler_kwargs=SCHEDULER_HTTP,
             host="127.0.0.1",
             silence_logs=40,
         )

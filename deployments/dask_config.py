@@ -24,6 +24,12 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from coorch.deployments.steering_config import STRICT
 
+#: A scheduler's HTTP server (health and metrics; no dashboard) on a free loopback port. Why:
+#: ``dashboard_address=None`` turns the dashboard off but not the server, which still asks for
+#: port 8787, so a second cluster on the same host (two campaigns, two test processes, two
+#: campaigns on one HPC login node) warns that the port is taken and moves to another.
+SCHEDULER_HTTP = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
+
 #: ``HH:MM:SS`` as ``#SBATCH -t`` and ``#PBS -l walltime`` both read it (hours may pass 24).
 WALLTIME = re.compile(r"^\d{1,4}:[0-5]\d:[0-5]\d$")
 #: An interface name (``ib0``, ``eth0``, ``lo``, ``enp1s0f0``): it goes onto a command line.

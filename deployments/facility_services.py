@@ -27,6 +27,7 @@ import httpx
 import yaml
 
 from coorch.deployments.config import CampaignSpec, DaskConfig, InstrumentConfig, SteeringConfig
+from coorch.deployments.dask_config import SCHEDULER_HTTP
 from coorch.deployments.facility_config import FacilityConfig, TwinConfig
 from coorch.deployments.facility_state import (
     AgentInfo,
@@ -129,7 +130,7 @@ def _start_dask(stack: contextlib.ExitStack, cfg: FacilityConfig, timeout_s: flo
         # distributed unpickles each submitted graph on the scheduler: without this the first
         # campaign's fit makes it import torch on its event loop, and every other campaign's
         # Client() waits meanwhile (seen up to 12 s; `coorch bench load --preload`)
-        scheduler_kwargs={"preload": ["coorch.tasks.fit"]},
+        scheduler_kwargs={**SCHEDULER_HTTP, "preload": ["coorch.tasks.fit"]},
     )
     stack.callback(_close_dask, cluster)
     with Client(cluster.scheduler_address, timeout=timeout_s) as client:

@@ -23,7 +23,7 @@ import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from coorch.deployments.dask_config import DaskConfig
+from coorch.deployments.dask_config import SCHEDULER_HTTP, DaskConfig
 
 if TYPE_CHECKING:
     from dask_jobqueue.core import JobQueueCluster
@@ -98,7 +98,7 @@ def cluster_kwargs(config: DaskConfig, environ: Mapping[str, str] | None = None)
     }
     kwargs = {k: v for k, v in typed.items() if v is not None}
     # the campaign needs no dashboard (and two on one login node fight over port 8787)
-    scheduler = {"dashboard_address": None, **dask.config.get(f"{section}.scheduler-options", {})}
+    scheduler = {**SCHEDULER_HTTP, **dask.config.get(f"{section}.scheduler-options", {})}
     if config.scheduler_port:
         scheduler["port"] = config.scheduler_port
     extra = dict(config.jobqueue_kwargs)

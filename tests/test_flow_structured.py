@@ -14,6 +14,7 @@ import pytest
 from pydantic import ValidationError
 
 from coorch.deployments.config import CampaignSpec, InstrumentConfig
+from coorch.deployments.dask_config import SCHEDULER_HTTP
 from coorch.instrument_agents.launch import start_twin
 from coorch.instrument_agents.libraries import get_library
 from coorch.instrument_agents.twins import make_twin
@@ -166,7 +167,11 @@ def test_on_dask_one_fit_in_flight_then_a_final_fit_on_every_value(tmp_path):
         for m in _measured(16, seed=2)
     ]
     with Client(
-        processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None
+        processes=False,
+        n_workers=1,
+        threads_per_worker=1,
+        dashboard_address=None,
+        scheduler_kwargs=SCHEDULER_HTTP,
     ) as client:
         physics = PhysicsFits(client.get_executor(pure=False), {"afm": "step"}, every=3)
         for o in obs:

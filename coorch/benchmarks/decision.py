@@ -166,10 +166,15 @@ def run(
         if dask:
             from distributed import Client, LocalCluster
 
+            from coorch.deployments.dask_config import SCHEDULER_HTTP
             from coorch.tasks.fit import warm_up
 
             cluster = LocalCluster(
-                n_workers=1, threads_per_worker=1, dashboard_address=None, silence_logs=40
+                n_workers=1,
+                threads_per_worker=1,
+                dashboard_address=None,
+                scheduler_kwargs=SCHEDULER_HTTP,
+                silence_logs=40,
             )
             client = Client(cluster)
             client.run(warm_up)

@@ -299,6 +299,8 @@ def shared_dask(
 
     from distributed import Client, LocalCluster
 
+    from coorch.deployments.dask_config import SCHEDULER_HTTP
+
     with (
         LocalCluster(
             n_workers=n_workers,
@@ -307,7 +309,7 @@ def shared_dask(
             dashboard_address=None,
             host="127.0.0.1",
             silence_logs=logging.CRITICAL,  # a heartbeat cut by the shutdown is no news
-            scheduler_kwargs={"preload": list(preload)} if preload else None,
+            scheduler_kwargs={**SCHEDULER_HTTP, "preload": list(preload)},
         ) as cluster,
         Client(cluster) as client,
     ):
