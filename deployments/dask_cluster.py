@@ -63,7 +63,6 @@ def dask_client(config: DaskConfig | None = None) -> Iterator[Client]:
             n_workers=config.n_workers,
             threads_per_worker=config.threads_per_worker,
             processes=True,
-            dashboard_address=None,
             scheduler_kwargs=SCHEDULER_HTTP,
             host="127.0.0.1",
             silence_logs=40,

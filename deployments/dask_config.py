@@ -28,6 +28,8 @@ from coorch.deployments.steering_config import STRICT
 #: ``dashboard_address=None`` turns the dashboard off but not the server, which still asks for
 #: port 8787, so a second cluster on the same host (two campaigns, two test processes, two
 #: campaigns on one HPC login node) warns that the port is taken and moves to another.
+#: ``LocalCluster(scheduler_kwargs=SCHEDULER_HTTP)`` is all a local cluster needs: it merges
+#: ``scheduler_kwargs`` over its own ``dashboard_address``.
 SCHEDULER_HTTP = {"dashboard": False, "dashboard_address": "127.0.0.1:0"}
 
 #: ``HH:MM:SS`` as ``#SBATCH -t`` and ``#PBS -l walltime`` both read it (hours may pass 24).

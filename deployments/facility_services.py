@@ -125,7 +125,6 @@ def _start_dask(stack: contextlib.ExitStack, cfg: FacilityConfig, timeout_s: flo
         processes=True,
         host="127.0.0.1",
         scheduler_port=cfg.dask_port or free_port(),
-        dashboard_address=None,
         silence_logs=logging.WARNING,
         # distributed unpickles each submitted graph on the scheduler: without this the first
         # campaign's fit makes it import torch on its event loop, and every other campaign's

@@ -170,7 +170,6 @@ def test_on_dask_one_fit_in_flight_then_a_final_fit_on_every_value(tmp_path):
         processes=False,
         n_workers=1,
         threads_per_worker=1,
-        dashboard_address=None,
         scheduler_kwargs=SCHEDULER_HTTP,
     ) as client:
         physics = PhysicsFits(client.get_executor(pure=False), {"afm": "step"}, every=3)

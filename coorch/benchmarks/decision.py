@@ -172,7 +172,6 @@ def run(
             cluster = LocalCluster(
                 n_workers=1,
                 threads_per_worker=1,
-                dashboard_address=None,
                 scheduler_kwargs=SCHEDULER_HTTP,
                 silence_logs=40,
             )

@@ -306,7 +306,6 @@ def shared_dask(
             n_workers=n_workers,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
             host="127.0.0.1",
             silence_logs=logging.CRITICAL,  # a heartbeat cut by the shutdown is no news
             scheduler_kwargs={**SCHEDULER_HTTP, "preload": list(preload)},
