@@ -16,11 +16,11 @@ from coorch.benchmarks.efficiency import (
     DEFAULT_POLICIES,
     bench_efficiency_command,
     paired_comparison,
-    plot_curves,
     run_dataset,
     run_twins,
 )
 from coorch.benchmarks.efficiency_format import format_dataset, format_twins
+from coorch.benchmarks.efficiency_plot import plot_curves
 
 DATA = REPLAY_FILE
 needs_data = pytest.mark.skipif(not DATA.exists(), reason=f"{DATA} not present")
