@@ -26,6 +26,19 @@ def prefect_server():
         yield
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _close_module_http_client(request):
+    """Close a test module's shared loopback client (its ``HTTP``, an ``httpx.Client``) when
+    the module is done: its pooled connections would otherwise be left for the interpreter to
+    find open at exit (a ``ResourceWarning``)."""
+    yield
+    import httpx
+
+    client = getattr(request.module, "HTTP", None)
+    if isinstance(client, httpx.Client):
+        client.close()
+
+
 @pytest.fixture(scope="module")
 def twins(tmp_path_factory):
     """A PFM and a Raman twin served over loopback HTTP, as campaign instrument configs."""
