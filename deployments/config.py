@@ -152,6 +152,17 @@ class InstrumentConfig(BaseModel):
         "smallest positive one)",
     )
 
+    repeatability: float | None = Field(
+        None,
+        gt=0,
+        description="the standard deviation of this instrument's value at one spot, from its "
+        "own repeat acquisitions (of the log, i.e. relative, with log_scale: 0.05 is 5 %). "
+        "The fits then hold the task's noise there instead of estimating it from a handful "
+        "of values, which cannot tell noise from signal (docs/benchmarks.md, 'Declared "
+        "repeatability'). Needs descriptor='physics': a VAE latent's noise is not the "
+        "instrument's to declare. None: the fits estimate it",
+    )
+
     @field_validator("name", "kind", "modality")
     @classmethod
     def _plain(cls, v: str) -> str:
@@ -178,6 +189,16 @@ class InstrumentConfig(BaseModel):
             raise ValueError(
                 f"{self.name}: log_scale needs descriptor='physics' (an amount), "
                 f"not {self.descriptor!r}: a VAE latent has no sign to keep"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _repeatability_needs_a_physics_task(self) -> InstrumentConfig:
+        if self.repeatability is not None and self.descriptor != "physics":
+            raise ValueError(
+                f"{self.name}: repeatability needs descriptor='physics' (a value the "
+                f"instrument measures), not {self.descriptor!r}: a VAE latent's noise depends "
+                "on the VAE, not on the instrument"
             )
         return self
 

@@ -21,6 +21,10 @@ class InstrumentCost:
     cost_s: float = 1.0
     move_cost_s_per_mm: float = 0.0
     log_scale: bool = False  # its tasks are amounts, modelled as their log (models/mtgp.py)
+    #: standard deviation of one measurement's value at one spot, as the instrument's own
+    #: repeat acquisitions show it (of the log, i.e. relative, for a ``log_scale`` task); None:
+    #: unknown, the fits estimate it (:func:`noise_sd`)
+    repeatability: float | None = None
 
 
 def instrument_seconds(
@@ -46,4 +50,19 @@ def log_tasks(instruments: Sequence[InstrumentCost]) -> np.ndarray:
     out = np.zeros(1 + max(t for i in instruments for t in i.tasks), bool)
     for inst in instruments:
         out[list(inst.tasks)] = inst.log_scale
+    return out
+
+
+def noise_sd(instruments: Sequence[InstrumentCost]) -> np.ndarray | None:
+    """(T,) each task's declared repeatability (``InstrumentCost.repeatability``; NaN where
+    undeclared), or None when no instrument declares one. The fits then hold a task's noise at
+    what its instrument declares instead of estimating it: from a handful of values a fit cannot
+    tell noise from signal, and on the alscbn twins it read four WDS values as noise (0.7-1.9 of
+    their variance, where repeat acquisitions put it at 0.003) and kept the Sc map unknown."""
+    if all(i.repeatability is None for i in instruments):
+        return None
+    out = np.full(1 + max(t for i in instruments for t in i.tasks), np.nan)
+    for inst in instruments:
+        if inst.repeatability is not None:
+            out[list(inst.tasks)] = inst.repeatability
     return out

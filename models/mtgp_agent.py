@@ -24,7 +24,7 @@ import numpy as np
 
 from coorch.models.acquisition import blend, integrated_variance_reduction, max_variance
 from coorch.models.agent import Agent
-from coorch.models.cost import InstrumentCost, instrument_seconds, log_tasks
+from coorch.models.cost import InstrumentCost, instrument_seconds, log_tasks, noise_sd
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
 from coorch.models.marginal import loo_scale, marginal_posterior, task_inflation
 from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters, trend_prior
@@ -42,11 +42,14 @@ class DecisionModel:
     it has this many values; until then it is decided on the prior guess (uncoupled, the shared
     part's lengthscales, unit variance: :meth:`MTGPHyperparameters.with_prior_for`), which keeps
     an expensive modality from being declared known on a handful of points.
+    ``prior_slope_variance``: the prior guess's slope variance per longest side
+    (:func:`~coorch.models.mtgp.trend_prior`), also the agent's starting model's.
     """
 
     coupled: bool = True
     max_correlation: float | None = None
     min_fit_values: int = 0
+    prior_slope_variance: float = 1.0
 
     def trusted(
         self, h: MTGPHyperparameters, counts: np.ndarray, trend: np.ndarray
@@ -183,7 +186,7 @@ class MTGPAgent(Agent):
             else np.sort(self.rng.choice(m, n_reference, replace=False))
         )
         span = self.geometry.span
-        self.trend = trend_prior(self.bounds)
+        self.trend = trend_prior(self.bounds, model.prior_slope_variance)
         h = hyperparameters or default_hyperparameters(
             self.num_tasks,
             self.unit.shape[1],
@@ -197,6 +200,11 @@ class MTGPAgent(Agent):
     def log_tasks(self) -> np.ndarray:
         """(T,) bool: the tasks modelled as their logarithm (``InstrumentCost.log_scale``)."""
         return log_tasks(list(self.instruments.values()))
+
+    @property
+    def noise_sd(self) -> np.ndarray | None:
+        """(T,) the declared repeatabilities (``InstrumentCost.repeatability``), None if none."""
+        return noise_sd(list(self.instruments.values()))
 
     # -- the model ----------------------------------------------------------------------
     def posterior_work(self, h: MTGPHyperparameters) -> Callable[[], Posterior]:

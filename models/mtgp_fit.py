@@ -53,6 +53,8 @@ from coorch.models.mtgp_laplace import laplace_draws
 #: its jitter retries, or a step to NaN hyperparameters (seen once in ~10,000 fits on the smbfo
 #: twins).
 SINGULAR = (torch.linalg.LinAlgError, NotPSDError, NanError)
+#: The likelihood's lower bound on a noise variance (standardised units).
+NOISE_FLOOR = 1e-4
 
 
 class _Positive:
@@ -107,7 +109,7 @@ class HadamardMTGP(gpytorch.models.ExactGP):
     ) -> None:
         likelihood = gpytorch.likelihoods.HadamardGaussianLikelihood(
             num_tasks,
-            noise_constraint=GreaterThan(1e-4),
+            noise_constraint=GreaterThan(NOISE_FLOOR),
             noise_prior=GammaPrior(1.1, 0.05),
             task_feature_index=-1,
         )
@@ -186,6 +188,20 @@ def initialise(model: HadamardMTGP, trend: float) -> None:
         model.task_variance = 0.5
     model.trend_variance = single(trend)
     model.likelihood.noise = torch.full((model.num_tasks,), 0.05, dtype=torch.float64)
+
+
+def hold_noise(model: HadamardMTGP, noise: torch.Tensor) -> None:
+    """Hold each task's noise variance at ``noise`` (T,) (standardised units; NaN: fitted): the
+    optimiser's gradient and the Laplace draws (``mtgp_laplace``) leave those tasks alone."""
+    held = torch.isfinite(noise)
+    if not held.any():
+        return
+    lik = model.likelihood
+    lik.noise = torch.where(held, noise, lik.noise.detach())
+    raw = lik.noise_covar.raw_noise
+    free = (~held).to(raw.dtype)
+    raw.register_hook(lambda g: g * free)
+    raw._coorch_mask = free
 
 
 class _BestIterate:
@@ -337,6 +353,7 @@ def fit_hyperparameters(
     max_iter: int = 50,
     seed: int = 0,
     draws: int = 0,
+    noise_sd: np.ndarray | None = None,
 ) -> MTGPHyperparameters:
     """Maximum a-posteriori hyperparameters of the Hadamard MTGP, with each task's own part
     (``own``, :mod:`coorch.models.mtgp`) or as the plain ICM; the better of two starts, one
@@ -356,6 +373,9 @@ def fit_hyperparameters(
     ``draws`` > 0: that many hyperparameter sets from the Laplace approximation about the MAP
     come with the result (``samples``: :mod:`coorch.models.mtgp_laplace`), up to
     :data:`~coorch.models.mtgp.LAPLACE_MAX_VALUES` values.
+    ``noise_sd`` (T,): each task's declared repeatability (:func:`~coorch.models.cost.noise_sd`,
+    NaN or None: fitted); a task with two or more values has its noise held there, in the
+    units it is modelled in (a log task's log).
     Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
     """
     x, tasks = np.asarray(x, float), np.asarray(tasks, int)
@@ -365,6 +385,7 @@ def fit_hyperparameters(
     stretch = np.ones(x.shape[1]) if aspect is None else np.asarray(aspect, float)
     xi = torch.as_tensor(np.column_stack([x * stretch, tasks]), dtype=torch.float64)
     yt = torch.as_tensor((y - off[tasks]) / scale[tasks], dtype=torch.float64)
+    noise = declared_noise(noise_sd, tasks, num_tasks, scale)
     build = partial(
         HadamardMTGP,
         xi,
@@ -381,6 +402,7 @@ def fit_hyperparameters(
         torch.manual_seed(seed)
         model = build().double()
         initialise(model, trend)
+        hold_noise(model, noise)
         return optimise(ExactMarginalLogLikelihood(model.likelihood, model), max_iter), model
 
     with torch_scope(seed=seed, threads=None):
@@ -394,3 +416,19 @@ def fit_hyperparameters(
             else []
         )
     return dataclasses.replace(convert(), samples=tuple(samples))
+
+
+def declared_noise(
+    noise_sd: np.ndarray | None, tasks: np.ndarray, num_tasks: int, scale: np.ndarray
+) -> torch.Tensor:
+    """(T,) the noise variances to hold, in the fit's standardised units (NaN: fit it). Only
+    for a task standardised by its own spread (two or more values): with one value there is no
+    unit to state a noise in. Floored at twice the likelihood's lower bound, which a declared
+    noise below 1.4 % of a task's spread would otherwise cross."""
+    out = np.full(num_tasks, np.nan)
+    if noise_sd is not None:
+        sd = np.asarray(noise_sd, float)
+        enough = np.bincount(tasks, minlength=num_tasks) >= 2
+        ok = enough & np.isfinite(sd)
+        out[ok] = np.maximum((sd[ok] / scale[ok]) ** 2, 2 * NOISE_FLOOR)
+    return torch.as_tensor(out, dtype=torch.float64)

@@ -36,6 +36,15 @@ COORCHESTRATE_BALANCE = 0.0
 #: dimension, the rule of thumb for a GP's lengthscales; the same number a log task waits
 #: for before a fit couples it.
 COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
+#: Slope variance of the prior guess a task is decided on until its own fit is trusted
+#: (``DecisionModel.prior_slope_variance``): one standard deviation of slope changes the task
+#: by twice its stationary spread from the library's centre to the end of its longest side.
+#: A combinatorial library varies mostly along its deposition gradients, and the twins' fits
+#: say so (slope variances 2-5, WDS's 5-14, against a stationary variance of 0-1.5); with the
+#: prior guess's 1, the gain of a task's third and fourth points favoured the centre over the
+#: off-diagonal corner that pins its gradient (docs/benchmarks.md, "Declared repeatability").
+#: Chosen on the twins' seeds 0-3 against 1 and 10; the defaults' cross-validation predates it.
+COORCHESTRATE_PRIOR_SLOPE_VARIANCE = 4.0
 
 Recipe = Callable[..., Agent]
 
@@ -52,6 +61,7 @@ def coorchestrate(
     weight_power: float = 0.0,
     balance: float = COORCHESTRATE_BALANCE,
     revisit: bool = False,
+    prior_slope_variance: float = COORCHESTRATE_PRIOR_SLOPE_VARIANCE,
 ) -> MTGPAgent:
     """Co-orchestration: integrated variance reduction over every task per instrument-second,
     on the coupled multi-task GP, never twice at one spot."""
@@ -66,7 +76,11 @@ def coorchestrate(
         instruments,
         acquisition=ivr,
         revisit=revisit,
-        model=DecisionModel(max_correlation=max_correlation, min_fit_values=min_fit_values),
+        model=DecisionModel(
+            max_correlation=max_correlation,
+            min_fit_values=min_fit_values,
+            prior_slope_variance=prior_slope_variance,
+        ),
         seed=seed,
         name="coorchestrate",
     )

@@ -57,7 +57,8 @@ class HyperparameterRefit:
     Args:
         executor: where fits run (Dask, or :class:`InlineExecutor`).
         builder: where a fitted model's posterior is built (a thread, or inline).
-        fit: the fitting function, ``fit(x, t, y, num_tasks, coupled=, aspect=, log_tasks=)``;
+        fit: the fitting function, ``fit(x, t, y, num_tasks, coupled=, aspect=, log_tasks=,
+            noise_sd=)``;
             by default the MAP fit with :data:`~coorch.models.mtgp.LAPLACE_DRAWS` Laplace draws,
             so decisions and reports count the hyperparameters' uncertainty (issue 15).
     """
@@ -137,6 +138,7 @@ class HyperparameterRefit:
             coupled=agent.decision.coupled,
             aspect=aspect(agent.bounds),
             log_tasks=agent.log_tasks,
+            noise_sd=agent.noise_sd,
         )
         self.fitting = (fut, self.last)
 

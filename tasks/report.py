@@ -106,7 +106,15 @@ def expected_descriptor(
     twin, modality: str, clean: list[np.ndarray], draws: int, rng: np.random.Generator
 ) -> np.ndarray:
     """Per noiseless signal, the mean descriptor of ``draws`` noisy acquisitions of it (its own
-    descriptor when ``draws`` is 0).
+    descriptor when ``draws`` is 0): :func:`descriptor_draws` averaged."""
+    return descriptor_draws(twin, modality, clean, draws, rng).mean(1)
+
+
+def descriptor_draws(
+    twin, modality: str, clean: list[np.ndarray], draws: int, rng: np.random.Generator
+) -> np.ndarray:
+    """(Q, draws) per noiseless signal, the descriptors of ``draws`` noisy acquisitions of it
+    ((Q, 1): its own descriptor when ``draws`` is 0): repeat acquisitions at one spot.
 
     Each draw is one call of the twin's noise model (it draws per acquisition: a gain, a
     cosmic-ray spike). A position's draws are described at once where the descriptor has a
@@ -122,12 +130,12 @@ def expected_descriptor(
         )
 
     if draws <= 0:
-        return each(template, clean)
+        return each(template, clean)[:, None]
     batched = BATCHED.get(PHYSICS.get(modality), each) if spec.dims != ["latent"] else each
-    out = np.empty(len(clean))
+    out = np.empty((len(clean), draws))
     for q, c in enumerate(clean):
         noisy = np.stack([np.asarray(mode.noise(c, rng), float) for _ in range(draws)])
-        out[q] = batched(template, noisy).mean()
+        out[q] = batched(template, noisy)
     return out
 
 

@@ -151,6 +151,7 @@ def build_agent(spec: CampaignSpec, descriptions: dict[str, InstrumentDescriptio
                 desc.modality(cfg.modality).cost_s,
                 desc.move_cost_s_per_mm,
                 cfg.log_scale,
+                cfg.repeatability,
             )
         )
     geo = geometry(spec)

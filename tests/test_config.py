@@ -60,24 +60,44 @@ def test_policy_options_reach_the_policy_and_bad_ones_are_named():
         build_agent(bad, descriptions)
 
 
-def test_log_scale_reaches_the_policy_and_is_refused_for_vae_latents():
+#: A WDS twin's campaign entry (its agent is never reached: only the config is checked).
+WDS = {
+    "name": "wds-twin",
+    "kind": "wds",
+    "modality": "wds",
+    "url": "http://127.0.0.1:1",
+    "token_file": "tok",
+    "log_scale": True,
+}
+
+
+def _agent(**inst):
+    """The co-orchestration agent of a one-instrument alscbn campaign with ``WDS | inst``."""
     from coorch.instrument_agents.twins import make_twin
     from coorch.tasks.setup import build_agent
 
-    twin = make_twin("wds", "alscbn")
-    inst = {
-        "name": "wds-twin",
-        "kind": "wds",
-        "modality": "wds",
-        "url": "http://127.0.0.1:1",
-        "token_file": "tok",
-        "log_scale": True,
-    }
-    spec = CampaignSpec(library="alscbn", instruments=[inst], policy="coorchestrate")
-    agent = build_agent(spec, {"wds-twin": twin.describe()})
-    assert agent.log_tasks.tolist() == [True]
+    spec = CampaignSpec(library="alscbn", instruments=[{**WDS, **inst}], policy="coorchestrate")
+    return build_agent(spec, {"wds-twin": make_twin("wds", "alscbn").describe()})
+
+
+def test_log_scale_reaches_the_policy_and_is_refused_for_vae_latents():
+    assert _agent().log_tasks.tolist() == [True]
     with pytest.raises(ValidationError, match="log_scale needs descriptor='physics'"):
-        CampaignSpec(instruments=[{**inst, "descriptor": "vae"}])
+        CampaignSpec(instruments=[{**WDS, "descriptor": "vae"}])
+
+
+def test_repeatability_reaches_the_fits_and_is_refused_where_it_means_nothing():
+    """A declared repeatability travels to the agent's fits (``noise_sd``); a VAE latent's,
+    a zero, a negative or a NaN one is refused with the field named."""
+    assert _agent(repeatability=0.05).noise_sd.tolist() == [0.05]
+    assert _agent().noise_sd is None
+    with pytest.raises(ValidationError, match="repeatability needs descriptor='physics'"):
+        CampaignSpec(
+            instruments=[{**WDS, "log_scale": False, "descriptor": "vae", "repeatability": 0.05}]
+        )
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValidationError, match="repeatability"):
+            CampaignSpec(instruments=[{**WDS, "repeatability": bad}])
 
 
 def test_prefect_yaml_deploys_every_flow_with_valid_parameters():

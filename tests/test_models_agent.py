@@ -4,6 +4,8 @@ acquisitions as pure scores."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -13,7 +15,12 @@ from coorch.models.incremental import IncrementalPosterior
 from coorch.models.mtgp import default_hyperparameters
 from coorch.models.mtgp_agent import DecisionModel, MTGPAgent
 from coorch.models.observations import Observation, ObservationLog
-from coorch.models.policies import POLICIES, RECIPES, make_policy
+from coorch.models.policies import (
+    COORCHESTRATE_PRIOR_SLOPE_VARIANCE,
+    POLICIES,
+    RECIPES,
+    make_policy,
+)
 
 
 def instruments():
@@ -99,6 +106,33 @@ def test_a_task_with_few_values_is_decided_on_the_prior(fitted):
         pol.tell([Observation("b", np.array([xi]), np.array([0.0]), f"b{i + 1}")])
     pol.set_hyperparameters(h)
     np.testing.assert_allclose(pol.model.post.hyper.task_covariance, h.task_covariance)
+
+
+def test_the_prior_guess_spends_a_third_point_on_the_gradient_it_expects():
+    """One task on the prior guess, measured at two corners of a square's diagonal: the
+    diagonal says nothing of a gradient across it. With the slope variance co-orchestration
+    uses (the twins' fits find 2-14), the next point goes further across than with 1, where
+    the stationary part's uncertainty pulls it in."""
+    g = np.linspace(0, 1, 9)
+    cand = np.array([[a, b] for a in g for b in g])
+    bounds = np.array([[0.0, 1.0], [0.0, 1.0]])
+    wds = [InstrumentCost("wds", (0,), cost_s=1.0)]
+
+    def across(slope: float) -> float:
+        pol = make_policy("coorchestrate", cand, bounds, wds, prior_slope_variance=slope)
+        pol.tell(
+            [
+                Observation("wds", np.array([0.0, 0.0]), np.array([1.0]), "w0"),
+                Observation("wds", np.array([1.0, 1.0]), np.array([3.0]), "w1"),
+            ]
+        )
+        h = dataclasses.replace(pol.model.post.hyper, lengthscale=np.full(2, 0.4))
+        pol.set_hyperparameters(h)  # rebuilt on the prior guess: 2 values < 6
+        assert pol.model.post.hyper.trend_weight[0] == pytest.approx(slope * np.ones(2))
+        x = pol.ask("wds").x
+        return abs(x[0] - x[1]) / np.sqrt(2)  # distance from the measured diagonal
+
+    assert across(COORCHESTRATE_PRIOR_SLOPE_VARIANCE) > across(1.0) + 0.1
 
 
 def test_grid_survey_skips_seeds_and_takes_instruments_in_turn():

@@ -54,6 +54,21 @@ def test_a_log_task_fitted_uncoupled_stays_uncoupled_in_every_draw() -> None:
     assert all(s.task_covariance[0, 1] == 0.0 for s in (h, *h.samples))
 
 
+def test_a_declared_noise_is_held_in_the_fit_and_every_draw(few) -> None:
+    """Task 1's four values, declared repeatable to 0.02 (their real noise): the fit and its
+    Laplace draws keep that noise (in standardised units), task 0's is fitted, and the draws
+    of the rest still spread."""
+    x, t, y = few
+    fitted = fit_hyperparameters(x, t, y, 2, max_iter=30, draws=8)
+    held = fit_hyperparameters(x, t, y, 2, max_iter=30, draws=8, noise_sd=np.array([np.nan, 0.02]))
+    want = (0.02 / held.y_scale[1]) ** 2
+    assert held.noise[1] == pytest.approx(want, rel=1e-6)
+    assert all(s.noise[1] == pytest.approx(want, rel=1e-6) for s in held.samples)
+    assert np.std([s.noise[0] for s in held.samples]) > 0
+    assert np.std([s.task_lengthscale[1, 0] for s in held.samples]) > 0
+    assert fitted.noise[1] != pytest.approx(want, rel=0.1)  # left alone, the fit says otherwise
+
+
 def test_draw_offsets_floor_flat_directions() -> None:
     """A direction the data do not constrain gets the capped variance, not infinity."""
     h = np.diag([100.0, 1e-9, -3.0])  # well determined, flat, a saddle

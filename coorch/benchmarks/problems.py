@@ -147,6 +147,9 @@ TWIN_GRIDS = {  # candidates, truth
 #: gun and falls off exponentially away from it; smbfo's Sm is a linear wedge from ~0 at.%,
 #: whose log the trend cannot follow (docs/benchmarks.md, "Efficiency").
 TWIN_LOG_SCALE = {"alscbn": ("wds",)}
+#: A twin's repeatability is calibrated as an operator would before a campaign: this many
+#: spots, evenly spread over the held-out grid, each acquired this many times.
+REPEAT_SPOTS, REPEATS = 30, 32
 
 
 @dataclasses.dataclass
@@ -163,7 +166,8 @@ def twin_setup(
     """Twins seeded by the agent seed (their noise differs per seed; the truth does not).
     Candidates are grid nodes, the truth grid is cell centres (held out); each instrument is
     seeded at the two farthest-apart candidates. Cost = the modality's measurement time from
-    ``describe()`` plus the twin's stage-move time."""
+    ``describe()`` plus the twin's stage-move time. Each instrument declares its repeatability
+    (:func:`repeatability`), as a campaign's ``InstrumentConfig.repeatability`` does."""
     from coorch.instrument_agents.twins import make_twin
     from coorch.tasks.report import ground_truth
 
@@ -175,13 +179,16 @@ def twin_setup(
     cand_shape, truth_shape = TWIN_GRIDS.get(library, ((15, 15), (20, 20)))
     candidates = geo.cell_centres(cand_shape)
     truth = ground_truth(twins, modalities, geo.bounds, truth_shape)
+    logs = {kind: mod in TWIN_LOG_SCALE.get(library, ()) for kind, mod in instruments}
+    spots = truth.grid[:: max(1, len(truth.grid) // REPEAT_SPOTS)]
     costs = tuple(
         InstrumentCost(
             kind,
             (k,),
             cost_s=twins[kind].describe().modality(mod).cost_s,
             move_cost_s_per_mm=twins[kind].move_cost_s_per_mm,
-            log_scale=mod in TWIN_LOG_SCALE.get(library, ()),
+            log_scale=logs[kind],
+            repeatability=repeatability(twins[kind], mod, spots, log=logs[kind]),
         )
         for k, (kind, mod) in enumerate(instruments)
     )
@@ -218,3 +225,23 @@ def twin_measure(setup: TwinSetup) -> Measure:
         return record(d, signal, (float(stage[0]), float(stage[1]))), seconds
 
     return measure
+
+
+def repeatability(twin, modality: str, spots: np.ndarray, *, log: bool = False) -> float:
+    """The standard deviation of one measured descriptor at a spot (of its log for a ``log``
+    task), pooled over ``spots`` (S, 2) library positions: :data:`REPEATS` acquisitions of each
+    through the twin's noise model (drift left out, as in a short repeat series), the same for
+    every agent seed. Cached per process: a benchmark builds the same twins for every seed."""
+    from coorch.tasks.report import descriptor_draws
+
+    key = (type(twin).__qualname__, twin.library.name, modality, log, spots.tobytes())
+    if key not in _REPEATABILITY:
+        clean = [twin.noiseless(modality, x, y) for x, y in spots]
+        d = descriptor_draws(twin, modality, clean, REPEATS, np.random.default_rng(1))
+        if log:
+            d = np.log(np.maximum(d, np.finfo(float).tiny))
+        _REPEATABILITY[key] = float(np.sqrt(d.var(1, ddof=1).mean()))
+    return _REPEATABILITY[key]
+
+
+_REPEATABILITY: dict[tuple, float] = {}

@@ -26,7 +26,7 @@ import numpy as np
 
 from coorch.benchmarks.problems import Measure, Problem
 from coorch.models.agent import Agent
-from coorch.models.cost import log_tasks
+from coorch.models.cost import log_tasks, noise_sd
 from coorch.models.incremental import exact_posterior
 from coorch.models.marginal import loo_scale, marginal_posterior
 from coorch.models.mtgp import LAPLACE_DRAWS, MTGPHyperparameters, aspect, fit_hyperparameters
@@ -243,4 +243,5 @@ def scoring_fit(
         coupled=True,
         aspect=aspect(problem.bounds),
         log_tasks=log_tasks(problem.instruments),
+        noise_sd=noise_sd(problem.instruments),
     )
