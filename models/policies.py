@@ -29,7 +29,8 @@ from coorch.models.mtgp_agent import (
 COORCHESTRATE_MAX_CORRELATION = 0.7
 #: Exponent of each task's normalised integrated variance in the gain (``balance`` of
 #: ``IntegratedVarianceReduction``): 0, the sum of the tasks' normalised squared errors, chosen
-#: by the same cross-validation over -0.5 (sum of normalised RMSEs) and 1 (worst task first).
+#: by the same cross-validation over -0.5 (sum of normalised RMSEs) and 1 (worst task first);
+#: with 5 seeds per problem it chose 1, with 10 it keeps 0 (docs/benchmarks.md).
 COORCHESTRATE_BALANCE = 0.0
 #: Values a task needs before co-orchestration trusts its fitted hyperparameters, from the
 #: efficiency benchmark on the alscbn twins (docs/benchmarks.md): about three per input
@@ -42,8 +43,8 @@ COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
 #: A combinatorial library varies mostly along its deposition gradients, and the twins' fits
 #: say so (slope variances 2-5, WDS's 5-14, against a stationary variance of 0-1.5); with the
 #: prior guess's 1, the gain of a task's third and fourth points favoured the centre over the
-#: off-diagonal corner that pins its gradient (docs/benchmarks.md, "Declared repeatability").
-#: Chosen on the twins' seeds 0-3 against 1 and 10; the defaults' cross-validation predates it.
+#: off-diagonal corner that pins its gradient (docs/benchmarks.md, "What changed on 2026-12-03").
+#: Screened on the twins against 1 and 10, then kept by the defaults' cross-validation against 1.
 COORCHESTRATE_PRIOR_SLOPE_VARIANCE = 4.0
 
 Recipe = Callable[..., Agent]

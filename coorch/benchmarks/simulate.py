@@ -33,6 +33,7 @@ from coorch.models.mtgp import LAPLACE_DRAWS, MTGPHyperparameters, aspect, fit_h
 from coorch.models.policies import (
     COORCHESTRATE_BALANCE,
     COORCHESTRATE_MAX_CORRELATION,
+    COORCHESTRATE_PRIOR_SLOPE_VARIANCE,
     make_policy,
 )
 from coorch.storage import CampaignStore
@@ -51,7 +52,8 @@ class Settings:
     the fits converge within 30: 30 and 100 gave the same hyperparameters). ``draws``
     hyperparameter sets from the Laplace approximation come with every fit, decisions' and
     scoring's alike (``coorch.models.mtgp_laplace``; 0: plug-in MAP fits).
-    ``max_correlation``, ``task_weights``, ``weight_power`` and ``balance`` are
+    ``max_correlation``, ``task_weights``, ``weight_power``, ``balance`` and
+    ``prior_slope_variance`` are
     co-orchestration's options (``coorch.models.policies.coorchestrate``), by default the
     policy's own defaults, chosen by cross-validation (``coorch bench defaults``); the
     baselines run as published.
@@ -63,6 +65,7 @@ class Settings:
     task_weights: tuple[float, ...] | None = None
     weight_power: float = 0.0
     balance: float = COORCHESTRATE_BALANCE
+    prior_slope_variance: float = COORCHESTRATE_PRIOR_SLOPE_VARIANCE
 
     def policy_options(self, policy: str) -> dict:
         """Keyword options for :func:`make_policy` (only ``coorchestrate`` takes any)."""
@@ -73,6 +76,7 @@ class Settings:
             "weight_power": self.weight_power,
             "task_weights": self.task_weights,
             "balance": self.balance,
+            "prior_slope_variance": self.prior_slope_variance,
         }
 
 
