@@ -158,8 +158,8 @@ class InstrumentConfig(BaseModel):
         description="the standard deviation of this instrument's value at one spot, from its "
         "own repeat acquisitions (of the log, i.e. relative, with log_scale: 0.05 is 5 %). "
         "The fits then hold the task's noise there instead of estimating it from a handful "
-        "of values, which cannot tell noise from signal (docs/benchmarks.md, 'Declared "
-        "repeatability'). Needs descriptor='physics': a VAE latent's noise is not the "
+        "of values, which cannot tell noise from signal (docs/benchmarks.md, 'What changed "
+        "on 2026-12-03'). Needs descriptor='physics': a VAE latent's noise is not the "
         "instrument's to declare. None: the fits estimate it",
     )
 
