@@ -29,7 +29,7 @@ from coorch.models.theory_design import initial_design
 from coorch.models.theory_simulation import simulate_opening
 from coorch.models.theory_space import ParameterSpace
 from coorch.tasks.background import InlineExecutor
-from coorch.tasks.theory import TheoryLoop
+from coorch.tasks.theory import TheoryLoop, warm_up
 
 # the workers cannot import this test module: send its functions by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -57,6 +57,9 @@ def client():
     # two threads to spare: the hung attempts keep theirs until they return (a thread cannot
     # be killed), the others must not wait behind them
     with dask_client(DaskConfig(n_workers=1, threads_per_worker=6)) as c:
+        # pay the worker's imports first, as theory_loop does while the seeds are taken: under
+        # load, three first attempts importing at once ran past the 12 s timeout in one CI run
+        c.run(warm_up)
         yield c
 
 
