@@ -384,7 +384,9 @@ def task_summary(campaign: Campaign) -> dict[str, dict]:
     model = getattr(agent, "model", None)
     sd = None
     if model is not None:
-        sd = np.sqrt(model.post.variance() / model.post.hyper.prior_variance).mean(0)
+        post = model.post
+        sd = np.sqrt(post.variance() / post.hyper.map_variance(post.candidates[post.reference]))
+        sd = sd.mean(0)
     out = {}
     for name, inst in agent.instruments.items():
         row = {"n": counts[name]}

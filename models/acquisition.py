@@ -76,9 +76,11 @@ def integrated_variance_reduction(
 
 
 def max_variance(post: IncrementalPosterior, tasks: list[int]) -> np.ndarray:
-    """(M,) the largest predictive variance among ``tasks``, each over its prior variance (the
+    """(M,) the largest predictive variance among ``tasks``, each over its map's prior variance
+    over the library (:meth:`~coorch.models.mtgp.MTGPHyperparameters.map_variance`; the
     published agent's acquisition: measure where the map is least sure)."""
-    return (post.variance()[:, tasks] / post.hyper.prior_variance[tasks]).max(1)
+    scale = post.hyper.map_variance(post.candidates[post.reference])
+    return (post.variance()[:, tasks] / scale[tasks]).max(1)
 
 
 def blend(knowledge: np.ndarray, reward: np.ndarray, weight: float) -> np.ndarray:

@@ -122,6 +122,22 @@ class MTGPHyperparameters:
         own = 0.0 if self.task_variance is None else self.task_variance
         return np.diag(self.task_covariance) + own
 
+    def map_variance(self, unit: np.ndarray) -> np.ndarray:
+        """Prior variance of each task's map over positions ``unit`` (Q, d) in the unit box
+        (T,), standardised units: :attr:`prior_variance` plus the trend's average there.
+
+        What a task's error is normalised by when the error that matters is the map's RMSE
+        over the library relative to the map's spread (nRMSE). The centre's variance alone is
+        no such scale: a fit that puts a task's variance into its gradient leaves it near 0, and
+        a gain or an uncertainty divided by it grows without bound (on the smbfo twins a WDS fit
+        with stationary variance 0.001 took the last 15 of 40 measurements while its map was
+        at nRMSE 0.03, docs/benchmarks.md, "What changed on 2026-12-03 afternoon").
+        """
+        out = self.prior_variance
+        if self.trend_weight is None:
+            return out
+        return out + np.array([kernels.LinearTrend(w).diag(unit).mean() for w in self.trend_weight])
+
     def components(self) -> list[tuple[Kernel, np.ndarray]]:
         """The covariance as ``[(kernel over position, B_q (T, T)), ...]``, summed over ``q``:
         the shared part first, then each task's own part and its trend (at ``[i, i]``, zero

@@ -82,12 +82,12 @@ class Posterior:
 class IntegratedVarianceReduction:
     """Integrated variance removed over the library, every task weighted (co-orchestration).
 
-    Each task's reduction is weighted by ``task_weights * y_scale ** weight_power / prior
-    variance`` (at the library's centre, the trend's excluded: normalising by the map's variance
-    over the library, trend included, was tried and was worse on all three benchmark problems,
-    docs/benchmarks.md, "Unseen data") times the value scale: power 0 counts tasks
-    equally in standardised units (error judged per task, normalised), 2 counts variance in
-    the targets' own units (error judged as one RMSE in shared units). Then by the task's
+    Each task's reduction is weighted by ``task_weights * y_scale ** weight_power / map
+    variance`` (its map's prior variance over the library, trend included:
+    :meth:`~coorch.models.mtgp.MTGPHyperparameters.map_variance`) times the value scale: power
+    0 counts tasks equally in standardised units (error judged per task, normalised by its
+    map's spread, as nRMSE is), 2 counts variance in the targets' own units (error judged as
+    one RMSE in shared units). Then by the task's
     inflation for hyperparameter uncertainty (the variance a plug-in fit hides), and by its current
     normalised integrated variance to the power ``balance``: 0 makes the sum of the tasks'
     normalised squared errors fall fastest; above 0 leans towards the task furthest from known,
@@ -107,13 +107,15 @@ class IntegratedVarianceReduction:
         exclude: np.ndarray,
         emphasis: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        h = model.post.hyper
+        post = model.post
+        h = post.hyper
+        scale = h.map_variance(post.candidates[post.reference])
         w = np.ones(h.num_tasks) if self.task_weights is None else np.asarray(self.task_weights)
-        w = w * h.y_scale**self.weight_power / h.prior_variance
+        w = w * h.y_scale**self.weight_power / scale
         if model.inflation is not None:
             w = w * model.inflation
         if self.balance:
-            known = model.post.variance()[model.post.reference].mean(0) / h.prior_variance
+            known = post.variance()[post.reference].mean(0) / scale
             inflation = 1.0 if model.inflation is None else model.inflation
             w = w * np.maximum(known * inflation, 1e-6) ** self.balance
         w = model.value_scale * w[None]

@@ -135,6 +135,26 @@ def test_the_prior_guess_spends_a_third_point_on_the_gradient_it_expects():
     assert across(COORCHESTRATE_PRIOR_SLOPE_VARIANCE) > across(1.0) + 0.1
 
 
+def test_a_map_its_gradient_explains_is_not_worth_more_than_one_still_unknown():
+    """Task a's fit puts its variance into its gradient (stationary variance 0.001), task b's
+    is all stationary; both measured at the same six points. Judged against each map's spread
+    over the library (what nRMSE divides by), b's map is the less known, so b is measured next.
+    Judged against a's stationary variance alone, a's leftover slope uncertainty looked a
+    thousand times larger, and a took every measurement (the smbfo twins' WDS, 2026-12-03)."""
+    cand = np.linspace(0, 1, 21)[:, None]
+    h = default_hyperparameters(2, 1, lengthscale=0.2, noise=0.01, trend=np.array([5.0]))
+    h = dataclasses.replace(
+        h, task_covariance=np.diag([0.001, 1.0]), trend_weight=np.array([[5.0], [0.0]])
+    )
+    spread = np.mean((cand[:, 0] - 0.5) ** 2)
+    np.testing.assert_allclose(h.map_variance(cand), [0.001 + 5.0 * spread, 1.0])
+    pol = MTGPAgent(cand, np.array([[0.0, 1.0]]), instruments(), hyperparameters=h)
+    for i, xi in enumerate(np.linspace(0, 1, 6)):
+        pol.tell([Observation("a", np.array([xi]), np.array([2.0 * xi]), f"a{i}")])
+        pol.tell([Observation("b", np.array([xi]), np.array([np.sin(9 * xi)]), f"b{i}")])
+    assert pol.ask(None).instrument == "b"
+
+
 def test_grid_survey_skips_seeds_and_takes_instruments_in_turn():
     cand = np.linspace(0, 1, 11)[:, None]
     pol = make_policy("grid", cand, np.array([[0.0, 1.0]]), instruments())
