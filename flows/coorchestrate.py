@@ -378,7 +378,8 @@ class Conductor:
 
 def task_summary(campaign: Campaign) -> dict[str, dict]:
     """Per instrument: measurements so far and, for a GP agent, the mean posterior standard
-    deviation over the candidates relative to the prior's (1: nothing known)."""
+    deviation over the candidates relative to the map's prior spread over the library
+    (about 1: nothing known; ``MTGPHyperparameters.map_variance``)."""
     agent = campaign.agent
     counts = Counter(campaign.measured_by)
     model = getattr(agent, "model", None)
