@@ -77,6 +77,13 @@ class Posterior:
     n_rows: int
     inflation: np.ndarray | None = None
 
+    @functools.cached_property
+    def map_variance(self) -> np.ndarray:
+        """(T,) each task's map variance over the reference positions
+        (:meth:`~coorch.models.mtgp.MTGPHyperparameters.map_variance`), once per build: the
+        hyperparameters do not change while rows are added."""
+        return self.post.hyper.map_variance(self.post.candidates[self.post.reference])
+
 
 @dataclasses.dataclass(frozen=True)
 class IntegratedVarianceReduction:
@@ -109,7 +116,7 @@ class IntegratedVarianceReduction:
     ) -> tuple[np.ndarray, np.ndarray]:
         post = model.post
         h = post.hyper
-        scale = h.map_variance(post.candidates[post.reference])
+        scale = model.map_variance
         w = np.ones(h.num_tasks) if self.task_weights is None else np.asarray(self.task_weights)
         w = w * h.y_scale**self.weight_power / scale
         if model.inflation is not None:
