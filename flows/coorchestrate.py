@@ -379,15 +379,13 @@ class Conductor:
 def task_summary(campaign: Campaign) -> dict[str, dict]:
     """Per instrument: measurements so far and, for a GP agent, the mean posterior standard
     deviation over the candidates relative to the map's prior spread over the library
-    (about 1: nothing known; ``MTGPHyperparameters.map_variance``)."""
+    (about 1: nothing known; ``Posterior.map_variance``)."""
     agent = campaign.agent
     counts = Counter(campaign.measured_by)
     model = getattr(agent, "model", None)
     sd = None
     if model is not None:
-        post = model.post
-        sd = np.sqrt(post.variance() / post.hyper.map_variance(post.candidates[post.reference]))
-        sd = sd.mean(0)
+        sd = np.sqrt(model.post.variance() / model.map_variance).mean(0)
     out = {}
     for name, inst in agent.instruments.items():
         row = {"n": counts[name]}
