@@ -52,7 +52,7 @@ from coorch.tasks.availability import FAULTED, LOST, Watchdog
 from coorch.tasks.describe import Describer
 from coorch.tasks.hold import Exclusive, Shared
 from coorch.tasks.live_report import LiveReport
-from coorch.tasks.measure import measure
+from coorch.tasks.measure import measure, opaque
 from coorch.tasks.meter import Ended
 from coorch.tasks.runtime import Campaign
 from coorch.tasks.setup import (
@@ -272,7 +272,7 @@ class Conductor:
         if d is not None:
             self.busy[name] = d
             self.history.append(d)
-            fut = measure.submit(self.clients[name], c.store, d, self.hold)
+            fut = measure.submit(*opaque(self.clients[name], c.store, d, self.hold))
             fut.add_done_callback(lambda f, d=d: self.events.put(("measured", d, f)))
 
     def review_due(self, p: Decision) -> bool:

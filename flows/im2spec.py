@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from coorch.deployments.im2spec_config import Im2SpecSpec
 from coorch.tasks.im2spec import im2spec_agent, spectral_describer, structure_agent
-from coorch.tasks.measure import measure
+from coorch.tasks.measure import measure, opaque
 from coorch.tasks.runtime import Campaign
 from coorch.tasks.setup import Instruments, geometry, seed_plan
 
@@ -43,7 +43,7 @@ def run_to_budget(campaign: Campaign, client, name: str) -> list:
     """Carry out the campaign's decisions for ``name`` one at a time until none is left."""
     out = []
     while (d := campaign.decide(name)) is not None:
-        m = measure(client, campaign.store, d)
+        m = measure(*opaque(client, campaign.store, d))
         campaign.record(m)
         out.append(m)
     return out
