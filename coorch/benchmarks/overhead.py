@@ -114,9 +114,13 @@ def run(n: int = 200, warmup: int = 20) -> dict:
                 bare_store.append(time.perf_counter() - t1)
     http_ms, store_ms = np.median(bare_http) * 1e3, np.median(bare_store) * 1e3
     med = float(np.median(per_measurement))
+    quarter = max(len(per_measurement) // 4, 1)
     return {
         "per_measurement_median_ms": med,
         "per_measurement_p95_ms": float(np.percentile(per_measurement, 95)),
+        # a cost that grows with the campaign shows as the last quarter above the first
+        "first_quarter_median_ms": float(np.median(per_measurement[:quarter])),
+        "last_quarter_median_ms": float(np.median(per_measurement[-quarter:])),
         "http_move_measure_median_ms": float(http_ms),
         "store_append_median_ms": float(store_ms),
         "prefect_and_flow_ms": float(med - http_ms - store_ms),
@@ -138,5 +142,7 @@ def bench_overhead_command(
         f" ms, p95 {out['per_measurement_p95_ms']:.1f} ms (HTTP move+measure "
         f"{out['http_move_measure_median_ms']:.1f} ms, store append "
         f"{out['store_append_median_ms']:.1f} ms, Prefect task run + flow "
-        f"{out['prefect_and_flow_ms']:.1f} ms)"
+        f"{out['prefect_and_flow_ms']:.1f} ms); first quarter "
+        f"{out['first_quarter_median_ms']:.1f} ms, last quarter {out['last_quarter_median_ms']:.1f}"
+        " ms"
     )
