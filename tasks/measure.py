@@ -57,7 +57,8 @@ def opaque(*args: Any) -> tuple[quote, ...]:
 
     Before every task run Prefect walks each argument, element by element, for upstream
     futures and states. A decision's ``trained_on`` lists every measurement the model had read,
-    so that walk grew with the campaign: about 10 ms per measurement by the 200th on the
-    machine of 2026-12-03 (py-spy), more in a longer campaign. None of :func:`measure`'s
-    arguments can hold a future; pass ``measure(*opaque(client, store, decision, hold))``."""
+    so that walk grew with the campaign: about 14 ms per measurement on average over 400 on
+    the machine of 2026-12-03 (py-spy), more in a longer campaign (docs/benchmarks.md,
+    "Orchestration overhead"). None of :func:`measure`'s arguments can hold a future; pass
+    ``measure(*opaque(client, store, decision, hold))``."""
     return tuple(quote(a) for a in args)
