@@ -180,6 +180,8 @@ def lineage_cmd(
             + ", ".join(lin["back"]["trained_on"][:8])
             + (" ..." if len(lin["back"]["trained_on"]) > 8 else "")
         )
+        if lin["back"]["chain_broken"]:
+            node.add(f"[red]training set cut short: {lin['back']['chain_broken']}[/red]")
     fwd = tree.add("[magenta]forward[/magenta]")
     fwd.add(
         f"{len(lin['forward']['decisions'])} decisions trained on it: "

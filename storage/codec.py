@@ -32,7 +32,7 @@ from coorch.records import Decision, Measurement, Signal
 
 from .schema import DECISION_COLUMNS, MEASUREMENT_COORDS
 
-_OPTIONAL_IDS = ("flow_run_id", "task_run_id", "campaign")
+_OPTIONAL_IDS = ("trained_since", "flow_run_id", "task_run_id", "campaign")
 _NAN_TO_NONE = ("library_x", "library_y", "created")  # acquisition_value keeps its NaN
 
 
@@ -192,6 +192,7 @@ def decision_row(d: Decision) -> dict[str, Any]:
         "policy": d.policy,
         "model_version": d.model_version,
         "trained_on": json.dumps(list(d.trained_on)),
+        "trained_since": d.trained_since or "",
         "pending": json.dumps(list(d.pending)),
         "acquisition_value": float(acq) if acq is not None else float("nan"),
         "n_candidates": int(d.n_candidates),
@@ -220,12 +221,29 @@ def decision_from_row(row: Mapping[str, Any]) -> Decision:
     return Decision(**rec)
 
 
+#: Decision columns a store written before they existed lacks: read as this value in every row.
+_ADDED_DECISION_COLUMNS = {"trained_since": ""}
+
+
+def decision_lists(columns: Mapping[str, np.ndarray]) -> dict[str, list[Any]]:
+    """The decisions table's columns as lists (name -> values over the decision dim); a
+    column added to the schema since the store was written (``trained_since``) is filled."""
+    n = len(columns["decision_id"])
+    return {
+        name: (
+            np.asarray(columns[name]).tolist()
+            if name in columns
+            else [_ADDED_DECISION_COLUMNS[name]] * n
+        )
+        for name, _, _ in DECISION_COLUMNS
+    }
+
+
 def decisions_from_columns(columns: Mapping[str, np.ndarray]) -> list[Decision]:
     """Every row of the decisions table (name -> array over the decision dim), in row order."""
-    names = [name for name, _, _ in DECISION_COLUMNS]
-    lists = {name: np.asarray(columns[name]).tolist() for name in names}
+    lists = decision_lists(columns)
     n = len(lists["decision_id"])
-    return [decision_from_row({k: lists[k][i] for k in names}) for i in range(n)]
+    return [decision_from_row({k: v[i] for k, v in lists.items()}) for i in range(n)]
 
 
 __all__ = [
@@ -233,6 +251,7 @@ __all__ = [
     "content_hash",
     "decision_from_row",
     "decision_row",
+    "decision_lists",
     "decisions_from_columns",
     "measurement_from_row",
     "measurement_row",

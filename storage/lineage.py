@@ -10,6 +10,16 @@ from typing import Any
 
 import pandas as pd
 
+from .training_sets import BrokenChain, Links, table_links, trained_after, trained_on_of
+
+
+def _resolved(links: Links, decision_id: str) -> tuple[list[str], str | None]:
+    """The decision's whole training set, or as much of it as a broken chain gives, and why."""
+    try:
+        return trained_on_of(links, decision_id), None
+    except BrokenChain as exc:
+        return list(links[decision_id][1]), str(exc)
+
 
 def _decision_record(row: pd.Series) -> dict[str, Any]:
     rec = row.to_dict()
@@ -64,8 +74,9 @@ def lineage(
     """One hop each way from ``measurement_id``, and the human inputs about it.
 
     back: the decision that requested it (``None`` if it was not requested by a stored
-    decision) and the measurement ids that decision was trained on;
-    forward: the decisions whose ``trained_on`` include it and the measurements they caused.
+    decision) and the measurement ids that decision was trained on (its chain resolved, see
+    ``training_sets``; ``chain_broken`` says why, when the set is cut short);
+    forward: the decisions whose training set includes it and the measurements they caused.
     Rows that only record an operator's input (empty ``modality``: a vote, a stop) are not
     decisions in this sense, whatever their ``trained_on`` holds; they show under
     human: :func:`human_inputs`, each with operator, action, at, detail, replaced and the
@@ -80,12 +91,13 @@ def lineage(
     }
     by_decision = measurements.groupby("decision_id")["measurement_id"].apply(list).to_dict()
 
-    back: dict[str, Any] = {"decision": None, "trained_on": [], "pending": []}
+    links = table_links(decisions)
+    back: dict[str, Any] = {"decision": None, "trained_on": [], "chain_broken": None, "pending": []}
     if m["decision_id"]:
         d = decisions[decisions["decision_id"] == m["decision_id"]]
         if not d.empty:
             back["decision"] = _decision_record(d.iloc[0])
-            back["trained_on"] = list(d.iloc[0]["trained_on"] or [])
+            back["trained_on"], back["chain_broken"] = _resolved(links, m["decision_id"])
             back["pending"] = list(d.iloc[0]["pending"] or [])
         else:
             back["decision"] = {"decision_id": m["decision_id"], "missing": True}
@@ -93,11 +105,11 @@ def lineage(
     forward_decisions = []
     caused: list[str] = []
     if not decisions.empty:
-        requests = decisions["modality"].astype(str) != ""
-        mask = requests & decisions["trained_on"].apply(lambda ids: measurement_id in (ids or []))
-        for _, d in decisions[mask].iterrows():
-            forward_decisions.append(d["decision_id"])
-            caused.extend(by_decision.get(d["decision_id"], []))
+        requests = set(decisions["decision_id"][decisions["modality"].astype(str) != ""])
+        for did in trained_after(links, measurement_id):
+            if did in requests:
+                forward_decisions.append(did)
+                caused.extend(by_decision.get(did, []))
     return {
         "measurement": record,
         "back": back,

@@ -133,12 +133,13 @@ class StoreReader:
         return df
 
     def decisions(self) -> pd.DataFrame:
-        """One row per decision; list fields as Python lists, ``created`` as UTC datetime."""
+        """One row per decision; list fields as Python lists, ``created`` as UTC datetime.
+        ``trained_on`` is as stored: the ids read since ``trained_since`` (``'' ``: all of
+        them); ``lineage.trained_on_of`` resolves one decision's whole set."""
         names = [name for name, _, _ in schema.DECISION_COLUMNS]
         if schema.DECISIONS_GROUP not in self.groups():
             return pd.DataFrame(columns=names)
-        t = self.read_table(schema.DECISIONS_GROUP)
-        df = pd.DataFrame({c: t[c] for c in names})
+        df = pd.DataFrame(codec.decision_lists(self.read_table(schema.DECISIONS_GROUP)))
         for c in ("trained_on", "pending", "human_input"):
             df[c] = [json.loads(v) if v else None for v in df[c]]
         for c in (
@@ -148,6 +149,7 @@ class StoreReader:
             "modality",
             "policy",
             "model_version",
+            "trained_since",
             "flow_run_id",
             "task_run_id",
             "campaign",

@@ -71,9 +71,14 @@ DECISION_COLUMNS: list[tuple[str, str, dict[str, Any]]] = [
         "trained_on",
         "string",
         {
-            "long_name": "measurement ids the model was trained on",
+            "long_name": "measurement ids the model read since trained_since (all, if empty)",
             "encoding": "JSON array of strings",
         },
+    ),
+    (
+        "trained_since",
+        "string",
+        {"long_name": "decision whose training set this one extends ('' if none)"},
     ),
     (
         "pending",

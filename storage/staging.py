@@ -240,9 +240,13 @@ def stage_decisions(tables: Tables, ds: list[Decision]) -> tuple[Staged, list[bo
         new.append(i)
     if not new:
         return staged, flags
+    added: dict[str, bytes] = {}
+    for col in schema.decision_columns():  # a store written before the column existed
+        if col.name not in w.columns:
+            added.update(w.add_column(tables.hierarchy, col, n))
     rows = [codec.decision_row(ds[i]) for i in new]
     cols = {name: column_values([r[name] for r in rows], col) for name, col in w.columns.items()}
-    staged.chunks = w.stage(cols, n)
+    staged.chunks = {**added, **w.stage(cols, n)}
     staged.metas = w.set_rows(tables.hierarchy, n + len(new))
     staged.done.append((w, n + len(new), [ds[i].decision_id for i in new], n))
     for i in new:

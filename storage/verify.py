@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from . import codec, schema
+from .training_sets import chain_problems, links_of
 
 if TYPE_CHECKING:
     from .reader import StoreReader
@@ -74,17 +75,23 @@ def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
             if not did:
                 problems.append("partial write: a decision row has no decision id")
         decisions = set(dids)
-        for did, trained in zip(dids, t["trained_on"], strict=True):
+        cols = codec.decision_lists(t)
+        rows = []
+        for did, trained, since in zip(
+            dids, cols["trained_on"], cols["trained_since"], strict=True
+        ):
             try:
                 refs = json.loads(trained) if trained else []
             except ValueError:
                 problems.append(f"corrupt: decision {did} trained_on is not JSON")
-                continue
+                refs = []
+            rows.append((did, since, refs))
             for ref in refs:
                 if ref not in all_ids:
                     problems.append(
                         f"dangling ref: decision {did} trained_on unknown measurement {ref}"
                     )
+        problems += chain_problems(links_of(rows))
     problems += _simulation_problems(store, open_with_xarray)
     for key in store.rejected():
         problems.append(

@@ -27,6 +27,7 @@ import numpy as np
 
 from coorch.models.incremental import exact_posterior
 from coorch.storage import CampaignStore
+from coorch.storage.training_sets import links_of, training_set_sizes
 from coorch.tasks import report_figures as figures
 from coorch.tasks.report import GroundTruth, nrmse_curve
 from coorch.tasks.report_data import (
@@ -294,6 +295,9 @@ def pareto_section(view: CampaignView, model: Model) -> str:
 def decisions_section(view: CampaignView) -> str:
     """The last decisions with their reasons: policy, acquisition value, model version."""
     measured = {m.measurement_id for m in view.measurements}
+    sizes = training_set_sizes(
+        links_of((d.decision_id, d.trained_since, d.trained_on) for d in view.decisions)
+    )
     rows = []
     for d in view.decisions[-N_DECISIONS:]:
         where = f"({d.library_x:.2f}, {d.library_y:.2f})" if d.requests_measurement else "-"
@@ -307,7 +311,7 @@ def decisions_section(view: CampaignView) -> str:
                 d.policy,
                 acq,
                 d.model_version or "-",
-                len(d.trained_on),
+                sizes[d.decision_id] if sizes[d.decision_id] >= 0 else "? (chain broken)",
                 d.human_input.action if d.human_input is not None else "-",
                 "yes" if d.measurement_id in measured else "no",
             ]

@@ -93,6 +93,9 @@ class Campaign:
     # instruments that may measure no more (budget in seconds, deadline): name -> why (end())
     ended: dict[str, str] = dataclasses.field(default_factory=dict)
     _proposals: dict[str, Suggestion] = dataclasses.field(default_factory=dict)
+    # the last stored decision's whole training set and id: the next one's chain (_store)
+    _trained: list[str] = dataclasses.field(default_factory=list)
+    _trained_since: str | None = None
 
     # -- the store ------------------------------------------------------------------------
     def resume(self, modalities: Sequence[str] | None = None) -> list[Measurement]:
@@ -126,11 +129,12 @@ class Campaign:
 
     def reserve(self, seeds: Sequence[tuple[str, np.ndarray]], reason: str = "seed") -> None:
         """Reserve positions chosen outside the agent, store them as decisions, queue them."""
-        decisions = [
-            self._decision(self.agent.reserve(name, np.asarray(x, float), reason=reason))
-            for name, x in seeds
-        ]
-        self.store.append_decisions(decisions)
+        decisions = self._store(
+            *[
+                self._decision(self.agent.reserve(name, np.asarray(x, float), reason=reason))
+                for name, x in seeds
+            ]
+        )
         self.queue.extend(decisions)
         self.decided += len(decisions)
         self.per_instrument.update(d.instrument for d in decisions)
@@ -216,8 +220,7 @@ class Campaign:
         if human.action == "seed":
             name, x = self._where(human.detail, None)
             d = self._decision(self.agent.reserve(name, x, reason="operator"))
-            d = d.model_copy(update={"human_input": human})
-            self.store.append_decision(d)
+            (d,) = self._store(d.model_copy(update={"human_input": human}))
             self.queue.append(d)
             self.decided += 1
             self.per_instrument[name] += 1
@@ -359,10 +362,36 @@ class Campaign:
 
     # -- records ----------------------------------------------------------------------------
     def _commit(self, d: Decision) -> Decision:
-        self.store.append_decision(d)
+        (d,) = self._store(d)
         self.decided += 1
         self.per_instrument[d.instrument] += 1
         return d
+
+    def _store(self, *ds: Decision) -> list[Decision]:
+        """Store ``ds`` in one commit, each as a link of the training-set chain: its
+        ``trained_on`` cut to the ids added since the decision this campaign stored before it
+        (``records.Decision`` says why), when that one's set is where its own set starts.
+        Returns the decisions as stored: what the queue and the flow's history keep, so
+        neither grows as the square of the campaign either."""
+        out = []
+        trained, since = self._trained, self._trained_since
+        for d in ds:
+            if not d.requests_measurement:
+                out.append(d)
+                continue
+            full = d.trained_on
+            if since is not None and full[: len(trained)] == trained:
+                d = d.model_copy(
+                    update={"trained_on": full[len(trained) :], "trained_since": since}
+                )
+            out.append(d)
+            trained, since = full, d.decision_id
+        if len(out) == 1:
+            self.store.append_decision(out[0])
+        else:
+            self.store.append_decisions(out)
+        self._trained, self._trained_since = trained, since
+        return out
 
     def _event(
         self, instrument: str, what: str, pending: list[str], human: HumanInput | None = None

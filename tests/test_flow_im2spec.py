@@ -14,6 +14,7 @@ from coorch.models.descriptors import edge_peak_ratio
 from coorch.models.dkl_policy import expected_improvement
 from coorch.records import Signal
 from coorch.storage import CampaignStore
+from coorch.storage.training_sets import table_links, trained_on_of
 
 TOKEN = "im2spec-test-token"
 
@@ -101,7 +102,8 @@ def test_flow_stores_everything_and_beats_the_mean(prefect_server, stem, tmp_pat
     chosen = made[made["policy"] == "im2spec"]
     assert np.isfinite(chosen["acquisition_value"].astype(float)).all()
     images = set(table.loc[table["modality"] == "stem_haadf", "measurement_id"])
-    assert all(images <= set(t) for t in chosen["trained_on"])  # lineage reaches the images
+    links = table_links(decisions)
+    assert all(images <= set(trained_on_of(links, d)) for d in chosen["decision_id"])
     assert set(by_id.loc[list(images), "policy"]) == {SURVEY}
     assert store.verify() == []
 

@@ -101,7 +101,12 @@ def measurement(
 
 
 def decision(
-    i: int, *, trained_on: list[str] | None = None, modality: str = "pfm_loop", prefix: str = "d"
+    i: int,
+    *,
+    trained_on: list[str] | None = None,
+    trained_since: str | None = None,
+    modality: str = "pfm_loop",
+    prefix: str = "d",
 ) -> Decision:
     return Decision(
         decision_id=f"{prefix}-{i}",
@@ -112,6 +117,7 @@ def decision(
         policy="coorchestrate",
         model_version="gp-1",
         trained_on=list(trained_on or []),
+        trained_since=trained_since,
         acquisition_value=0.5,
         n_candidates=100,
     )
