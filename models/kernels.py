@@ -13,13 +13,17 @@ each a kernel over position times a task matrix (:func:`components`):
 
     k((x, i), (x', j)) = sum_q B_q[i, j] k_q(x, x')
 
-* the shared part: a Matern-5/2 with lengthscales ``l`` (d,) times the task covariance ``B``;
-* each task's own part: a Matern-5/2 with the task's own lengthscales, ``B_q = s_i`` at [i, i];
+* the shared part: a Matern with lengthscales ``l`` (d,) times the task covariance ``B``;
+* each task's own part: a Matern with the task's own lengthscales, ``B_q = s_i`` at [i, i];
 * each task's linear trend: :class:`LinearTrend` with slope variances ``w_i`` (d,) about the
   box's centre, ``B_q = 1`` at [i, i].
 
 :mod:`coorch.models.mtgp` says why each part is there. Shapes: positions ``(n, d)``, task
 indices ``(n,)`` (integers; ``int64`` tensors for torch), task matrices ``(T, T)``.
+
+The Materns are 5/2 (twice differentiable maps) unless a model asks for 3/2 (``smoothness``:
+once differentiable, rougher between the data at the same lengthscale); both parts of one
+model share it.
 """
 
 from __future__ import annotations
@@ -34,6 +38,9 @@ import numpy as np
 Array = Any
 
 SQRT5 = 5.0**0.5
+SQRT3 = 3.0**0.5
+#: The Matern smoothness (nu) a model may have: 3/2 or 5/2.
+SMOOTHNESS = (1.5, 2.5)
 #: Squared distances are floored here before the square root: the Matern's derivative in the
 #: distance is zero at zero, but sqrt's is infinite there, and autograd would multiply the two
 #: into NaN for every pair of coincident points (gpytorch floors at the same value).
@@ -54,15 +61,25 @@ def _rows(a: Array) -> Array:
     return a[None] if a.ndim == 1 else a
 
 
-def matern52(a: Array, b: Array, lengthscale: Array) -> Array:
-    """Matern-5/2 correlation (n, m) between positions ``a`` (n, d) and ``b`` (m, d)."""
+def matern(a: Array, b: Array, lengthscale: Array, smoothness: float = 2.5) -> Array:
+    """Matern correlation (n, m) of ``smoothness`` (:data:`SMOOTHNESS`) between positions
+    ``a`` (n, d) and ``b`` (m, d)."""
     xp = namespace(a)
     a, b = _rows(a), _rows(b)
     mid = a.mean(0)  # about a's mean: fewer digits lost in the squared norms below
     a, b = (a - mid) / lengthscale, (b - mid) / lengthscale
     d2 = (a * a).sum(-1)[:, None] + (b * b).sum(-1)[None, :] - 2.0 * a @ b.T
     r = xp.sqrt(d2.clip(min=MIN_SQUARED_DISTANCE))
-    return (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * xp.exp(-SQRT5 * r)
+    if smoothness == 1.5:
+        return (1.0 + SQRT3 * r) * xp.exp(-SQRT3 * r)
+    if smoothness == 2.5:
+        return (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * xp.exp(-SQRT5 * r)
+    raise ValueError(f"Matern smoothness {smoothness!r}: one of {SMOOTHNESS}")
+
+
+def matern52(a: Array, b: Array, lengthscale: Array) -> Array:
+    """Matern-5/2 correlation (n, m) between positions ``a`` (n, d) and ``b`` (m, d)."""
+    return matern(a, b, lengthscale, 2.5)
 
 
 def linear(a: Array, b: Array, weight: Array, centre: Array | float) -> Array:
@@ -72,13 +89,14 @@ def linear(a: Array, b: Array, weight: Array, centre: Array | float) -> Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Matern52:
-    """A Matern-5/2 correlation over position: ``k(a, b)`` (n, m) and its diagonal (n,)."""
+class Matern:
+    """A Matern correlation over position: ``k(a, b)`` (n, m) and its diagonal (n,)."""
 
     lengthscale: Array  # (d,)
+    smoothness: float = 2.5
 
     def __call__(self, a: Array, b: Array) -> Array:
-        return matern52(a, b, self.lengthscale)
+        return matern(a, b, self.lengthscale, self.smoothness)
 
     def diag(self, a: Array) -> Array:
         return namespace(a).ones(_rows(a).shape[0], dtype=a.dtype)
@@ -99,7 +117,7 @@ class LinearTrend:
         return ((_rows(a) - self.centre) ** 2 * self.weight).sum(-1)
 
 
-Kernel = Matern52 | LinearTrend
+Kernel = Matern | LinearTrend
 
 
 def components(
@@ -110,17 +128,19 @@ def components(
     task_variance: Array | None = None,
     trend_weight: Array | None = None,
     centre: Array | float = 0.5,
+    smoothness: float = 2.5,
 ) -> list[tuple[Kernel, Array]]:
     """The covariance as ``[(kernel over position, B_q (T, T)), ...]``, summed over ``q``: the
     shared part first, then each task's own part (``task_lengthscale`` (T, d) and
     ``task_variance`` (T,), None: plain ICM) and each task's trend (``trend_weight`` (T, d),
-    None: none; a task whose weights are all zero has none), about ``centre``."""
+    None: none; a task whose weights are all zero has none), about ``centre``; the Materns of
+    ``smoothness``."""
     xp = namespace(task_covariance)
     eye = xp.eye(task_covariance.shape[0], dtype=task_covariance.dtype)
-    out: list[tuple[Kernel, Array]] = [(Matern52(lengthscale), task_covariance)]
+    out: list[tuple[Kernel, Array]] = [(Matern(lengthscale, smoothness), task_covariance)]
     if task_variance is not None:
         out += [
-            (Matern52(ls), xp.diag(s * eye[i]))
+            (Matern(ls, smoothness), xp.diag(s * eye[i]))
             for i, (ls, s) in enumerate(zip(task_lengthscale, task_variance, strict=True))
         ]
     if trend_weight is not None:

@@ -62,7 +62,7 @@ from coorch.models import kernels
 from coorch.models.kernels import (  # noqa: F401 (re-exported: they were defined here)
     Kernel,
     LinearTrend,
-    Matern52,
+    Matern,
     matern52,
 )
 
@@ -82,6 +82,7 @@ class MTGPHyperparameters:
     task_variance: np.ndarray | None = None  # (T,) s, each task's own part; None: plain ICM
     trend_weight: np.ndarray | None = None  # (T, d) slope variances in the unit box; None: none
     log_tasks: np.ndarray | None = None  # (T,) bool: task modelled as log(y); None: none
+    smoothness: float = 2.5  # of the Materns (coorch.models.kernels.SMOOTHNESS)
     #: draws from the hyperparameters' posterior (``coorch.models.mtgp_laplace``), () if none
     samples: tuple[MTGPHyperparameters, ...] = ()
 
@@ -149,6 +150,7 @@ class MTGPHyperparameters:
             task_lengthscale=self.task_lengthscale,
             task_variance=self.task_variance,
             trend_weight=self.trend_weight,
+            smoothness=self.smoothness,
         )
 
     def covariance(
@@ -184,6 +186,8 @@ class MTGPHyperparameters:
             if a is None:
                 continue
             h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
+        if self.smoothness != 2.5:  # 5/2's versions as they were before 3/2 existed
+            h.update(np.float64(self.smoothness).tobytes())
         return f"mtgp-n{self.n_train}-{h.hexdigest()[:10]}"
 
     def correlation(self) -> np.ndarray:
@@ -273,9 +277,10 @@ def default_hyperparameters(
     noise: float = 0.05,
     correlation: float = 0.0,
     trend: np.ndarray | None = None,
+    smoothness: float = 2.5,
 ) -> MTGPHyperparameters:
     """A prior guess used before there are enough data to fit (no coupling assumed; slope
-    variances ``trend`` (d,) for every task, None: no trend)."""
+    variances ``trend`` (d,) for every task, None: no trend; Materns of ``smoothness``)."""
     b = np.full((num_tasks, num_tasks), correlation) + (1 - correlation) * np.eye(num_tasks)
     return MTGPHyperparameters(
         lengthscale=np.full(dim, lengthscale),
@@ -285,6 +290,7 @@ def default_hyperparameters(
         y_offset=np.zeros(num_tasks),
         y_scale=np.ones(num_tasks),
         trend_weight=None if trend is None else np.tile(trend, (num_tasks, 1)),
+        smoothness=smoothness,
     )
 
 

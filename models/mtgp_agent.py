@@ -44,12 +44,15 @@ class DecisionModel:
     an expensive modality from being declared known on a handful of points.
     ``prior_slope_variance``: the prior guess's slope variance per longest side
     (:func:`~coorch.models.mtgp.trend_prior`), also the agent's starting model's.
+    ``smoothness``: the Materns' of every fit decisions are made with, and of the prior guess
+    (:data:`~coorch.models.kernels.SMOOTHNESS`); the background refit asks for it.
     """
 
     coupled: bool = True
     max_correlation: float | None = None
     min_fit_values: int = 0
     prior_slope_variance: float = 1.0
+    smoothness: float = 2.5
 
     def trusted(
         self, h: MTGPHyperparameters, counts: np.ndarray, trend: np.ndarray
@@ -201,6 +204,7 @@ class MTGPAgent(Agent):
             self.unit.shape[1],
             lengthscale=0.2 * span.max() / span,
             trend=self.trend,
+            smoothness=model.smoothness,
         )
         self.rows: list[tuple[np.ndarray, tuple[int, ...]]] = []  # every conditioned point
         self.install(self._build(self.decision.shaped(h), [], None))

@@ -106,6 +106,7 @@ class HadamardMTGP(gpytorch.models.ExactGP):
         own: bool = True,
         centre: torch.Tensor,
         couple: torch.Tensor | None = None,
+        smoothness: float = 2.5,
     ) -> None:
         likelihood = gpytorch.likelihoods.HadamardGaussianLikelihood(
             num_tasks,
@@ -115,6 +116,7 @@ class HadamardMTGP(gpytorch.models.ExactGP):
         )
         super().__init__(x, y, likelihood)
         d, self.num_tasks, self.own = x.shape[-1] - 1, num_tasks, own
+        self.smoothness = smoothness
         self.task_mean = torch.nn.Parameter(torch.zeros(num_tasks, dtype=x.dtype))
         self.register_buffer("centre", centre)
         self.task_covar_module = gpytorch.kernels.IndexKernel(num_tasks, rank=rank)
@@ -152,6 +154,7 @@ class HadamardMTGP(gpytorch.models.ExactGP):
             task_variance=self.task_variance if self.own else None,
             trend_weight=self.trend_variance[:, None].expand(-1, d),
             centre=self.centre,
+            smoothness=self.smoothness,
         )
 
     def transform_inputs(self, X: torch.Tensor) -> torch.Tensor:
@@ -336,6 +339,7 @@ def hyperparameters(
             task_variance=numpy(model.task_variance) if model.own else None,
             trend_weight=np.outer(numpy(model.trend_variance), stretch**2),
             log_tasks=log_tasks,
+            smoothness=model.smoothness,
         )
 
 
@@ -354,6 +358,7 @@ def fit_hyperparameters(
     seed: int = 0,
     draws: int = 0,
     noise_sd: np.ndarray | None = None,
+    smoothness: float = 2.5,
 ) -> MTGPHyperparameters:
     """Maximum a-posteriori hyperparameters of the Hadamard MTGP, with each task's own part
     (``own``, :mod:`coorch.models.mtgp`) or as the plain ICM; the better of two starts, one
@@ -376,8 +381,11 @@ def fit_hyperparameters(
     ``noise_sd`` (T,): each task's declared repeatability (:func:`~coorch.models.cost.noise_sd`,
     NaN or None: fitted); a task with two or more values has its noise held there, in the
     units it is modelled in (a log task's log).
+    ``smoothness``: the Materns' (:data:`~coorch.models.kernels.SMOOTHNESS`).
     Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
     """
+    if smoothness not in kernels.SMOOTHNESS:
+        raise ValueError(f"Matern smoothness {smoothness!r}: one of {kernels.SMOOTHNESS}")
     x, tasks = np.asarray(x, float), np.asarray(tasks, int)
     log_tasks = None if log_tasks is None else np.asarray(log_tasks, bool)
     y = warp(y, tasks, log_tasks)
@@ -396,6 +404,7 @@ def fit_hyperparameters(
         own=own,
         centre=torch.as_tensor(0.5 * stretch, dtype=torch.float64),
         couple=torch.as_tensor(coupling(x, tasks, num_tasks, log_tasks)),
+        smoothness=smoothness,
     )
 
     def fit_from(trend: float) -> tuple[float, HadamardMTGP]:

@@ -46,6 +46,8 @@ COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
 #: off-diagonal corner that pins its gradient (docs/benchmarks.md, "What changed on 2026-12-03").
 #: Screened on the twins against 1 and 10, then kept by the defaults' cross-validation against 1.
 COORCHESTRATE_PRIOR_SLOPE_VARIANCE = 4.0
+#: Matern smoothness of co-orchestration's decision model (``DecisionModel.smoothness``).
+COORCHESTRATE_SMOOTHNESS = 2.5
 
 Recipe = Callable[..., Agent]
 
@@ -63,6 +65,7 @@ def coorchestrate(
     balance: float = COORCHESTRATE_BALANCE,
     revisit: bool = False,
     prior_slope_variance: float = COORCHESTRATE_PRIOR_SLOPE_VARIANCE,
+    smoothness: float = COORCHESTRATE_SMOOTHNESS,
 ) -> MTGPAgent:
     """Co-orchestration: integrated variance reduction over every task per instrument-second,
     on the coupled multi-task GP, never twice at one spot."""
@@ -81,6 +84,7 @@ def coorchestrate(
             max_correlation=max_correlation,
             min_fit_values=min_fit_values,
             prior_slope_variance=prior_slope_variance,
+            smoothness=smoothness,
         ),
         seed=seed,
         name="coorchestrate",

@@ -58,7 +58,7 @@ class HyperparameterRefit:
         executor: where fits run (Dask, or :class:`InlineExecutor`).
         builder: where a fitted model's posterior is built (a thread, or inline).
         fit: the fitting function, ``fit(x, t, y, num_tasks, coupled=, aspect=, log_tasks=,
-            noise_sd=)``;
+            noise_sd=, smoothness=)``;
             by default the MAP fit with :data:`~coorch.models.mtgp.LAPLACE_DRAWS` Laplace draws,
             so decisions and reports count the hyperparameters' uncertainty (issue 15).
     """
@@ -139,6 +139,7 @@ class HyperparameterRefit:
             aspect=aspect(agent.bounds),
             log_tasks=agent.log_tasks,
             noise_sd=agent.noise_sd,
+            smoothness=agent.decision.smoothness,
         )
         self.fitting = (fut, self.last)
 

@@ -49,13 +49,28 @@ from coorch.benchmarks.simulate import Settings, Trace
 #: sum of the tasks' normalised squared errors as the objective, the correlation cap of earlier
 #: releases, a prior guess expecting the map along the library's gradients): the sum of
 #: normalised errors (RMSE, not squared: the benchmarks' score), the worst task first, no cap,
-#: the prior guess's slope variance of earlier releases.
+#: the prior guess's slope variance of earlier releases, decisions on a rougher (Matern-3/2)
+#: model than the scoring fit's 5/2, alone and with the sum of normalised errors.
 CANDIDATES: dict[str, Settings] = {
-    "sum": Settings(balance=0.0, max_correlation=0.7, prior_slope_variance=4.0),
-    "sum-rmse": Settings(balance=-0.5, max_correlation=0.7, prior_slope_variance=4.0),
-    "worst-first": Settings(balance=1.0, max_correlation=0.7, prior_slope_variance=4.0),
-    "sum-uncapped": Settings(balance=0.0, max_correlation=None, prior_slope_variance=4.0),
-    "sum-flat-prior": Settings(balance=0.0, max_correlation=0.7, prior_slope_variance=1.0),
+    "sum": Settings(balance=0.0, max_correlation=0.7, prior_slope_variance=4.0, smoothness=2.5),
+    "sum-rmse": Settings(
+        balance=-0.5, max_correlation=0.7, prior_slope_variance=4.0, smoothness=2.5
+    ),
+    "worst-first": Settings(
+        balance=1.0, max_correlation=0.7, prior_slope_variance=4.0, smoothness=2.5
+    ),
+    "sum-uncapped": Settings(
+        balance=0.0, max_correlation=None, prior_slope_variance=4.0, smoothness=2.5
+    ),
+    "sum-flat-prior": Settings(
+        balance=0.0, max_correlation=0.7, prior_slope_variance=1.0, smoothness=2.5
+    ),
+    "sum-matern32": Settings(
+        balance=0.0, max_correlation=0.7, prior_slope_variance=4.0, smoothness=1.5
+    ),
+    "sum-rmse-matern32": Settings(
+        balance=-0.5, max_correlation=0.7, prior_slope_variance=4.0, smoothness=1.5
+    ),
 }
 TWINS = ("smbfo", "alscbn")
 

@@ -34,6 +34,7 @@ from coorch.models.policies import (
     COORCHESTRATE_BALANCE,
     COORCHESTRATE_MAX_CORRELATION,
     COORCHESTRATE_PRIOR_SLOPE_VARIANCE,
+    COORCHESTRATE_SMOOTHNESS,
     make_policy,
 )
 from coorch.storage import CampaignStore
@@ -52,8 +53,8 @@ class Settings:
     the fits converge within 30: 30 and 100 gave the same hyperparameters). ``draws``
     hyperparameter sets from the Laplace approximation come with every fit, decisions' and
     scoring's alike (``coorch.models.mtgp_laplace``; 0: plug-in MAP fits).
-    ``max_correlation``, ``task_weights``, ``weight_power``, ``balance`` and
-    ``prior_slope_variance`` are
+    ``max_correlation``, ``task_weights``, ``weight_power``, ``balance``,
+    ``prior_slope_variance`` and ``smoothness`` are
     co-orchestration's options (``coorch.models.policies.coorchestrate``), by default the
     policy's own defaults, chosen by cross-validation (``coorch bench defaults``); the
     baselines run as published.
@@ -66,6 +67,7 @@ class Settings:
     weight_power: float = 0.0
     balance: float = COORCHESTRATE_BALANCE
     prior_slope_variance: float = COORCHESTRATE_PRIOR_SLOPE_VARIANCE
+    smoothness: float = COORCHESTRATE_SMOOTHNESS
 
     def policy_options(self, policy: str) -> dict:
         """Keyword options for :func:`make_policy` (only ``coorchestrate`` takes any)."""
@@ -77,7 +79,12 @@ class Settings:
             "task_weights": self.task_weights,
             "balance": self.balance,
             "prior_slope_variance": self.prior_slope_variance,
+            "smoothness": self.smoothness,
         }
+
+
+#: The Matern smoothness of the fit every policy's map is scored with.
+SCORING_SMOOTHNESS = 2.5
 
 
 @dataclasses.dataclass
@@ -230,14 +237,22 @@ def simulate(
     return trace
 
 
+def _scores(agent: Agent) -> bool:
+    """Are the agent's decision fits the scoring fit's model (coupled, Matern-5/2)? Only a
+    GP agent has decision fits."""
+    d = agent.decision
+    return d.coupled and d.smoothness == SCORING_SMOOTHNESS
+
+
 def scoring_fit(
     problem: Problem, agent, refit: HyperparameterRefit, fitting
 ) -> MTGPHyperparameters:
-    """The coupled MAP fit on everything measured: the decision refit's own, when it was a
-    coupled fit of exactly these data (one fit serves both), else a fit of its own."""
+    """The coupled MAP fit on everything measured, the same model for every policy (Matern
+    5/2): the decision refit's own, when it was such a fit of exactly these data (one fit
+    serves both), else a fit of its own."""
     x, t, y = agent.log.data()
     latest = refit.latest
-    if latest is not None and latest[0] == (len(y), agent.log.revision) and agent.decision.coupled:
+    if latest is not None and latest[0] == (len(y), agent.log.revision) and _scores(agent):
         return latest[1]
     return fitting(
         x,
@@ -248,4 +263,5 @@ def scoring_fit(
         aspect=aspect(problem.bounds),
         log_tasks=log_tasks(problem.instruments),
         noise_sd=noise_sd(problem.instruments),
+        smoothness=SCORING_SMOOTHNESS,
     )
