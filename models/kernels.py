@@ -72,9 +72,14 @@ def matern(a: Array, b: Array, lengthscale: Array, smoothness: float = 2.5) -> A
     r = xp.sqrt(d2.clip(min=MIN_SQUARED_DISTANCE))
     if smoothness == 1.5:
         return (1.0 + SQRT3 * r) * xp.exp(-SQRT3 * r)
-    if smoothness == 2.5:
-        return (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * xp.exp(-SQRT5 * r)
-    raise ValueError(f"Matern smoothness {smoothness!r}: one of {SMOOTHNESS}")
+    check_smoothness(smoothness)
+    return (1.0 + SQRT5 * r + (5.0 / 3.0) * r * r) * xp.exp(-SQRT5 * r)
+
+
+def check_smoothness(smoothness: float) -> None:
+    """Raise ValueError unless ``smoothness`` is one of :data:`SMOOTHNESS`."""
+    if smoothness not in SMOOTHNESS:
+        raise ValueError(f"Matern smoothness {smoothness!r}: one of {SMOOTHNESS}")
 
 
 def matern52(a: Array, b: Array, lengthscale: Array) -> Array:

@@ -380,12 +380,9 @@ def fit_hyperparameters(
     :data:`~coorch.models.mtgp.LAPLACE_MAX_VALUES` values.
     ``noise_sd`` (T,): each task's declared repeatability (:func:`~coorch.models.cost.noise_sd`,
     NaN or None: fitted); a task with two or more values has its noise held there, in the
-    units it is modelled in (a log task's log).
-    ``smoothness``: the Materns' (:data:`~coorch.models.kernels.SMOOTHNESS`).
-    Pure function of arrays so Dask can run it anywhere; returns numpy hyperparameters.
-    """
-    if smoothness not in kernels.SMOOTHNESS:
-        raise ValueError(f"Matern smoothness {smoothness!r}: one of {kernels.SMOOTHNESS}")
+    units it is modelled in (a log task's log). ``smoothness``: the Materns'
+    (:data:`~coorch.models.kernels.SMOOTHNESS`). Pure function of arrays (Dask runs it)."""
+    kernels.check_smoothness(smoothness)
     x, tasks = np.asarray(x, float), np.asarray(tasks, int)
     log_tasks = None if log_tasks is None else np.asarray(log_tasks, bool)
     y = warp(y, tasks, log_tasks)

@@ -67,31 +67,7 @@ def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
 
     decisions: set[str] = set()
     if schema.DECISIONS_GROUP in store.groups():
-        t = store.read_table(schema.DECISIONS_GROUP)
-        dids = [str(v) for v in t["decision_id"]]
-        for did, c in Counter(dids).items():
-            if c > 1:
-                problems.append(f"duplicate: decision {did} stored {c} times")
-            if not did:
-                problems.append("partial write: a decision row has no decision id")
-        decisions = set(dids)
-        cols = codec.decision_lists(t)
-        rows = []
-        for did, trained, since in zip(
-            dids, cols["trained_on"], cols["trained_since"], strict=True
-        ):
-            try:
-                refs = json.loads(trained) if trained else []
-            except ValueError:
-                problems.append(f"corrupt: decision {did} trained_on is not JSON")
-                refs = []
-            rows.append((did, since, refs))
-            for ref in refs:
-                if ref not in all_ids:
-                    problems.append(
-                        f"dangling ref: decision {did} trained_on unknown measurement {ref}"
-                    )
-        problems += chain_problems(links_of(rows))
+        decisions = _decision_problems(store.read_table(schema.DECISIONS_GROUP), all_ids, problems)
     problems += _simulation_problems(store, open_with_xarray)
     for key in store.rejected():
         problems.append(
@@ -104,6 +80,41 @@ def verify(store: StoreReader, *, open_with_xarray: bool = True) -> list[str]:
     return problems
 
 
+def _id_problems(ids: list[str], kind: str) -> list[str]:
+    """A table's ids stored twice, and its rows without an id (a partial write)."""
+    out = []
+    for rid, c in Counter(ids).items():
+        if c > 1:
+            out.append(f"duplicate: {kind} {rid} stored {c} times")
+        if not rid:
+            out.append(f"partial write: a {kind} row has no {kind} id")
+    return out
+
+
+def _decision_problems(t: dict, all_ids: Counter, problems: list[str]) -> set[str]:
+    """The decisions table's findings (duplicates, rows without ids, training sets naming
+    unknown measurements, broken chains), appended to ``problems``; returns the decision ids."""
+    dids = [str(v) for v in t["decision_id"]]
+    problems += _id_problems(dids, "decision")
+    decisions = set(dids)
+    cols = codec.decision_lists(t)
+    rows = []
+    for did, trained, since in zip(dids, cols["trained_on"], cols["trained_since"], strict=True):
+        try:
+            refs = json.loads(trained) if trained else []
+        except ValueError:
+            problems.append(f"corrupt: decision {did} trained_on is not JSON")
+            refs = []
+        rows.append((did, since, refs))
+        for ref in refs:
+            if ref not in all_ids:
+                problems.append(
+                    f"dangling ref: decision {did} trained_on unknown measurement {ref}"
+                )
+    problems += chain_problems(links_of(rows))
+    return decisions
+
+
 def _simulation_problems(store: StoreReader, open_with_xarray: bool) -> list[str]:
     """The simulations table: one row per id, every row a known status, and results (outputs,
     a signal) only in the rows of runs that are done; xarray sees every row."""
@@ -112,11 +123,7 @@ def _simulation_problems(store: StoreReader, open_with_xarray: bool) -> list[str
     problems: list[str] = []
     t = store.read_table(schema.SIMULATIONS_GROUP)
     ids = [str(v) for v in t["simulation_id"]]
-    for sid, c in Counter(ids).items():
-        if c > 1:
-            problems.append(f"duplicate: simulation {sid} stored {c} times")
-        if not sid:
-            problems.append("partial write: a simulation row has no simulation id")
+    problems += _id_problems(ids, "simulation")
     results = [
         name for name in t if name.startswith(schema.OUTPUT_PREFIX) or np.asarray(t[name]).ndim > 1
     ]
