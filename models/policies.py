@@ -46,7 +46,10 @@ COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
 #: off-diagonal corner that pins its gradient (docs/benchmarks.md, "What changed on 2026-12-03").
 #: Screened on the twins against 1 and 10, then kept by the defaults' cross-validation against 1.
 COORCHESTRATE_PRIOR_SLOPE_VARIANCE = 4.0
-#: Matern smoothness of co-orchestration's decision model (``DecisionModel.smoothness``).
+#: Matern smoothness of co-orchestration's decision model (``DecisionModel.smoothness``). 3/2
+#: was chosen by the defaults' cross-validation with balance -0.5 (2026-12-03), but it moves
+#: the structured flow's fitted phase boundary 0.34-0.56 mm short, which none of its problems
+#: measures; 5/2 stays until that is understood (docs/benchmarks.md).
 COORCHESTRATE_SMOOTHNESS = 2.5
 
 Recipe = Callable[..., Agent]
