@@ -152,7 +152,7 @@ class Decision(BaseModel):
     The model's training set is stored as a chain, so that a campaign's decisions take space
     linear in its measurements: ``trained_on`` lists the ids the model read since the
     decision named by ``trained_since`` (the whole set when that is None). A campaign of
-    20,000 measurements would otherwise store ~2 x 10^8 ids. ``coorch.storage.lineage``
+    20,000 measurements would otherwise store ~2 x 10^8 ids. ``coorch.storage.training_sets``
     resolves a chain (``trained_on_of``).
     """
 
