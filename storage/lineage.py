@@ -14,7 +14,8 @@ from .training_sets import BrokenChain, Links, table_links, trained_after, train
 
 
 def _resolved(links: Links, decision_id: str) -> tuple[list[str], str | None]:
-    """The decision's whole training set, or as much of it as a broken chain gives, and why."""
+    """The decision's whole training set and None; on a broken chain, only the ids its own
+    row lists, and why."""
     try:
         return trained_on_of(links, decision_id), None
     except BrokenChain as exc:

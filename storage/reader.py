@@ -134,8 +134,8 @@ class StoreReader:
 
     def decisions(self) -> pd.DataFrame:
         """One row per decision; list fields as Python lists, ``created`` as UTC datetime.
-        ``trained_on`` is as stored: the ids read since ``trained_since`` (``'' ``: all of
-        them); ``lineage.trained_on_of`` resolves one decision's whole set."""
+        ``trained_on`` is as stored: the ids read since ``trained_since`` (all of them where
+        that is empty); ``training_sets.trained_on_of`` resolves one decision's whole set."""
         names = [name for name, _, _ in schema.DECISION_COLUMNS]
         if schema.DECISIONS_GROUP not in self.groups():
             return pd.DataFrame(columns=names)

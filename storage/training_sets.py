@@ -20,7 +20,15 @@ Links = Mapping[str, tuple[str | None, Sequence[str]]]
 
 
 class BrokenChain(ValueError):
-    """A ``trained_since`` names a decision the table lacks, or the chain loops."""
+    """A chain that cannot be resolved: :class:`DanglingLink` or :class:`LoopingChain`."""
+
+
+class DanglingLink(BrokenChain):
+    """A ``trained_since`` names a decision the table lacks."""
+
+
+class LoopingChain(BrokenChain):
+    """Following ``trained_since`` comes back to a decision already passed."""
 
 
 def links_of(rows: Iterable[tuple[str, str | None, Sequence[str] | None]]) -> dict[str, tuple]:
@@ -49,9 +57,9 @@ def _chain(links: Links, decision_id: str) -> list[str]:
     cur: str | None = decision_id
     while cur is not None:
         if cur in seen:
-            raise BrokenChain(f"decision {decision_id}: trained_since loops at {cur}")
+            raise LoopingChain(f"decision {decision_id}: trained_since loops at {cur}")
         if cur not in links:
-            raise BrokenChain(f"decision {out[-1]}: trained_since names unknown decision {cur}")
+            raise DanglingLink(f"decision {out[-1]}: trained_since names unknown decision {cur}")
         seen.add(cur)
         out.append(cur)
         cur = links[cur][0]
@@ -110,13 +118,15 @@ def chain_problems(links: Links) -> list[str]:
             try:
                 _chain(links, did)
             except BrokenChain as exc:
-                kind = "dangling ref" if "unknown" in str(exc) else "corrupt"
+                kind = "dangling ref" if isinstance(exc, DanglingLink) else "corrupt"
                 out[f"{kind}: {exc}"] = None
     return list(out)
 
 
 __all__ = [
     "BrokenChain",
+    "DanglingLink",
+    "LoopingChain",
     "Links",
     "chain_problems",
     "links_of",

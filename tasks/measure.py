@@ -56,9 +56,10 @@ def opaque(*args: Any) -> tuple[quote, ...]:
     """``args`` wrapped so that Prefect hands them to :func:`measure` without looking inside.
 
     Before every task run Prefect walks each argument, element by element, for upstream
-    futures and states. A decision's ``trained_on`` lists every measurement the model had read,
-    so that walk grew with the campaign: about 14 ms per measurement on average over 400 on
-    the machine of 2026-12-03 (py-spy), more in a longer campaign (docs/benchmarks.md,
-    "Orchestration overhead"). None of :func:`measure`'s arguments can hold a future; pass
-    ``measure(*opaque(client, store, decision, hold))``."""
+    futures and states. A decision's ``trained_on`` listed every measurement the model had
+    read until it became a chain (``coorch.storage.training_sets``), so that walk grew with
+    the campaign: about 14 ms per measurement on average over 400 on the machine of
+    2026-12-03 (py-spy; docs/benchmarks.md, "Orchestration overhead"). The chain keeps the
+    list short; the quoting keeps the walk off every argument. None of :func:`measure`'s
+    arguments can hold a future; pass ``measure(*opaque(client, store, decision, hold))``."""
     return tuple(quote(a) for a in args)

@@ -11,7 +11,7 @@ import pytest
 from coorch.benchmarks import fixtures as syn
 from coorch.storage import CampaignStore, schema
 from coorch.storage.training_sets import (
-    BrokenChain,
+    LoopingChain,
     links_of,
     table_links,
     trained_after,
@@ -63,7 +63,7 @@ def test_a_broken_chain_is_reported_not_resolved_wrong(tmp_path):
     lin = store.lineage("m-raman-5")
     assert lin["back"]["trained_on"] == [c] and "d-gone" in lin["back"]["chain_broken"]
     links = {"x": ("y", ["m1"]), "y": ("x", ["m2"])}
-    with pytest.raises(BrokenChain, match="loops"):
+    with pytest.raises(LoopingChain, match="loops"):
         trained_on_of(links, "x")
     assert training_set_sizes(links) == {"x": -1, "y": -1}
     assert trained_after(links, "m2") == ["x", "y"]
