@@ -13,7 +13,11 @@ granted and holds nothing (so :meth:`InstrumentSlots.take` refuses it); renewing
 lapsed or was released answers 410 Gone; a server whose SQLite database is busy answers 503,
 which Prefect's client retries after a Retry-After of about 2 s. On a busy facility day that
 was most slot calls' fate (instruments idle ~2 s between measurements, `docs/benchmarks.md`),
-so slot calls here make one attempt each and retry on their own short clock.
+so slot calls here make one attempt each and retry on their own short clock. With its retries
+off, the client also no longer rides out a dropped connection (a pooled connection the server
+closed as idle just as a request went out reads as "connection reset by peer"; uvicorn closes
+idle connections after 5 s, the client pool keeps them 5 s): those are asked again here too
+(:data:`DROPPED`), as Prefect's own client would.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 from uuid import UUID
 
+import httpx
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectAlreadyExists, PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
@@ -34,6 +39,19 @@ log = logging.getLogger(__name__)
 MIN_LEASE_S = 60.0  # the Prefect server's minimum lease duration
 #: Statuses of a server too busy to answer now (503: its database is locked): asked again.
 BUSY = (503, 502, 429, 408)
+#: Transport failures of one request that Prefect's client retries (prefect/client/base.py):
+#: the connection dropped or timed out mid-request. A refused connection is not among them (a
+#: wrong URL or a server that is down should not look like a busy instrument).
+DROPPED = (
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.LocalProtocolError,
+    httpx.ReadTimeout,
+    httpx.WriteTimeout,
+    httpx.PoolTimeout,
+    httpx.ConnectTimeout,
+)
 #: Attempts of a release or renewal that the server was too busy for, RETRY_S apart.
 ATTEMPTS, RETRY_S = 40, 0.05
 
@@ -82,12 +100,18 @@ class InstrumentSlots:
                 return work(self._client)
 
     def _insist(self, work: Callable[[SyncPrefectClient], Any]) -> Any:
-        """``work`` until the server is not too busy to answer, :data:`RETRY_S` apart."""
+        """``work`` until the server is not too busy to answer and the connection holds,
+        :data:`RETRY_S` apart. ``work`` must be safe to repeat (a dropped request may have been
+        done): an upsert, a renewal, a release (of a lease already released: 404/410)."""
         for attempt in range(ATTEMPTS):
+            last = attempt == ATTEMPTS - 1
             try:
                 return self._call(work)
             except PrefectHTTPStatusError as exc:
-                if exc.response.status_code not in BUSY or attempt == ATTEMPTS - 1:
+                if exc.response.status_code not in BUSY or last:
+                    raise
+            except DROPPED:
+                if last:
                     raise
             time.sleep(RETRY_S)
         raise AssertionError("unreachable")
@@ -116,6 +140,11 @@ class InstrumentSlots:
             if exc.response.status_code == 423 or exc.response.status_code in BUSY:
                 return None  # held, or the server busy: the waiter asks again at its next poll
             raise
+        except DROPPED:
+            # the waiter asks again at its next poll. Had the server granted the lost request,
+            # its lease lapses unrenewed (``lease_s``) and the repossessor frees the slot
+            log.warning("%s: the request for its slot was dropped; asking again", instrument)
+            return None
         body = response.json()
         lease_id = UUID(body["lease_id"])
         if not any(limit["name"] == name for limit in body["limits"]):

@@ -30,6 +30,7 @@ from coorch.deployments.arbiter import Arbiter, Turn, WaitCancelled
 from coorch.deployments.arbiter_queue import ArbiterQueue
 from coorch.deployments.arbiter_records import Grant
 from coorch.deployments.prefect_server import local_prefect_server
+from tests.reset_proxy import ResettingProxy
 
 REPOSSESSOR_LOOP_S = 1
 
@@ -358,3 +359,30 @@ def test_a_campaign_deciding_its_next_measurement_keeps_the_instrument(prefect_a
         late = out.get(timeout=10.0)  # "c" does not come back: "b" has it after the grace
         assert isinstance(late, Turn) and late.campaign == "b"
         late.release(1.0)
+
+
+def test_a_dropped_connection_costs_a_slot_call_another_try_not_the_turn(
+    prefect_api, tmp_path, monkeypatch
+):
+    """Taking, renewing and giving back a slot survive a connection the server resets mid-request
+    (what a pooled connection closed as idle looks like): each is asked again, and the turn and
+    its record come out as without the fault."""
+    with ResettingProxy(prefect_api) as proxy:
+        monkeypatch.setenv("PREFECT_API_URL", proxy.url)
+        with Arbiter(_db_url(tmp_path), poll_s=0.01, grace_s=0.0) as arb:
+            (raman,) = _instruments(arb, "raman")
+            proxy.drop(2)  # the first two slot requests: a wait polls on
+            turn = arb.wait(raman, campaign="a", owner="ana", priority=0, timeout_s=30)
+            assert proxy.dropped == 2
+            proxy.drop(1)
+            assert arb._slots.renew(turn._keeper.lease_id)
+            proxy.drop(1)
+            turn.release(5.0)
+            assert proxy.dropped == 4
+            # the slot is free: a second campaign takes it at once
+            with arb.wait(raman, campaign="b", owner="ben", priority=0, timeout_s=30) as second:
+                second.release(1.0)
+            assert [(g.campaign, g.charged_s) for g in arb.grants(raman)] == [
+                ("a", 5.0),
+                ("b", 1.0),
+            ]
