@@ -47,9 +47,11 @@ COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
 #: Screened on the twins against 1 and 10, then kept by the defaults' cross-validation against 1.
 COORCHESTRATE_PRIOR_SLOPE_VARIANCE = 4.0
 #: Matern smoothness of co-orchestration's decision model (``DecisionModel.smoothness``). 3/2
-#: was chosen by the defaults' cross-validation with balance -0.5 (2026-12-03), but it moves
-#: the structured flow's fitted phase boundary 0.34-0.56 mm short, which none of its problems
-#: measures; 5/2 stays until that is understood (docs/benchmarks.md).
+#: was chosen by the defaults' cross-validation with balance -0.5 (2026-12-03), but with it the
+#: structured flow's fitted phase boundary, which none of its problems measures, depends on
+#: when the campaign's refits land (within 0.08 mm of the boundary in 11 of 12 seeds at an
+#: instrument's pace, 0.3-0.8 mm short with an instant twin or under load); 5/2 misses by
+#: 0.1-0.2 mm at every pace, so it stays (docs/benchmarks.md, "Traced on 2026-12-04").
 COORCHESTRATE_SMOOTHNESS = 2.5
 
 Recipe = Callable[..., Agent]
