@@ -21,7 +21,9 @@ an ``AutoDelta`` guide). The centre's posterior is multimodal on sparse data, so
 carries a ``starts`` plate: several fits from different initial centres run as one batch (their log
 joints add, so their gradients are independent) and the start with the highest log joint is
 kept. The MAP is found with L-BFGS on the negative ELBO, which for Delta guides is the negative
-log joint; a few hundred evaluations suffice where Adam needs thousands of steps.
+log joint; a few hundred evaluations suffice where Adam needs thousands of steps. How sure the
+centre is comes from the posterior over a (centre, width) grid instead
+(:meth:`StructuredGP.center_interval`).
 
 Inputs are scaled to [0, 1] per feature (the composition range, or ``bounds``) and the response
 is standardised, so the priors are stated once in those units; ``physics_params`` reports them
@@ -56,6 +58,10 @@ _VARIANCE_PRIOR = (math.log(0.3), 1.0)  # residual a priori smaller than the dat
 _NOISE_PRIOR = (math.log(0.05), 1.5)
 _JITTER = 1e-6
 _FAILED_LOSS = 1e10
+#: The (centre, width) grid of :meth:`StructuredGP.center_interval`: centres over the whole
+#: scaled range (1/200 of it apart, 0.05 mm on a 10 mm spread), log-widths over the width
+#: prior's +-3 sd.
+_CENTRES, _WIDTHS, _WIDTH_SDS = 201, 13, 3.0
 
 
 def physics_mean(kind: MeanKind, u: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -152,9 +158,7 @@ class StructuredGP:
         xs = self._scale(x)
         p = self.params
         with torch_scope(threads=1), torch.no_grad():
-            k_train = _matern52(self.x, self.x, p["lengthscale"], p["variance"])
-            k_train += (p["noise"] + _JITTER) * torch.eye(len(self.x), dtype=self.x.dtype)
-            chol = torch.linalg.cholesky(k_train)
+            chol = self._cholesky()
             resid = self.y - physics_mean(self.kind, self.x[:, self.feature_index], p)
             alpha = torch.cholesky_solve(resid[:, None], chol)[:, 0]
             k_cross = _matern52(xs, self.x, p["lengthscale"], p["variance"])
@@ -177,6 +181,72 @@ class StructuredGP:
             out["width"] = float(self.params["width"]) * span
             out["amplitude"] = float(self.params["amplitude"]) * self.y_std
         return out
+
+    def center_interval(self, level: float = 0.9) -> tuple[float, float]:
+        """Central ``level`` credible interval of the centre (the boundary), in the units of
+        input column ``feature_index``; for a constant mean, NaN.
+
+        Why: the MAP centre alone hides how sure it is. Measurements on both sides of the step
+        pin it to the gap between them; a design that left a wide gap at the step leaves it
+        anywhere in the gap, and a report should say so. The posterior is evaluated on a grid
+        of (centre, width) over the whole range and the width prior, the residual GP's
+        hyperparameters at their MAP; offset and amplitude enter the mean linearly under
+        Gaussian priors, so they are integrated out exactly (Rasmussen & Williams 2006, 2.7):
+        each centre is judged with the levels that suit it, not the MAP's, which would pin it
+        to the MAP's centre. The residual GP's covariance does not depend on the mean, so one
+        Cholesky factor serves the whole grid.
+        """
+        if not 0.0 < level < 1.0:
+            raise ValueError(f"level is in (0, 1), not {level!r}")
+        if self.kind == "constant":
+            return math.nan, math.nan
+        centres, weight = self._centre_posterior()
+        cdf = torch.cumsum(weight, 0)
+        tail = torch.tensor([(1.0 - level) / 2.0, (1.0 + level) / 2.0], dtype=cdf.dtype)
+        lo, hi = centres[torch.searchsorted(cdf, tail).clamp_max(_CENTRES - 1)].tolist()
+        half = 0.5 / (_CENTRES - 1)  # each grid centre stands for the cell around it
+        lo, hi = max(lo - half, 0.0), min(hi + half, 1.0)
+        low = float(self.lower[self.feature_index])
+        span = float(self.upper[self.feature_index]) - low
+        return low + lo * span, low + hi * span
+
+    def _centre_posterior(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centre grid (scaled units) and its posterior weights, the width summed out."""
+        mu, sd = _WIDTH_PRIOR
+        centres = torch.linspace(0.0, 1.0, _CENTRES, dtype=torch.float64)
+        c, log_w = torch.meshgrid(
+            centres,
+            mu + sd * torch.linspace(-2.5, 2.5, _WIDTHS, dtype=torch.float64),
+            indexing="ij",
+        )
+        unit = {"offset": 0.0, "amplitude": 1.0, "center": c.reshape(-1, 1)}
+        unit["width"] = log_w.reshape(-1, 1).exp()
+        with torch_scope(threads=1), torch.no_grad():
+            shape = physics_mean(self.kind, self.x[:, self.feature_index], unit)  # (grid, n)
+            ones = torch.ones(len(self.y), 1, dtype=torch.float64)
+            z = torch.linalg.solve_triangular(
+                self._cholesky(), torch.cat([ones, self.y[:, None], shape.T], 1), upper=False
+            )
+            z1, zy, zs = z[:, 0], z[:, 1], z[:, 2:]  # L^-1 1, L^-1 y, L^-1 shape
+            # H = [1, shape]: A = H' K^-1 H + the levels' prior precision, b = H' K^-1 y
+            a11 = z1 @ z1 + _OFFSET_SCALE**-2
+            a12 = z1 @ zs
+            a22 = (zs**2).sum(0) + _AMPLITUDE_SCALE**-2
+            b1, b2 = z1 @ zy, zs.T @ zy
+            det = a11 * a22 - a12**2
+            # log p(y | centre, width) up to a constant: b' A^-1 b / 2 - log|A| / 2; then the
+            # width's prior density per log-width (the grid is even in it); the centre's is flat
+            fit = 0.5 * (b1 * (a22 * b1 - a12 * b2) + b2 * (a11 * b2 - a12 * b1)) / det
+            log_post = fit - 0.5 * torch.log(det) + dist.Normal(mu, sd).log_prob(log_w.reshape(-1))
+            weight = torch.softmax(log_post, 0).reshape(_CENTRES, _WIDTHS).sum(1)
+        return centres, weight
+
+    def _cholesky(self) -> torch.Tensor:
+        """Cholesky factor of the training covariance (residual GP plus noise), scaled units."""
+        p = self.params
+        k_train = _matern52(self.x, self.x, p["lengthscale"], p["variance"])
+        k_train += (p["noise"] + _JITTER) * torch.eye(len(self.x), dtype=self.x.dtype)
+        return torch.linalg.cholesky(k_train)
 
     def noise(self) -> float:
         """MAP observation-noise variance in response units."""

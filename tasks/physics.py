@@ -162,8 +162,16 @@ class PhysicsFits:
 
     def physics(self) -> dict[str, dict[str, float]]:
         """The fitted physics parameters per instrument (``center``/``width`` in library mm
-        along :data:`COMPOSITION_AXIS`, ``amplitude``/``offset`` in descriptor units)."""
-        return {name: model.physics_params() for name, model in self.models.items()}
+        along :data:`COMPOSITION_AXIS`, ``amplitude``/``offset`` in descriptor units), and
+        the centre's 90 % credible interval (``center_lo``, ``center_hi``, library mm): the
+        MAP centre alone does not say whether the measurements pinned the boundary or left a
+        gap at it."""
+        out = {}
+        for name, model in self.models.items():
+            out[name] = model.physics_params()
+            if "center" in out[name]:
+                out[name]["center_lo"], out[name]["center_hi"] = model.center_interval(0.9)
+        return out
 
     def summary(self) -> list[str]:
         """One line per fitted instrument, for the flow's log."""
@@ -171,7 +179,8 @@ class PhysicsFits:
         for name, p in self.physics().items():
             if "center" in p:
                 lines.append(
-                    f"{name}: phase boundary at c0={p['center']:.2f} mm (width "
+                    f"{name}: phase boundary at c0={p['center']:.2f} mm (90 % in "
+                    f"{p['center_lo']:.2f}-{p['center_hi']:.2f} mm; width "
                     f"{p['width']:.2f} mm, {self.means[name]} of amplitude "
                     f"{p['amplitude']:.3g} on {p['offset']:.3g})"
                 )

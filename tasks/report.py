@@ -234,6 +234,8 @@ def plot_report(
             mean[:, k], var[:, k] = physics[name].predict(q)
             centre = physics[name].physics_params().get("center")
             if centre is not None:
+                lo, hi = physics[name].center_interval()
+                ax.axvspan(lo, hi, color="C3", alpha=0.12, label="centre, 90 % interval")
                 ax.axvline(centre, color="C3", lw=1, label=f"fitted centre {centre:.2f} mm")
         sd = np.sqrt(var[:, k])
         ax.fill_between(

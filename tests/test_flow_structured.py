@@ -68,8 +68,13 @@ def test_flow_fits_the_physics_mean_and_reports_the_boundary(prefect_server, afm
     result = coorchestrate(spec)
     assert result.n_measurements == 16
     params = result.physics[afm.name]
-    assert set(params) == {"center", "width", "amplitude", "offset"}
+    assert set(params) == {"center", "center_lo", "center_hi", "width", "amplitude", "offset"}
     assert abs(params["center"] - BOUNDARY_MM) < TOLERANCE_MM
+    # the 90 % interval holds the centre and lies within the tolerance: the measurements on
+    # both sides of the step pinned it (it need not hold the twin's nominal boundary, since
+    # the loop opening halves a little past it)
+    lo, hi = params["center_lo"], params["center_hi"]
+    assert BOUNDARY_MM - TOLERANCE_MM < lo <= params["center"] <= hi < BOUNDARY_MM + TOLERANCE_MM
     assert params["amplitude"] < 0  # the loop closes past the boundary
 
 

@@ -78,3 +78,24 @@ def test_rejects_bad_input() -> None:
         fit_structured_gp(np.zeros((5, 1)), np.zeros(5), feature_index=1)
     with pytest.raises(ValueError):
         fit_structured_gp(np.zeros((5, 1)), np.zeros(5), mean="bogus")  # type: ignore[arg-type]
+
+
+def test_the_centre_interval_spans_the_gap_the_data_leave_at_the_step() -> None:
+    """Values on both sides of an unmeasured stretch: the 90 % interval of the centre holds the
+    true step and spans most of the stretch; two more values inside it pin the step to a
+    fraction of that. A constant mean has no centre; a level outside (0, 1) is refused."""
+    rng = np.random.default_rng(0)
+    step = lambda v: np.where(v < 6.2, 1.0, 0.1)  # noqa: E731
+    bounds = np.array([[0.0], [10.0]])
+    x = np.array([0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 8.0, 9.0, 10.0])
+    y = step(x) + rng.normal(0, 0.05, len(x))
+    lo, hi = fit_structured_gp(x, y, mean="step", bounds=bounds).center_interval(0.9)
+    assert 5.0 <= lo < 6.2 < hi <= 8.0 and hi - lo > 1.0
+    x2 = np.append(x, [6.0, 6.5])
+    y2 = np.append(y, step(x2[-2:]) + rng.normal(0, 0.05, 2))
+    lo2, hi2 = fit_structured_gp(x2, y2, mean="step", bounds=bounds).center_interval(0.9)
+    assert lo2 < 6.2 < hi2 and hi2 - lo2 < 0.5 * (hi - lo)
+    flat = fit_structured_gp(x, y, mean="constant", bounds=bounds)
+    assert np.isnan(flat.center_interval()).all()
+    with pytest.raises(ValueError):
+        flat.center_interval(1.0)
