@@ -60,8 +60,8 @@ _JITTER = 1e-6
 _FAILED_LOSS = 1e10
 #: The (centre, width) grid of :meth:`StructuredGP.center_interval`: centres over the whole
 #: scaled range (1/200 of it apart, 0.05 mm on a 10 mm spread), log-widths over the width
-#: prior's +-3 sd.
-_CENTRES, _WIDTHS, _WIDTH_SDS = 201, 13, 3.0
+#: prior's +-2.5 sd.
+_CENTRES, _WIDTHS, _WIDTH_SDS = 201, 13, 2.5
 
 
 def physics_mean(kind: MeanKind, u: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -216,7 +216,7 @@ class StructuredGP:
         centres = torch.linspace(0.0, 1.0, _CENTRES, dtype=torch.float64)
         c, log_w = torch.meshgrid(
             centres,
-            mu + sd * torch.linspace(-2.5, 2.5, _WIDTHS, dtype=torch.float64),
+            mu + sd * torch.linspace(-_WIDTH_SDS, _WIDTH_SDS, _WIDTHS, dtype=torch.float64),
             indexing="ij",
         )
         unit = {"offset": 0.0, "amplitude": 1.0, "center": c.reshape(-1, 1)}
