@@ -291,6 +291,12 @@ class CampaignSpec(BaseModel):
     refit_every: int = Field(
         4, ge=1, le=1_000_000, description="refit hyperparameters every N observations"
     )
+    wait_for_refits: bool = Field(
+        False,
+        description="decide only once the refit due has landed: the design then depends on "
+        "the data alone, not on when fits finish (an instrument faster than a fit waits for "
+        "it, ~1 s per refit). False: decide at once with the model at hand",
+    )
     store: StoreLocation = "runs/demo/campaign.zarr"
     report: str | None = Field(
         None,

@@ -61,6 +61,9 @@ class HyperparameterRefit:
             noise_sd=, smoothness=)``;
             by default the MAP fit with :data:`~coorch.models.mtgp.LAPLACE_DRAWS` Laplace draws,
             so decisions and reports count the hyperparameters' uncertainty (issue 15).
+        wait: finish each fit, and install its posterior, before the campaign decides again:
+            the design then depends on the data alone, not on when fits land (an instrument
+            faster than a fit waits for it; one slower never notices).
     """
 
     def __init__(
@@ -71,10 +74,11 @@ class HyperparameterRefit:
         min_per_task: int = 2,
         builder: Executor | None = None,
         fit: Callable[..., MTGPHyperparameters] | None = None,
+        wait: bool = False,
     ) -> None:
         fit = fit or functools.partial(fit_hyperparameters, draws=LAPLACE_DRAWS)
         self.executor, self.builder, self.fit = executor, builder or InlineExecutor(), fit
-        self.every, self.min_per_task = every, min_per_task
+        self.every, self.min_per_task, self.wait = every, min_per_task, wait
         self.fitting: tuple[Future, Key] | None = None
         self.building: Future | None = None
         self.last: Key = (-every, -1)
@@ -93,6 +97,8 @@ class HyperparameterRefit:
         due = n - self.last[0] >= self.every or revision != self.last[1]
         if self.fitting is None and due and counts.min() >= self.min_per_task:
             self._start(agent)
+        if self.wait:
+            self._drain(agent)
         self._collect(agent)
 
     def finish(self, campaign: Campaign) -> None:

@@ -210,7 +210,9 @@ def background_work(
         if dask is not None and needs_fits(agent):
             dask.submit(warm_up)  # pay the worker's torch import now, not at the first refit
             builder = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="posterior"))
-            work.refit = HyperparameterRefit(dask, every=spec.refit_every, builder=builder)
+            work.refit = HyperparameterRefit(
+                dask, every=spec.refit_every, builder=builder, wait=spec.wait_for_refits
+            )
         if vae:
             work.vae = VAETraining(dask, seed=spec.seed)
         if means:

@@ -60,6 +60,19 @@ def test_a_refit_that_succeeds_is_built_on_a_thread_and_installed(campaign):
     assert campaign.agent.model_version != before
 
 
+def test_a_campaign_that_waits_for_refits_decides_on_the_fit_of_every_value(campaign):
+    before = campaign.agent.model_version
+    with dask_client(DaskConfig()) as client, ThreadPoolExecutor(1) as builder:
+        refit = HyperparameterRefit(
+            client.get_executor(pure=False), every=1, builder=builder, wait=True
+        )
+        refit.poll(campaign)
+        # installed before the poll returned: the next decision uses it
+        assert refit.fitting is None and refit.building is None
+        assert refit.fits == 1 and campaign.agent.model_version != before
+        assert refit.latest is not None and refit.latest[0] == (12, campaign.agent.log.revision)
+
+
 def test_relabelled_values_are_refitted_without_new_values(campaign):
     calls = []
 
