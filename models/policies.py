@@ -28,10 +28,10 @@ from coorch.models.mtgp_agent import (
 #: the sum of normalised RMSEs and the worst task first.
 COORCHESTRATE_MAX_CORRELATION = 0.7
 #: Exponent of each task's normalised integrated variance in the gain (``balance`` of
-#: ``IntegratedVarianceReduction``): 0, the sum of the tasks' normalised squared errors, chosen
-#: by the same cross-validation over -0.5 (sum of normalised RMSEs) and 1 (worst task first);
-#: with 5 seeds per problem it chose 1, with 10 it keeps 0 (docs/benchmarks.md).
-COORCHESTRATE_BALANCE = 0.0
+#: ``IntegratedVarianceReduction``): -0.5, the sum of the tasks' normalised RMSEs, chosen with
+#: the Matern-3/2 decision model by the same cross-validation over 0 (the sum of normalised
+#: squared errors, its choice with the 5/2 model) and 1 (worst task first) (docs/benchmarks.md).
+COORCHESTRATE_BALANCE = -0.5
 #: Values a task needs before co-orchestration trusts its fitted hyperparameters, from the
 #: efficiency benchmark on the alscbn twins (docs/benchmarks.md): about three per input
 #: dimension, the rule of thumb for a GP's lengthscales; the same number a log task waits
@@ -46,13 +46,15 @@ COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
 #: off-diagonal corner that pins its gradient (docs/benchmarks.md, "What changed on 2026-12-03").
 #: Screened on the twins against 1 and 10, then kept by the defaults' cross-validation against 1.
 COORCHESTRATE_PRIOR_SLOPE_VARIANCE = 4.0
-#: Matern smoothness of co-orchestration's decision model (``DecisionModel.smoothness``). 3/2
-#: was chosen by the defaults' cross-validation with balance -0.5 (2026-12-03), but with it the
-#: structured flow's fitted phase boundary, which none of its problems measures, depends on
-#: when the campaign's refits land (within 0.08 mm of the boundary in 11 of 12 seeds at an
-#: instrument's pace, 0.3-0.8 mm short with an instant twin or under load); 5/2 misses by
-#: 0.1-0.2 mm at every pace, so it stays (docs/benchmarks.md, "Traced on 2026-12-04").
-COORCHESTRATE_SMOOTHNESS = 2.5
+#: Matern smoothness of co-orchestration's decision model (``DecisionModel.smoothness``): 3/2,
+#: chosen with balance -0.5 by the defaults' cross-validation (2026-12-03) over the 5/2 model
+#: (in all three folds): a design planned on a rougher map leaves fewer gaps where the map has
+#: detail the data have not shown, and its intervals cover 81-97 % where 5/2's covered 72 % of
+#: the replay's BEPS. Its design depends on the fits it is made with, so a campaign whose
+#: refits land late (an instrument faster than a fit) places points differently from the
+#: benchmarks, whose refits land before each decision: ``wait_for_refits`` makes a campaign do
+#: the same (docs/benchmarks.md, "Traced on 2026-12-04").
+COORCHESTRATE_SMOOTHNESS = 1.5
 
 Recipe = Callable[..., Agent]
 
