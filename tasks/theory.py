@@ -55,10 +55,20 @@ if TYPE_CHECKING:
     from coorch.tasks.runtime import Campaign
 
 
-def _task_states(keys: list[str], dask_scheduler=None) -> dict[str, str | None]:
-    """On the scheduler: each key's task state (``processing``: a worker runs it)."""
-    tasks = dask_scheduler.tasks
-    return {k: tasks[k].state if k in tasks else None for k in keys}
+def _started(keys: list[str], dask_worker=None) -> list[str]:
+    """On a worker: the keys among ``keys`` it is running or has run."""
+    tasks = dask_worker.state.tasks
+    return [k for k in keys if k in tasks and tasks[k].state in ("executing", "memory", "error")]
+
+
+def started_on_workers(client: Client, keys: list[str]) -> set[str]:
+    """The keys among ``keys`` that a worker has started.
+
+    Not the scheduler's ``processing``, which only says a worker was given the task: there it
+    may wait behind busy threads (among them hung attempts, which keep theirs until they
+    return), and that wait is not the task's own time."""
+    found = client.run(_started, keys, on_error="ignore")
+    return {key for started in found.values() for key in started}
 
 
 def warm_up() -> None:
@@ -241,18 +251,18 @@ class TheoryLoop:
 
     def _note_starts(self, now: float) -> None:
         """Mark the attempts a worker is running now: a simulation's time runs from then, not
-        from its submission (on an HPC queue the wait for a job can be long)."""
+        from its submission (on an HPC queue the wait for a job can be long) nor from its
+        assignment to a worker whose threads are busy."""
         waiting = {run.future.key: run for run in self.running.values() if run.started is None}
         if not waiting:
             return
         try:
-            states = self.client.run_on_scheduler(_task_states, list(waiting))
-        except Exception as exc:  # noqa: BLE001 - a busy scheduler: look again next poll
-            self.log.debug("no task states from the scheduler (%s)", exc)
+            started = started_on_workers(self.client, list(waiting))
+        except Exception as exc:  # noqa: BLE001 - a busy cluster: look again next poll
+            self.log.debug("no task states from the workers (%s)", exc)
             return
-        for key, state in states.items():
-            if state in ("processing", "memory", "erred"):
-                waiting[key].started = now
+        for key in started:
+            waiting[key].started = now
 
     def _again(self, run: Running, status: str, error: str) -> None:
         """Submit ``run`` again, or store it as ``status`` once its retries are spent."""

@@ -29,14 +29,14 @@ from coorch.models.theory_design import initial_design
 from coorch.models.theory_simulation import simulate_opening
 from coorch.models.theory_space import ParameterSpace
 from coorch.tasks.background import InlineExecutor
-from coorch.tasks.theory import TheoryLoop, warm_up
+from coorch.tasks.theory import TheoryLoop, started_on_workers, warm_up
 
 # the workers cannot import this test module: send its functions by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 SEED = 3
 HANGS, FAILS = initial_design(ParameterSpace.from_lgd(), (0.0, 0.2), 2, SEED)
-HANG_S = 20.0
+HANG_S = 45.0
 
 
 def _is(row: np.ndarray, s: float, theta: dict[str, float]) -> bool:
@@ -54,9 +54,11 @@ def faulty(s: float, theta: dict[str, float]):
 
 @pytest.fixture(scope="module")
 def client():
-    # two threads to spare: the hung attempts keep theirs until they return (a thread cannot
-    # be killed), the others must not wait behind them
-    with dask_client(DaskConfig(n_workers=1, threads_per_worker=6)) as c:
+    # a process per simulation in flight: the simulator is Python that holds the GIL, so four
+    # of them as threads of one worker took four times as long (8.7 s on a slow machine; past
+    # the timeout beside another test process). A thread to spare in each: a hung attempt keeps
+    # its thread until it returns (a thread cannot be killed), the others must not wait on it
+    with dask_client(DaskConfig(n_workers=4, threads_per_worker=2)) as c:
         # pay the worker's imports first, as theory_loop does while the seeds are taken: under
         # load, three first attempts importing at once ran past the 12 s timeout in one CI run
         c.run(warm_up)
@@ -109,9 +111,9 @@ def test_simulations_narrow_the_posterior_and_a_failing_or_hanging_one_is_retrie
         initial_simulations=16,
         max_simulations=28,
         in_flight=4,
-        # a healthy simulation takes 0.5-0.7 s; 12 s leaves room for a loaded machine
+        # a healthy simulation takes 0.5-1.7 s alone; 20 s leaves room for a loaded machine
         # (at 6 s, in a CI run beside another test process, all four first attempts 'hung')
-        timeout_s=12.0,
+        timeout_s=20.0,
         retries=1,
     )
     trace, loop, sims = run(client, config, budget=10)
@@ -140,3 +142,31 @@ def test_simulations_narrow_the_posterior_and_a_failing_or_hanging_one_is_retrie
     report = loop.report()
     assert set(report["posterior"]) == {"s_c", "depol"}
     assert report["simulations"] == {"done": len(done), "failed": 1, "dropped": 1, "retried": 2}
+
+
+def _wait_for(event_name: str) -> str:
+    from distributed import Event
+
+    Event(event_name).wait(timeout=60)
+    return "released"
+
+
+def test_a_simulation_waiting_for_a_busy_worker_thread_has_not_started():
+    # a hung attempt keeps its thread: what the worker queues behind it must not count as
+    # running, or its clock runs out while it waits (and the cascade drops healthy ones)
+    from distributed import Event
+
+    with dask_client(DaskConfig(n_workers=1, threads_per_worker=1)) as c:
+        busy = c.submit(_wait_for, "release-busy", key="busy", pure=False)
+        queued = c.submit(_wait_for, "release-queued", key="queued", pure=False)
+        deadline = time.monotonic() + 30
+        while not started_on_workers(c, ["busy"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started_on_workers(c, ["busy", "queued"]) == {"busy"}
+        Event("release-busy", client=c).set()
+        assert busy.result(timeout=30) == "released"
+        while not started_on_workers(c, ["queued"]) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert started_on_workers(c, ["queued"]) == {"queued"}
+        Event("release-queued", client=c).set()
+        assert queued.result(timeout=30) == "released"
