@@ -242,9 +242,10 @@ class Watch:
         if not r.json()["lease"]["held"]:
             return
         r = http.post(f"{url}/v1/lease", headers=_bearer(s["alice"]), json={"ttl_s": 5})
-        self.w.seen.append(r.content)
         self.refusals.append(r.status_code)
-        if r.status_code == 200:  # the campaign let go just now: alice's id is a secret too
+        if r.status_code != 200:
+            self.w.seen.append(r.content)
+        else:  # the campaign let go just now: alice's id is a secret too (but hers to see)
             lease = r.json()["lease_id"]
             self.leases.add(lease)
             http.request("DELETE", f"{url}/v1/lease",
