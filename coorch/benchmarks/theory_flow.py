@@ -8,7 +8,8 @@ twice, as ``coorchestrate`` (no theory) and as ``conavigate``; from each store:
 * per instrument, the time it spent measuring against the campaign's span (first start to last
   end): its **idle** share is what is left (decisions, moves between measurements, waiting);
 * the simulations that landed **during** the measurements (before the last one started) and
-  after, their run times, and how busy they kept the simulation cluster's threads.
+  after, their run times, and how busy they kept the simulation cluster's workers (one
+  process each, one thread: the simulator is Python that holds the GIL, docs/theory.md).
 
 Theory in the loop pays off only if it costs the instruments nothing: the idle shares of the
 two runs are the figure to compare.
@@ -45,7 +46,7 @@ def instrument_use(table: pd.DataFrame) -> dict:
     return out
 
 
-def simulation_use(sims: list, table: pd.DataFrame, threads: int) -> dict:
+def simulation_use(sims: list, table: pd.DataFrame, workers: int) -> dict:
     """Simulations landed during the measurements and after, and the cluster's use."""
     if not sims:
         return {"simulations": 0}
@@ -60,12 +61,12 @@ def simulation_use(sims: list, table: pd.DataFrame, threads: int) -> dict:
         "landed_while_measuring": int(((landed > first) & (landed < last)).sum()),
         "landed_after_last_start": int((landed >= last).sum()),
         "median_runtime_s": round(float(np.median(runtime)), 3),
-        "cluster_busy_share": round(float(runtime.sum() / (window * threads)), 3),
+        "cluster_busy_share": round(float(runtime.sum() / (window * workers)), 3),
     }
 
 
 def run_pair(
-    work: Path, budget: int, time_scale: float, sims: int, threads: int, seed: int = 0
+    work: Path, budget: int, time_scale: float, sims: int, workers: int, seed: int = 0
 ) -> dict:
     """Both flows on fresh twins, in one Prefect server."""
     from coorch.deployments.config import CampaignSpec, InstrumentConfig
@@ -110,7 +111,7 @@ def run_pair(
                     theory = TheoryConfig(
                         instrument=insts[0].name,
                         max_simulations=sims,
-                        dask=DaskConfig(n_workers=1, threads_per_worker=threads),
+                        dask=DaskConfig(n_workers=workers, threads_per_worker=1),
                     )
                     conavigate(ConavigateSpec(**common, theory=theory))
                 else:
@@ -124,12 +125,14 @@ def run_pair(
             out[name] = {
                 "wall_s": round(wall, 1),
                 "instruments": instrument_use(table),
-                "theory": simulation_use(simulations, table, threads),
+                "theory": simulation_use(simulations, table, workers),
             }
             print(f"{name}: {json.dumps(out[name])}", file=sys.stderr)
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()  # the runs' last logs, while the server is still there
+        # the runs' last logs, while the server is still there: what APILogHandler.flush does
+        # (an instance method in Prefect 3.9.1; called on the class it raised TypeError)
+        APILogWorker.drain_all(timeout=5)
     return out
 
 
@@ -137,13 +140,15 @@ def bench_theory_flow_command(
     budget: int = typer.Option(24, min=8, help="measurements per campaign, seeds included"),
     time_scale: float = typer.Option(0.1, min=0.0, help="twins' real time per instrument second"),
     simulations: int = typer.Option(160, min=16, help="the co-navigation's max_simulations"),
-    threads: int = typer.Option(2, min=1, help="simulation cluster threads"),
+    workers: int = typer.Option(
+        1, min=1, help="simulation worker processes, a thread each (1 leaves 2 cores one)"
+    ),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
 ) -> None:
     """Instrument idle time with and without theory in the loop, and the simulations that ran
     while the instruments measured (real flows, twins and clusters; progress on stderr)."""
     with tempfile.TemporaryDirectory(prefix="coorch-theory-flow-") as tmp:
-        result = run_pair(Path(tmp), budget, time_scale, simulations, threads)
+        result = run_pair(Path(tmp), budget, time_scale, simulations, workers)
     if json_out:
         print(json.dumps(result))
         return
