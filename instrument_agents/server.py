@@ -390,4 +390,20 @@ def create_app(
     (x0, x1), (y0, y1) = desc.stage_limits["x"], desc.stage_limits["y"]
     centre = {"x": (x0 + x1) / 2, "y": (y0 + y1) / 2, "frame": "stage"}
     install_openapi(app, modalities=[m.name for m in desc.modalities], move_example=centre)
+    _build_routes(app)
     return app
+
+
+def _build_routes(app: FastAPI) -> None:
+    """Have FastAPI build every route's parameter models now, in the caller's thread.
+
+    FastAPI (0.150) builds an included router's routes on the first request that reaches
+    them, hiding pydantic's ``UnsupportedFieldAttributeWarning`` (aliased header and body
+    parameters) under ``warnings.catch_warnings()``, which swaps the process's one filter list
+    and is not thread-safe. An agent served on a thread beside a flow or a test that also
+    enters ``catch_warnings`` then saw its filters restored under it, and the warning leaked
+    (two in CI's summary, 2026-12-04); with ``-W error`` the first lease answered 500. Matching
+    a path no route has walks, and so builds, every route."""
+    scope = {"type": "http", "method": "GET", "path": "/ no route", "root_path": "", "headers": []}
+    for route in app.router.routes:
+        route.matches(dict(scope))
