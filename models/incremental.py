@@ -238,35 +238,26 @@ class IncrementalPosterior:
         self, x: np.ndarray, tasks: np.ndarray, cand: np.ndarray, out: np.ndarray
     ) -> None:
         """Prior covariance (b, mc, T) between the rows ``(x, tasks)`` and every task at
-        ``cand`` into ``out``, summed in ``dtype`` component by component as :meth:`add` sums
-        it (in float32 each part is within an ulp of its: the kernel is rounded before the
-        task weight multiplies it). A component is evaluated only on the rows its task matrix
-        touches (:meth:`_row_covariance`), and a task's own part and trend only into that
-        task's column. In torch, whose element-wise work uses every core: in numpy, on one,
-        the Materns and this accumulation took 2.3 of 5.6 s at n = 2000 (2026-12-04)."""
+        ``cand`` into ``out``, summed in ``dtype`` as :meth:`add` sums it. A component is
+        evaluated only on the rows and task columns its task matrix touches
+        (:meth:`_row_covariance`). The kernels are evaluated in torch, float64 as in numpy,
+        whose element-wise work uses every core: in numpy, on one, they took 1.4 of 5.6 s at
+        n = 2000 (2026-12-04). The sums stay numpy's, rounded once per component: summed in
+        float32 in torch they were ~0.5 s faster, but most of ``V`` moved by an ulp, and ties
+        between candidates broke otherwise than before (docs/benchmarks.md, 2026-12-05)."""
         import torch
 
-        o = torch.from_numpy(out)
-        o.zero_()
+        out[...] = 0.0
         xt, ct = torch.from_numpy(x), torch.from_numpy(cand)
         for kernel, bq in _torch_components(self.hyper):
             w = bq[tasks]  # (b, T)
             rows = np.flatnonzero(w.any(1))
             if not len(rows):
                 continue
-            whole = len(rows) == len(tasks)
-            idx = torch.from_numpy(rows)
-            k = kernel(xt if whole else xt[idx], ct).to(o.dtype)  # (r, mc)
-            wt = torch.from_numpy(w[rows]).to(o.dtype)[:, None, :]  # (r, 1, T)
-            if whole:
-                o.addcmul_(k[:, :, None], wt)
-                continue
-            cols = np.flatnonzero(w[rows].any(0))
-            if len(cols) == 1:  # a task's own part or trend: one column
-                j = int(cols[0])
-                o[:, :, j].index_add_(0, idx, k * wt[:, :, j])
-            else:
-                o.index_add_(0, idx, k[:, :, None] * wt)
+            sel = slice(None) if len(rows) == len(tasks) else rows
+            k = kernel(xt[sel], ct).numpy()  # (r, mc)
+            for j in np.flatnonzero(w[sel].any(0)):
+                out[sel, :, j] += k * w[sel, j][:, None]
 
     def variance(self) -> np.ndarray:
         """Posterior variance (M, T) of the latent function, standardised units."""
