@@ -15,6 +15,7 @@ the row-by-row build it replaced at 500 (at 2000 that took 27 s, 2 cores, issue 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -161,29 +162,18 @@ def run(
     warnings.filterwarnings("ignore", message="Sparse invariant checks")
     torch.set_num_threads(1)
     agent, warm_s = setup(n_obs, n_tasks, n_candidates, seed)
-    client = cluster = None
-    try:
-        if dask:
-            from distributed import Client, LocalCluster
-
-            from coorch.deployments.dask_config import SCHEDULER_HTTP
+    with contextlib.ExitStack() as stack:
+        client = None
+        if dask:  # the campaign's own cluster factory: one worker process, one thread
+            from coorch.deployments.dask_cluster import dask_client
+            from coorch.deployments.dask_config import DaskConfig
             from coorch.tasks.fit import warm_up
 
-            cluster = LocalCluster(
-                n_workers=1,
-                threads_per_worker=1,
-                scheduler_kwargs=SCHEDULER_HTTP,
-                silence_logs=40,
-            )
-            client = Client(cluster)
+            client = stack.enter_context(dask_client(DaskConfig(n_workers=1)))
             client.run(warm_up)
         lat, busy = decide_repeatedly(agent, n_decisions, client)
         xt, tt, yt = agent.log.data()
         naive = [naive_decision(xt, tt, yt, agent.unit, n_tasks) for _ in range(n_naive)]
-    finally:
-        if client is not None:
-            client.close()
-            cluster.close()
     h = agent.model.post.hyper
     rebuild = {n: rebuild_seconds(h, agent, n) for n in rebuild_rows}
     rbr = {}
