@@ -24,8 +24,9 @@ test: lint
 	  || (sudo apt-get update -qq && sudo apt-get install -y -qq chromium)
 	# two test processes: most tests wait on servers, leases and killed processes (about 1200 s
 	# of CPU in a 25 min serial run: 40 % of 2 cores); one file per process, so module fixtures hold.
-	# The 15 slowest tests are listed at the end: CI has a 30 minute budget on 2 cores.
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	# Files with slow tests go first (tests/conftest.py), and xdist keeps that order. The 15
+	# slowest tests are listed at the end: CI has a 30 minute budget on 2 cores.
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
 
 # ruff (lint and format), and the layer map of ../shared/DESIGN.md as import-linter contracts (pyproject.toml)
 lint: $(STAMP)

@@ -17,6 +17,16 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.pop("PREFECT_API_URL", None)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Files with a slow test run first. ``make test`` gives two xdist workers one file at a
+    time (``--dist loadfile``); xdist's default order, most tests first, started the 2-4 minute
+    single-test files last, and the suite ended with one worker idle while the other ran them.
+    Longest first is the schedule that leaves the least idle tail (with --no-loadscope-reorder,
+    which keeps this order)."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: collection order within
+
+
 @pytest.fixture(scope="session")
 def prefect_server():
     """A real (temporary, SQLite) Prefect server for the whole session."""
