@@ -22,9 +22,9 @@ test: lint
 	# machine has no package lists until apt-get update)
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium) \
 	  || (sudo apt-get update -qq && sudo apt-get install -y -qq chromium)
-	# two test processes: most tests wait on servers, leases and killed processes (about 1200 s
-	# of CPU in a 25 min serial run: 40 % of 2 cores); one file per process, so module fixtures hold.
-	# Four processes were slower, and tests failed under the load (docs/benchmarks.md).
+	# two test processes, one per core: four were slower and tests failed under the load (every
+	# subprocess, agent and Prefect server a test starts imports the stack; docs/benchmarks.md,
+	# "The test suite's wall time"); one file per process, so module fixtures hold.
 	# Files with slow tests go first (tests/conftest.py), and xdist keeps that order. The 15
 	# slowest tests are listed at the end: CI has a 30 minute budget on 2 cores.
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15
