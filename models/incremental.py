@@ -18,12 +18,16 @@ row that is n rank-one updates, each a memory-bound O(n M T) pass over ``V``: 1.
 27 s at n = 2000, 227 s at n = 5000 (4 tasks, 10,000 candidates, 2 cores). :meth:`extend`
 builds the same state in blocks instead: one Cholesky of the rows' covariance and one
 triangular solve (BLAS-3) for every candidate at once (``coorch bench decision`` times both),
-its kernel evaluations in torch, whose element-wise work uses every core (numpy's uses one).
+its kernel evaluations (in torch) and element-wise sums by chunks of candidates, a thread per
+core: alone, each runs on one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve, cholesky, solve_triangular
@@ -156,8 +160,8 @@ class IncrementalPosterior:
         step = max(1, CHUNK_BYTES // (8 * b * self.num_tasks))
         chunks = [slice(s, s + step) for s in range(0, len(self.candidates), step)]
         l21 = l21.astype(self.dtype)
-        for cols in chunks:
-            self._right_hand_side(cols, x, tasks, l21)
+        each_chunk = _on_every_core if len(chunks) > 1 else _in_turn
+        each_chunk(lambda cols: self._right_hand_side(cols, x, tasks, l21), chunks)
         # X L22^T = B^T on the transpose: V's C-ordered rows are the Fortran matrix BLAS
         # wants, solved in place (solve_triangular would copy them first)
         trsm = get_blas_funcs("trsm", dtype=self.dtype)
@@ -165,8 +169,7 @@ class IncrementalPosterior:
         out = trsm(1.0, l22.astype(self.dtype), rows.T, side=1, lower=1, trans_a=1, overwrite_b=1)
         if not np.shares_memory(out, rows):
             rows[...] = out.T
-        for cols in chunks:
-            self._downdate(cols, new)
+        each_chunk(lambda cols: self._downdate(cols, new), chunks)
         self.V_ref[new] = self.V[new][:, self.reference]
         self.n += b
 
@@ -241,10 +244,10 @@ class IncrementalPosterior:
         ``cand`` into ``out``, summed in ``dtype`` as :meth:`add` sums it. A component is
         evaluated only on the rows and task columns its task matrix touches
         (:meth:`_row_covariance`). The kernels are evaluated in torch, float64 as in numpy,
-        whose element-wise work uses every core: in numpy, on one, they took 1.4 of 5.6 s at
-        n = 2000 (2026-12-04). The sums stay numpy's, rounded once per component: summed in
-        float32 in torch they were ~0.5 s faster, but most of ``V`` moved by an ulp, and ties
-        between candidates broke otherwise than before (docs/benchmarks.md, 2026-12-05)."""
+        about twice as fast on one thread (1.2 against 2.3 s at n = 2000, 2026-12-05). The
+        sums stay numpy's, rounded once per component: summed in float32 in torch they were
+        ~0.5 s faster, but most of ``V`` moved by an ulp, and ties between candidates broke
+        otherwise than before (docs/benchmarks.md, 2026-12-05)."""
         import torch
 
         out[...] = 0.0
@@ -278,6 +281,21 @@ class IncrementalPosterior:
         vp = self.V[:n, idx][:, :, tasks].reshape(n, -1)  # (n, K*O)
         vr = self.V_ref[:n].reshape(n, -1)  # (n, R*T)
         return prior - (vp.T @ vr).reshape(prior.shape)
+
+
+def _in_turn(work: Callable[[slice], None], chunks: list[slice]) -> None:
+    for cols in chunks:
+        work(cols)
+
+
+def _on_every_core(work: Callable[[slice], None], chunks: list[slice]) -> None:
+    """``work`` on each chunk of candidates, one thread per core. The chunks write disjoint
+    columns of ``V`` and ``C`` and each is computed exactly as in turn, so the state is the same
+    to the last bit (tests/test_models_incremental_rebuild.py); numpy's element-wise passes and
+    torch's kernels release the GIL, and alone they use one core: 2.5 of 6.5 s at n = 2000."""
+    with ThreadPoolExecutor(min(len(chunks), os.cpu_count() or 1)) as pool:
+        for done in pool.map(work, chunks):  # re-raises a chunk's error here
+            del done
 
 
 def _torch_components(hyper: MTGPHyperparameters) -> list[tuple[Kernel, np.ndarray]]:

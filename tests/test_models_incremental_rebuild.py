@@ -10,6 +10,7 @@ import dataclasses
 import numpy as np
 import pytest
 
+from coorch.models import incremental
 from coorch.models.acquisition import integrated_variance_reduction, local_variance_reduction
 from coorch.models.cost import InstrumentCost
 from coorch.models.incremental import JITTER, IncrementalPosterior
@@ -172,6 +173,31 @@ def test_in_float32_the_blocked_build_is_as_close_to_exact_as_row_by_row() -> No
         np.testing.assert_allclose(post.C, exact.C, atol=1e-4)
         np.testing.assert_allclose(post.V, exact.V, atol=1e-4)
     assert_same_scores(fast, slow, rtol=1e-3)
+
+
+def test_chunks_built_on_every_core_are_the_chunks_built_in_turn(monkeypatch) -> None:
+    """Candidates split into 12 chunks (a small ``CHUNK_BYTES``), a block on top of conditioned
+    rows (so the right-hand side subtracts ``L21 V1`` too), in float32 as the agent keeps
+    ``V``: one thread per core gives the state of one chunk after another, to the last bit,
+    so a decision never depends on how many cores built its model."""
+    pts = points(70, multi=True)
+    cand, _ = candidates()
+    b = len(flat(pts[7:])[1])
+    monkeypatch.setattr(incremental, "CHUNK_BYTES", 8 * b * 4 * 20)  # 20 candidates a chunk
+    assert len(cand) > 11 * 20
+
+    def build() -> IncrementalPosterior:
+        post = new_posterior(dtype=np.float32)
+        for u, tasks in pts[:7]:
+            post.add(u, list(tasks))
+        post.extend(*flat(pts[7:]))
+        return post
+
+    threaded = build()
+    monkeypatch.setattr(incremental, "_on_every_core", incremental._in_turn)
+    in_turn = build()
+    for name in STATE:
+        assert np.array_equal(getattr(threaded, name), getattr(in_turn, name)), name
 
 
 def test_a_numerically_singular_block_is_added_as_add_would_add_it() -> None:
