@@ -13,12 +13,16 @@ from __future__ import annotations
 import numpy as np
 from scipy.linalg import LinAlgError, cho_factor, cho_solve
 
+from coorch.models import kernels
 from coorch.models.incremental import JITTER, exact_posterior
 from coorch.models.mtgp import MTGPHyperparameters
 
 #: The most a task's integrated variance may be inflated for hyperparameter uncertainty: one
 #: wild draw must not make a task look unknowable.
 MAX_INFLATION = 10.0
+#: The most one value's squared leave-one-out z-score counts in :func:`local_loo_scale`: a
+#: single wild value (a spike, a bad spectrum) must not pull every measurement to itself.
+MAX_Z2 = 25.0
 
 
 def marginal_posterior(
@@ -67,9 +71,8 @@ def loo_scale(
     h: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray, y: np.ndarray, min_values: int = 3
 ) -> np.ndarray:
     """(T,) how much wider each task's errors are than ``h`` says, measured on its own data:
-    the mean squared leave-one-out z-score of the task's values (closed form from the inverse
-    covariance, Rasmussen & Williams 2006, sec. 5.4.2), at least 1, at most
-    :data:`MAX_INFLATION`; 1 for a task with fewer than ``min_values`` values.
+    the mean squared leave-one-out z-score of the task's values (:func:`loo_z2`), at least 1,
+    at most :data:`MAX_INFLATION`; 1 for a task with fewer than ``min_values`` values.
 
     Why: a fit can be confidently wrong in a way no draw about its mode reveals: a linear
     wedge with a bend read as a straight line, a rough map read as a smooth one plus noise.
@@ -78,18 +81,67 @@ def loo_scale(
     and WDS got 7 of 40 measurements)."""
     x, tasks, y = np.atleast_2d(x), np.asarray(tasks, int), np.asarray(y, float)
     out = np.ones(h.num_tasks)
-    if len(y) < min_values:
+    z2 = loo_z2(h, x, tasks, y) if len(y) >= min_values else None
+    if z2 is None:
         return out
+    for t in range(h.num_tasks):
+        rows = tasks == t
+        if rows.sum() >= min_values:
+            out[t] = np.clip(np.nan_to_num(z2[rows].mean(), nan=1.0), 1.0, MAX_INFLATION)
+    return out
+
+
+def local_loo_scale(
+    h: MTGPHyperparameters,
+    x: np.ndarray,
+    tasks: np.ndarray,
+    y: np.ndarray,
+    unit: np.ndarray,
+    reference: np.ndarray,
+    min_values: int = 3,
+) -> np.ndarray:
+    """(M, T) where in the library each task's fit is wrong by more than it says: its values'
+    squared leave-one-out z-scores (:func:`loo_z2`, each at most :data:`MAX_Z2`) averaged
+    about each candidate ``unit`` (M, d) with the task's own correlation over position as
+    weights, plus one pseudo-value at 1 (what a right model expects, so that a position far
+    from the data stays at 1), then scaled to mean 1 over the ``reference`` candidates. 1 for
+    a task with fewer than ``min_values`` values.
+
+    Why: a stationary GP's variance does not depend on the measured values, so between refits
+    its gain can at best place points as a space-filling design would. A map is rarely
+    equally rough everywhere (a phase boundary, a jump in polarisation), and there the fit's
+    held-out residuals are larger than its spread: its error is larger than its variance by
+    about this ratio. :func:`loo_scale` says how much per task; this says where, with the
+    task's total left to it (mean 1)."""
+    x, tasks, y = np.atleast_2d(x), np.asarray(tasks, int), np.asarray(y, float)
+    out = np.ones((len(unit), h.num_tasks))
+    z2 = loo_z2(h, x, tasks, y) if len(y) >= min_values else None
+    if z2 is None:
+        return out
+    z2 = np.clip(z2, 0, MAX_Z2)
+    for t in range(h.num_tasks):
+        rows = tasks == t
+        if rows.sum() < min_values:
+            continue
+        ls = h.lengthscale if h.task_lengthscale is None else h.task_lengthscale[t]
+        near = kernels.matern(unit, x[rows], ls, h.smoothness)  # (M, n_t)
+        s = (near @ z2[rows] + 1.0) / (near.sum(1) + 1.0)
+        out[:, t] = s / s[reference].mean()
+    return out
+
+
+def loo_z2(
+    h: MTGPHyperparameters, x: np.ndarray, tasks: np.ndarray, y: np.ndarray
+) -> np.ndarray | None:
+    """(n,) each value's squared leave-one-out z-score under ``h``: its residual from the
+    posterior on the others over that posterior's predictive spread, in closed form from the
+    inverse covariance (Rasmussen & Williams 2006, sec. 5.4.2); None where the covariance
+    does not factor."""
     r = h.standardised(y, tasks) - h.task_mean[tasks]
     k = h.covariance(x, tasks, x, tasks)
     k[np.diag_indices_from(k)] += h.noise[tasks] + JITTER
     try:
         inv = cho_solve(cho_factor(k, lower=True, check_finite=False), np.eye(len(y)))
     except (LinAlgError, ValueError):
-        return out
-    z2 = (inv @ r) ** 2 / np.maximum(np.diag(inv), 1e-300)
-    for t in range(h.num_tasks):
-        rows = tasks == t
-        if rows.sum() >= min_values:
-            out[t] = np.clip(np.nan_to_num(z2[rows].mean(), nan=1.0), 1.0, MAX_INFLATION)
-    return out
+        return None
+    return (inv @ r) ** 2 / np.maximum(np.diag(inv), 1e-300)

@@ -26,7 +26,12 @@ from coorch.models.acquisition import blend, integrated_variance_reduction, max_
 from coorch.models.agent import Agent
 from coorch.models.cost import InstrumentCost, instrument_seconds, log_tasks, noise_sd
 from coorch.models.incremental import IncrementalPosterior, exact_posterior
-from coorch.models.marginal import loo_scale, marginal_posterior, task_inflation
+from coorch.models.marginal import (
+    local_loo_scale,
+    loo_scale,
+    marginal_posterior,
+    task_inflation,
+)
 from coorch.models.mtgp import MTGPHyperparameters, default_hyperparameters, trend_prior
 
 Cost = Callable[[InstrumentCost, np.ndarray, "np.ndarray | None"], np.ndarray]
@@ -70,10 +75,12 @@ class DecisionModel:
 @dataclasses.dataclass
 class Posterior:
     """A built decision model: the incremental posterior, the value scale of its variance
-    (M, T) (:func:`value_scale`), how many reserved rows it was built on, and how much more
-    variance each task has than the fit alone says (T,): the larger of what the
-    hyperparameters' uncertainty adds (:func:`~coorch.models.marginal.task_inflation`) and
-    what its own held-out residuals say (:func:`~coorch.models.marginal.loo_scale`)."""
+    (M, T) (:func:`value_scale`, times where the fit's own residuals say it errs by more than
+    its variance: :func:`~coorch.models.marginal.local_loo_scale`), how many reserved rows it
+    was built on, and how much more variance each task has than the fit alone says (T,): the
+    larger of what the hyperparameters' uncertainty adds
+    (:func:`~coorch.models.marginal.task_inflation`) and what its own held-out residuals say
+    (:func:`~coorch.models.marginal.loo_scale`)."""
 
     post: IncrementalPosterior
     value_scale: np.ndarray
@@ -260,7 +267,12 @@ class MTGPAgent(Agent):
             hidden = task_inflation(fitted[0], data, self.unit[self.reference])
             inflation = np.maximum(hidden, loo_scale(fitted[0], *data))
             inflation[~fitted[1]] = 1.0  # decided on the prior guess: nothing hidden
-        return Posterior(post, value_scale(h, data, self.unit), len(rows), inflation)
+        scale = value_scale(h, data, self.unit)
+        if fitted is not None:  # where the fit's own residuals say it is wrong
+            where = local_loo_scale(fitted[0], *data, self.unit, self.reference)
+            where[:, ~fitted[1]] = 1.0  # decided on the prior guess: no residuals of its own
+            scale = scale * where
+        return Posterior(post, scale, len(rows), inflation)
 
     def _condition(self, u: np.ndarray, inst: InstrumentCost) -> None:
         self.rows.append((u, inst.tasks))

@@ -134,3 +134,66 @@ def test_leave_one_out_widens_a_task_the_fit_is_too_sure_of() -> None:
     assert scale[1] > 3 and scale[0] < scale[1]
     honest = dataclasses.replace(h, noise=np.array([1e-4, 0.09]))
     assert loo_scale(honest, x, t, y)[1] < 1.5
+
+
+def _step(x: np.ndarray) -> np.ndarray:
+    """A smooth map with a jump of 2 at 0.7: a phase boundary."""
+    return np.sin(3 * x) + 2.0 * (x > 0.7)
+
+
+def test_the_fit_is_trusted_less_where_its_map_jumps() -> None:
+    """Values of a map with a jump, under a smooth model: the squared leave-one-out z-scores
+    are large beside the jump, so the widening is highest there and about 1 or below far
+    from it, with mean 1 over the reference positions; a task with two values is left at 1."""
+    from coorch.models.marginal import local_loo_scale
+    from coorch.models.mtgp import default_hyperparameters
+
+    x = np.linspace(0, 1, 25)[:, None]
+    t = np.r_[np.zeros(25, int), 1, 1]
+    xs = np.r_[x, [[0.3], [0.6]]]
+    y = np.r_[_step(x[:, 0]), 0.0, 1.0]
+    h = default_hyperparameters(2, 1, lengthscale=0.3, noise=1e-3)
+    unit = np.linspace(0, 1, 101)[:, None]
+    ref = np.arange(0, 101, 2)
+    where = local_loo_scale(h, xs, t, y, unit, ref)
+    assert where.shape == (101, 2)
+    np.testing.assert_allclose(where[ref].mean(0), 1.0)
+    assert np.abs(unit[where[:, 0].argmax(), 0] - 0.7) < 0.1
+    assert where[70, 0] > 3 * where[20, 0]
+    np.testing.assert_array_equal(where[:, 1], 1.0)
+
+
+def test_a_map_the_model_describes_is_weighted_about_evenly() -> None:
+    """Values the model would have drawn (smooth, its own noise): no place stands out."""
+    from coorch.models.marginal import local_loo_scale
+    from coorch.models.mtgp import default_hyperparameters
+
+    rng = np.random.default_rng(1)
+    x = rng.random((30, 1))
+    y = np.sin(3 * x[:, 0]) + 0.05 * rng.standard_normal(30)
+    h = default_hyperparameters(1, 1, lengthscale=0.3, noise=0.05**2)
+    unit = np.linspace(0, 1, 101)[:, None]
+    where = local_loo_scale(h, x, np.zeros(30, int), y, unit, np.arange(101))
+    assert where.min() > 0.5 and where.max() < 2.0
+
+
+def test_the_agent_measures_beside_a_jump_its_smooth_fit_misses() -> None:
+    """Twelve evenly spaced values of a map with a jump at 0.7, the model smooth: of the next
+    four positions the co-orchestration agent asks for, two are beside the jump. With the
+    same map less the jump none is: a stationary GP's variance, which the values do not
+    change, sends them to the ends."""
+    from coorch.models.mtgp import default_hyperparameters
+    from coorch.models.mtgp_agent import MTGPAgent
+
+    cand = np.linspace(0, 1, 201)[:, None]
+    inst = InstrumentCost("probe", (0,), cost_s=1.0)
+    beside = {}
+    for name, truth_map in (("jump", _step), ("smooth", lambda x: np.sin(3 * x))):
+        agent = MTGPAgent(cand, np.array([[0.0, 1.0]]), [inst], seed=0)
+        xs = np.linspace(0.0, 1.0, 12)
+        agent.tell([Observation("probe", np.array([u]), np.array([truth_map(u)]), f"{name}{i}")
+                    for i, u in enumerate(xs)])  # fmt: skip
+        agent.set_hyperparameters(default_hyperparameters(1, 1, lengthscale=0.3, noise=1e-3))
+        picks = np.array([agent.ask("probe").x[0] for _ in range(4)])
+        beside[name] = int((np.abs(picks - 0.7) < 0.1).sum())
+    assert beside == {"jump": 2, "smooth": 0}

@@ -14,6 +14,7 @@ from coorch.models import incremental
 from coorch.models.acquisition import integrated_variance_reduction, local_variance_reduction
 from coorch.models.cost import InstrumentCost
 from coorch.models.incremental import JITTER, IncrementalPosterior
+from coorch.models.marginal import local_loo_scale
 from coorch.models.mtgp import MTGPHyperparameters
 from coorch.models.mtgp_agent import MTGPAgent, Posterior, value_scale
 from coorch.models.observations import Observation
@@ -249,6 +250,7 @@ def test_the_agent_builds_a_new_model_in_blocks_as_it_built_it_row_by_row() -> N
     assert_same_state(agent.model.post, want, rtol=1e-5)  # V in float32, as the agent keeps it
     scale = value_scale(h, agent.log.data(), agent.unit)
     assert not np.allclose(scale[:, 0], 1.0)  # the log task's value follows its mean
+    scale = scale * local_loo_scale(h, *agent.log.data(), agent.unit, agent.reference)
     np.testing.assert_allclose(agent.model.value_scale, scale)
     assert agent.model.inflation is None  # a fit without draws (above 500 values) is not widened
     ref = Posterior(want, scale, len(agent.rows))
