@@ -197,3 +197,21 @@ def test_the_agent_measures_beside_a_jump_its_smooth_fit_misses() -> None:
         picks = np.array([agent.ask("probe").x[0] for _ in range(4)])
         beside[name] = int((np.abs(picks - 0.7) < 0.1).sum())
     assert beside == {"jump": 2, "smooth": 0}
+
+
+@pytest.mark.parametrize("n_values", [500, 501])
+def test_the_residual_weighting_stops_where_the_draws_stop(n_values: int) -> None:
+    """Up to LAPLACE_MAX_VALUES values a rebuild weights the gain by the residuals; above
+    that it does not (its O(n^3) would cost as much again as the rebuild)."""
+    from coorch.models.mtgp import LAPLACE_MAX_VALUES, default_hyperparameters
+    from coorch.models.mtgp_agent import MTGPAgent
+
+    assert LAPLACE_MAX_VALUES == 500
+    cand = np.linspace(0, 1, 101)[:, None]
+    agent = MTGPAgent(cand, np.array([[0.0, 1.0]]), [InstrumentCost("probe", (0,), cost_s=1.0)])
+    xs = np.random.default_rng(0).random(n_values)
+    agent.tell([Observation("probe", np.array([u]), np.array([_step(u)]), f"v{i}")
+                for i, u in enumerate(xs)])  # fmt: skip
+    agent.set_hyperparameters(default_hyperparameters(1, 1, lengthscale=0.3, noise=1e-3))
+    weighted = not np.allclose(agent.model.value_scale, 1.0)
+    assert weighted == (n_values <= LAPLACE_MAX_VALUES)
