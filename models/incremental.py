@@ -294,8 +294,7 @@ def _on_every_core(work: Callable[[slice], None], chunks: list[slice]) -> None:
     to the last bit (tests/test_models_incremental_rebuild.py); numpy's element-wise passes and
     torch's kernels release the GIL, and alone they use one core: 2.5 of 6.5 s at n = 2000."""
     with ThreadPoolExecutor(min(len(chunks), os.cpu_count() or 1)) as pool:
-        for done in pool.map(work, chunks):  # re-raises a chunk's error here
-            del done
+        list(pool.map(work, chunks))  # re-raises a chunk's error here
 
 
 def _torch_components(hyper: MTGPHyperparameters) -> list[tuple[Kernel, np.ndarray]]:
