@@ -8,10 +8,13 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch pinned to the CPU wheel (any other version pulls GBs of CUDA)
+	$(BIN)/python -m pip install --quiet --upgrade pip uv
+	# torch pinned to the CPU wheel (any other version pulls GBs of CUDA), by pip: it reads this
+	# machine's pip configuration, which names the folder the wheel lies in
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the rest by uv, which keeps the installed torch: about 10 s where pip took about 3 minutes
+	# (docs/benchmarks.md, "The test suite's wall time")
+	$(BIN)/python -m uv pip install --quiet --python $(BIN)/python -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
