@@ -293,9 +293,9 @@ class CampaignSpec(BaseModel):
     )
     wait_for_refits: bool = Field(
         False,
-        description="decide only once the refit due has landed: the design then depends on "
-        "the data alone, not on when fits finish (an instrument faster than a fit waits for "
-        "it, ~1 s per refit). False: decide at once with the model at hand",
+        description="decide only once the refit and the VAE training due have landed: the "
+        "design then depends on the data alone, not on when fits finish (an instrument faster "
+        "than a fit waits for it, ~1 s per refit). False: decide at once with the model at hand",
     )
     store: StoreLocation = "runs/demo/campaign.zarr"
     report: str | None = Field(

@@ -190,6 +190,9 @@ class VAETraining:
     count has grown by ``growth``; when one is ready, the describer encodes with it from then
     on and the agent's values of that instrument are relabelled (the refit sees the log's
     revision change). Decisions go on meanwhile: positions, not values, drive the variance.
+    ``wait``: finish each training and relabel before the campaign decides again, as
+    :class:`HyperparameterRefit` does with its fits (``wait_for_refits``): the values a design
+    reads then depend on the data alone, not on when a training lands.
     """
 
     def __init__(
@@ -200,8 +203,9 @@ class VAETraining:
         growth: float = 1.5,
         epochs: int = 150,
         seed: int = 0,
+        wait: bool = False,
     ) -> None:
-        self.executor = executor
+        self.executor, self.wait = executor, wait
         self.min_signals, self.growth, self.epochs, self.seed = min_signals, growth, epochs, seed
         self.running: dict[str, tuple[Future, int]] = {}
         self.trained_on: dict[str, int] = {}
@@ -233,6 +237,14 @@ class VAETraining:
                     self.seed,
                 )
                 self.running[name] = (self.executor.submit(train), n)
+        if self.wait and self.running:
+            self._drain(campaign)
+
+    def _drain(self, campaign: Campaign) -> None:
+        """Wait for every training in flight and relabel with it."""
+        for fut, _ in list(self.running.values()):
+            fut.result()
+        self.poll(campaign, start=False)
 
     def finish(self, campaign: Campaign) -> None:
         """End of campaign: the last VAE covers every signal, so the final model does too."""
@@ -241,6 +253,4 @@ class VAETraining:
         for name in campaign.describer.signals:
             self.trained_on[name] = min(self.trained_on.get(name, 0), 1)  # force a last one
         self.poll(campaign)
-        for fut, _ in list(self.running.values()):
-            fut.result()
-        self.poll(campaign, start=False)
+        self._drain(campaign)

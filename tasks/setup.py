@@ -214,7 +214,7 @@ def background_work(
                 dask, every=spec.refit_every, builder=builder, wait=spec.wait_for_refits
             )
         if vae:
-            work.vae = VAETraining(dask, seed=spec.seed)
+            work.vae = VAETraining(dask, seed=spec.seed, wait=spec.wait_for_refits)
         if means:
             work.physics = PhysicsFits(dask, means, every=spec.refit_every, seed=spec.seed, log=log)
         if spec.steering.mode == "votes":

@@ -1,6 +1,7 @@
 """Background refits on a real Dask LocalCluster: a failed fit never ends the campaign, a
 successful one is built on a thread and installed, and a relabelling (a VAE retrained) makes
-the next poll refit even without new values."""
+the next poll refit even without new values. A campaign that waits for its background work
+decides only once the refit and the VAE training due have landed."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from coorch.models.policies import make_policy
 from coorch.storage import CampaignStore
 from coorch.tasks.background import InlineExecutor
 from coorch.tasks.describe import Describer
-from coorch.tasks.fit import HyperparameterRefit
+from coorch.tasks.fit import HyperparameterRefit, VAETraining
 from coorch.tasks.runtime import Campaign
 
 
@@ -87,3 +88,33 @@ def test_relabelled_values_are_refitted_without_new_values(campaign):
     campaign.agent.relabel({"m0": np.array([5.0])})
     refit.poll(campaign)
     assert len(calls) == 2 and 5.0 in calls[1]
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_campaign_that_waits_relabels_with_the_vae_due_before_it_decides(tmp_path, wait):
+    """Six spectra of a VAE instrument, told as NaN until a VAE encodes them: waiting, the poll
+    returns with the VAE trained and the values relabelled; not waiting, it returns at once
+    with the training in flight (the agent decides on the NaN-valued log meanwhile)."""
+    cand = np.linspace(0, 1, 21)[:, None]
+    agent = make_policy(
+        "coorchestrate", cand, np.array([[0.0, 1.0]]), [InstrumentCost("b", (0, 1), cost_s=1.0)]
+    )
+    describer = Describer(vae_latents={"b": 2})
+    rng = np.random.default_rng(0)
+    for i, x in enumerate(np.linspace(0.05, 0.95, 6)):
+        describer.signals["b"][f"m{i}"] = np.sin(np.linspace(0, 6, 64) * (1 + x))
+        describer.signals["b"][f"m{i}"] += 0.01 * rng.standard_normal(64)
+        agent.tell([Observation("b", np.array([x]), np.full(2, np.nan), f"m{i}")])
+    store = CampaignStore.open(str(tmp_path / "c.zarr"))
+    campaign = Campaign("vae", store, agent, describer, {"b": "raman"}, budget=20)
+    with dask_client(DaskConfig()) as client:
+        training = VAETraining(client.get_executor(pure=False), epochs=5, wait=wait)
+        training.poll(campaign)
+        if wait:
+            assert training.running == {} and training.trainings == 1
+            assert agent.log.counts().tolist() == [6, 6]  # relabelled before any decision
+        else:
+            assert set(training.running) == {"b"} and training.trainings == 0
+            assert agent.log.counts().tolist() == [0, 0]  # still NaN
+        training.finish(campaign)
+    assert "b" in describer.vae and agent.log.counts().tolist() == [6, 6]
