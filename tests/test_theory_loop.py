@@ -125,9 +125,12 @@ def test_simulations_narrow_the_posterior_and_a_failing_or_hanging_one_is_retrie
     assert failed[0].attempts == 2 and "FloatingPointError" in failed[0].error
     assert len(dropped) == 1 and _is(HANGS, dropped[0].composition, dropped[0].parameters)
     assert dropped[0].attempts == 2 and "hung" in dropped[0].error
-    assert loop.counts["retried"] == len(failed) + len(dropped)
     assert not any(x.outputs or x.signal for x in failed + dropped)
     done = by_status["done"]
+    # a healthy simulation retried too ran past the timeout on a loaded machine (three did in
+    # one CI run, on 2 cores beside another test process); its second attempt landed
+    late = sum(x.attempts - 1 for x in done)
+    assert loop.counts["retried"] == len(failed) + len(dropped) + late
     assert len(done) == len(loop.y) and all(x.worker and x.runtime_s > 0 for x in done)
     # provenance: the design first, then the surrogate that chose each one
     assert {x.surrogate_version for x in done[:8]} == {"design"}
@@ -141,7 +144,12 @@ def test_simulations_narrow_the_posterior_and_a_failing_or_hanging_one_is_retrie
         assert last[f"{name}_hi"] - last[f"{name}_lo"] < first[f"{name}_hi"] - first[f"{name}_lo"]
     report = loop.report()
     assert set(report["posterior"]) == {"s_c", "depol"}
-    assert report["simulations"] == {"done": len(done), "failed": 1, "dropped": 1, "retried": 2}
+    assert report["simulations"] == {
+        "done": len(done),
+        "failed": 1,
+        "dropped": 1,
+        "retried": 2 + late,
+    }
 
 
 def _wait_for(event_name: str) -> str:
