@@ -28,10 +28,11 @@ from coorch.models.mtgp_agent import (
 #: the sum of normalised RMSEs and the worst task first.
 COORCHESTRATE_MAX_CORRELATION = 0.7
 #: Exponent of each task's normalised integrated variance in the gain (``balance`` of
-#: ``IntegratedVarianceReduction``): -0.5, the sum of the tasks' normalised RMSEs, chosen with
-#: the Matern-3/2 decision model by the same cross-validation over 0 (the sum of normalised
-#: squared errors, its choice with the 5/2 model) and 1 (worst task first) (docs/benchmarks.md).
-COORCHESTRATE_BALANCE = -0.5
+#: ``IntegratedVarianceReduction``): 0, the sum of the tasks' normalised squared errors, chosen
+#: with the Matern-3/2 decision model by the same cross-validation over -0.5 (the sum of
+#: normalised RMSEs, its choice before the gain read the fits' residuals) and 1 (worst task
+#: first); re-run on 2026-12-05 evening (docs/benchmarks.md, "A third run").
+COORCHESTRATE_BALANCE = 0.0
 #: Values a task needs before co-orchestration trusts its fitted hyperparameters, from the
 #: efficiency benchmark on the alscbn twins (docs/benchmarks.md): about three per input
 #: dimension, the rule of thumb for a GP's lengthscales; the same number a log task waits
@@ -47,13 +48,14 @@ COORCHESTRATE_MIN_FIT_VALUES = MIN_COUPLING_VALUES
 #: Screened on the twins against 1 and 10, then kept by the defaults' cross-validation against 1.
 COORCHESTRATE_PRIOR_SLOPE_VARIANCE = 4.0
 #: Matern smoothness of co-orchestration's decision model (``DecisionModel.smoothness``): 3/2,
-#: chosen with balance -0.5 by the defaults' cross-validation (2026-12-03) over the 5/2 model
-#: (in all three folds): a design planned on a rougher map leaves fewer gaps where the map has
-#: detail the data have not shown, and its intervals cover 81-97 % where 5/2's covered 72 % of
-#: the replay's BEPS. Its design depends on the fits it is made with, so a campaign whose
-#: refits land late (an instrument faster than a fit) places points differently from the
-#: benchmarks, whose refits land before each decision: ``wait_for_refits`` makes a campaign do
-#: the same (docs/benchmarks.md, "Traced on 2026-12-04").
+#: chosen by the defaults' cross-validation (2026-12-03, with balance -0.5, in all three folds;
+#: 2026-12-05, with balance 0) over the 5/2 model: a design planned on a rougher map leaves
+#: fewer gaps where the map has detail the data have not shown (with balance -0.5 its
+#: intervals covered 84 % of the replay's BEPS where 5/2's covered 72 %). Its design depends on
+#: the fits it is made with, so a campaign whose refits land late (an instrument faster than a
+#: fit) places points differently from the benchmarks, whose refits land before each
+#: decision: ``wait_for_refits`` makes a campaign do the same (docs/benchmarks.md, "Traced on
+#: 2026-12-04").
 COORCHESTRATE_SMOOTHNESS = 1.5
 
 Recipe = Callable[..., Agent]
