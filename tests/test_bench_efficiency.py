@@ -172,7 +172,8 @@ def test_paired_comparison_counts_wins_seed_by_seed() -> None:
     }
     both = paired_comparison(nrmse, seconds)
     assert both["reference"] == "coorchestrate" and both["wins_on"] == "seconds to the target"
-    assert both["baselines"]["random"] == {
+    counts = ("of", "nrmse_wins", "nrmse_losses", "seconds_wins", "seconds_losses", "wins")
+    assert {k: both["baselines"]["random"][k] for k in counts} == {
         "of": 4,
         "nrmse_wins": 2,  # seeds 0 and 3; seed 2 ties
         "nrmse_losses": 1,
@@ -185,8 +186,58 @@ def test_paired_comparison_counts_wins_seed_by_seed() -> None:
     assert (grid["seconds_wins"], grid["seconds_losses"], grid["wins"]) == (0, 2, 0)
 
     alone = paired_comparison(nrmse)  # the replay: nRMSE only
-    assert alone["wins_on"] == "final mean nRMSE"
-    assert alone["baselines"]["grid"] == {"of": 4, "nrmse_wins": 3, "nrmse_losses": 1, "wins": 3}
+    assert alone["wins_on"] == "final mean nRMSE" and "against_best" not in alone
+    grid = alone["baselines"]["grid"]
+    assert {k: grid[k] for k in counts if "seconds" not in k} == {
+        "of": 4,
+        "nrmse_wins": 3,
+        "nrmse_losses": 1,
+        "wins": 3,
+    }
+    assert grid["nrmse_difference"]["value"] == pytest.approx(-0.05)  # (-.1 - .1 - .1 + .1) / 4
+    assert "seconds_saving" not in grid
     short = paired_comparison({"coorchestrate": {0: 0.1, 1: 0.1}, "random": {1: 0.2}})
     assert short["baselines"]["random"]["of"] == 1  # only the seeds both ran
     assert paired_comparison({"random": {0: 0.1}, "grid": {0: 0.2}}) is None
+
+
+def test_intervals_bracket_the_figure_and_narrow_when_every_seed_agrees() -> None:
+    """The paired bootstrap: an interval around the figure it qualifies; none from one seed;
+    a reference exactly 20 % faster on every seed saves 20 % on every resample."""
+    from coorch.benchmarks.paired_intervals import mean_difference, seconds_saving
+
+    rng = np.random.default_rng(1)
+    base = rng.uniform(900, 1500, 10)
+    same = seconds_saving(0.8 * base, base)
+    assert same["value"] == pytest.approx(0.2)
+    assert (same["low"], same["high"]) == pytest.approx((0.2, 0.2))
+    noisy = mean_difference(rng.normal(-0.01, 0.02, 10), np.zeros(10))
+    assert noisy["low"] < noisy["value"] < noisy["high"]
+    assert noisy["high"] - noisy["low"] > 0.01  # a spread of 0.02 over 10 seeds is not sure
+    assert mean_difference([0.1], [0.2]) == {"value": -0.1, "low": None, "high": None}
+
+
+def test_saving_against_the_best_baseline_counts_unreached_seeds_as_slowest() -> None:
+    """The best baseline is the one with the lowest median seconds; a seed that never reached
+    the target (None) counts as infinitely slow: a baseline whose median seed never reached
+    it is beaten outright, a reference whose median seed never did saves nothing."""
+    from coorch.benchmarks.paired_intervals import against_best
+
+    seconds = {
+        "coorchestrate": {0: 700.0, 1: 800.0, 2: 900.0},
+        "grid": {0: 1000.0, 1: 1000.0, 2: 1000.0},
+        "random": {0: None, 1: None, 2: 500.0},
+    }
+    best = against_best(seconds, "coorchestrate")
+    assert best["best"] == "grid" and best["seeds"] == 3
+    assert best["value"] == pytest.approx(0.2)  # 1 - 800 / 1000
+    assert best["low"] <= best["value"] <= best["high"] <= 1.0
+    seconds["coorchestrate"] = {0: None, 1: None, 2: 100.0}
+    assert against_best(seconds, "coorchestrate")["value"] == float("-inf")
+    assert against_best({"coorchestrate": {0: 1.0}, "grid": {0: None}}, "coorchestrate") == {
+        "best": "grid",
+        "seeds": 1,
+        "value": 1.0,
+        "low": None,
+        "high": None,
+    }

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import typer
 
+from coorch.benchmarks import paired_intervals as intervals
 from coorch.benchmarks import trace_cache
 from coorch.benchmarks.efficiency_format import format_dataset, format_twins
 from coorch.benchmarks.efficiency_plot import plot_curves
@@ -164,8 +165,11 @@ def paired_comparison(
     ``nrmse`` (final mean nRMSE, lower wins) and, when given, ``seconds`` to the target (None:
     never reached; a win is reaching it when the baseline did not, or reaching it in fewer
     seconds). Per baseline ``of`` seeds, wins and losses on each (the rest are ties) and
-    ``wins``: those on seconds to the target when given (the twins' question), else on nRMSE.
-    None when ``reference`` is not among the policies."""
+    ``wins``: those on seconds to the target when given (the twins' question), else on nRMSE;
+    with 95 % paired bootstrap intervals (:mod:`coorch.benchmarks.paired_intervals`): the mean
+    nRMSE difference and, with ``seconds``, the share of seconds saved, per baseline and
+    (``against_best``) against the best of them. None when ``reference`` is not among the
+    policies."""
     if reference not in nrmse:
         return None
     baselines = {}
@@ -176,18 +180,25 @@ def paired_comparison(
             "of": len(seeds),
             "nrmse_wins": int(sum(ref[s] < base[s] for s in seeds)),
             "nrmse_losses": int(sum(ref[s] > base[s] for s in seeds)),
+            "nrmse_difference": intervals.mean_difference(
+                [ref[s] for s in seeds], [base[s] for s in seeds]
+            ),
         }
         if seconds is not None:
             ref_s, base_s = seconds[reference], seconds[b]
             row["seconds_wins"] = int(sum(_sooner(ref_s[s], base_s[s]) for s in seeds))
             row["seconds_losses"] = int(sum(_sooner(base_s[s], ref_s[s]) for s in seeds))
+            row["seconds_saving"] = intervals.per_baseline_seconds(seconds, reference, b)
         row["wins"] = row["seconds_wins" if seconds is not None else "nrmse_wins"]
         baselines[b] = row
-    return {
+    out = {
         "reference": reference,
         "wins_on": "seconds to the target" if seconds is not None else "final mean nRMSE",
         "baselines": baselines,
     }
+    if seconds is not None and baselines:
+        out["against_best"] = intervals.against_best(seconds, reference)
+    return out
 
 
 def _sooner(a: float | None, b: float | None) -> bool:

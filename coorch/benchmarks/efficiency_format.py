@@ -94,23 +94,56 @@ def _published(v: Mapping[str, float], scale: Mapping[str, float], tasks: Sequen
 
 
 def _paired_lines(paired: dict | None) -> list[str]:
-    """The paired comparison as 'wins-losses of seeds' per baseline (the rest are ties)."""
+    """The paired comparison as 'wins-losses of seeds' per baseline (the rest are ties), the
+    mean nRMSE difference and (twins) the share of seconds saved, each with its 95 % interval;
+    then (twins) the saving against the best baseline."""
     if not paired:
         return []
     rows = []
     twins = any("seconds_wins" in b for b in paired["baselines"].values())
     for name, b in paired["baselines"].items():
         row = [name, f"{b['nrmse_wins']}-{b['nrmse_losses']} of {b['of']}"]
+        row.append(_interval(b.get("nrmse_difference"), "{:+.4f}"))
         if twins:
-            row.insert(1, f"{b['seconds_wins']}-{b['seconds_losses']} of {b['of']}")
+            row[1:1] = [
+                f"{b['seconds_wins']}-{b['seconds_losses']} of {b['of']}",
+                _interval(b.get("seconds_saving"), _PERCENT),
+            ]
         rows.append(row)
-    header = ["baseline", *(["s to target"] if twins else []), "final mean nRMSE"]
-    return [
+    header = ["baseline"]
+    header += ["s to target", "fewer seconds (95% CI)"] if twins else []
+    header += ["final mean nRMSE", "nRMSE difference (95% CI)"]
+    lines = [
         "",
         f"paired: {paired['reference']} against each baseline on the same seeds, "
         "wins-losses (the rest tie)",
         *_table(header, rows),
     ]
+    best = paired.get("against_best")
+    if best:
+        lines.append(
+            f"against the best baseline ({best['best']}): "
+            f"{_interval(best, _PERCENT)} fewer instrument-seconds to the target "
+            f"({best['seeds']} seeds, paired bootstrap)"
+        )
+    return lines
+
+
+_PERCENT = "{:.1%}"
+
+
+def _interval(v: dict | None, fmt: str) -> str:
+    """'value (low to high)', 'value' without an interval, '-' without a value; an infinite
+    saving (the reference never reached the target) is 'never'."""
+    if not v:
+        return "-"
+
+    def one(x: float) -> str:
+        return "never" if x == float("-inf") else fmt.format(x)
+
+    if v.get("low") is None:
+        return one(v["value"])
+    return f"{one(v['value'])} ({one(v['low'])} to {one(v['high'])})"
 
 
 def _names(tasks: Sequence[str]) -> str:
