@@ -67,7 +67,10 @@ def check_paired(paired: dict, policies: list[str], seeds: int, seconds: bool) -
         assert row["of"] == seeds
         assert row["nrmse_wins"] + row["nrmse_losses"] <= seeds
         assert ("seconds_wins" in row) is seconds
+        assert ("seconds_saving" in row) is seconds
+        assert set(row["nrmse_difference"]) == {"value", "low", "high"}
         assert row["wins"] == row["seconds_wins" if seconds else "nrmse_wins"]
+    assert ("against_best" in paired) is seconds
 
 
 @needs_data
@@ -201,43 +204,59 @@ def test_paired_comparison_counts_wins_seed_by_seed() -> None:
     assert paired_comparison({"random": {0: 0.1}, "grid": {0: 0.2}}) is None
 
 
-def test_intervals_bracket_the_figure_and_narrow_when_every_seed_agrees() -> None:
-    """The paired bootstrap: an interval around the figure it qualifies; none from one seed;
-    a reference exactly 20 % faster on every seed saves 20 % on every resample."""
-    from coorch.benchmarks.paired_intervals import mean_difference, seconds_saving
+def test_mean_difference_interval_brackets_the_figure() -> None:
+    """The paired bootstrap of a mean difference: an interval around the figure, wide when
+    the seeds disagree, none from one seed."""
+    from coorch.benchmarks.paired_intervals import mean_difference
 
     rng = np.random.default_rng(1)
-    base = rng.uniform(900, 1500, 10)
-    same = seconds_saving(0.8 * base, base)
-    assert same["value"] == pytest.approx(0.2)
-    assert (same["low"], same["high"]) == pytest.approx((0.2, 0.2))
     noisy = mean_difference(rng.normal(-0.01, 0.02, 10), np.zeros(10))
     assert noisy["low"] < noisy["value"] < noisy["high"]
     assert noisy["high"] - noisy["low"] > 0.01  # a spread of 0.02 over 10 seeds is not sure
+    same = mean_difference([0.1, 0.2, 0.3], [0.2, 0.3, 0.4])
+    assert (same["value"], same["low"], same["high"]) == pytest.approx((-0.1, -0.1, -0.1))
     assert mean_difference([0.1], [0.2]) == {"value": -0.1, "low": None, "high": None}
 
 
-def test_saving_against_the_best_baseline_counts_unreached_seeds_as_slowest() -> None:
-    """The best baseline is the one with the lowest median seconds; a seed that never reached
-    the target (None) counts as infinitely slow: a baseline whose median seed never reached
-    it is beaten outright, a reference whose median seed never did saves nothing."""
-    from coorch.benchmarks.paired_intervals import against_best
+def _curves(errors: dict[str, list[float]], seeds: int = 3) -> dict:
+    """Hand-made learning curves: every seed of a policy the same, scored at 100, 200, 300 s."""
+    return {
+        p: {
+            "final": {"seeds": list(range(seeds))},
+            "per_seed_nrmse": [e] * seeds,
+            "per_seed_seconds": [[100.0, 200.0, 300.0]] * seeds,
+        }
+        for p, e in errors.items()
+    }
 
-    seconds = {
-        "coorchestrate": {0: 700.0, 1: 800.0, 2: 900.0},
-        "grid": {0: 1000.0, 1: 1000.0, 2: 1000.0},
-        "random": {0: None, 1: None, 2: 500.0},
-    }
-    best = against_best(seconds, "coorchestrate")
-    assert best["best"] == "grid" and best["seeds"] == 3
-    assert best["value"] == pytest.approx(0.2)  # 1 - 800 / 1000
-    assert best["low"] <= best["value"] <= best["high"] <= 1.0
-    seconds["coorchestrate"] = {0: None, 1: None, 2: 100.0}
-    assert against_best(seconds, "coorchestrate")["value"] == float("-inf")
-    assert against_best({"coorchestrate": {0: 1.0}, "grid": {0: None}}, "coorchestrate") == {
+
+def test_seconds_saved_against_the_best_baseline_at_the_resampled_target() -> None:
+    """The target is random's median final error (0.30 here); the best baseline is the one
+    with the lowest median seconds to it; a seed that never reaches it is infinitely slow."""
+    from coorch.benchmarks.paired_intervals import seconds_savings
+
+    curves = _curves(
+        {
+            "coorchestrate": [0.29, 0.2, 0.1],  # reaches 0.30 at 100 s
+            "grid": [0.5, 0.29, 0.2],  # at 200 s
+            "random": [0.5, 0.4, 0.30],  # at 300 s
+        }
+    )
+    out = seconds_savings(curves, "coorchestrate", "random")
+    assert out["baselines"]["grid"] == {"value": 0.5, "low": 0.5, "high": 0.5}
+    assert out["baselines"]["random"]["value"] == pytest.approx(1 - 100 / 300, abs=1e-4)
+    assert out["against_best"] == {
         "best": "grid",
-        "seeds": 1,
-        "value": 1.0,
-        "low": None,
-        "high": None,
+        "seeds": 3,
+        "value": 0.5,
+        "low": 0.5,
+        "high": 0.5,
     }
+    curves["grid"]["per_seed_nrmse"] = [[0.5, 0.5, 0.5]] * 3  # grid never reaches it
+    out = seconds_savings(curves, "coorchestrate", "random")
+    assert out["baselines"]["grid"]["value"] == 1.0
+    assert out["against_best"]["best"] == "random"
+    curves["coorchestrate"]["per_seed_nrmse"] = [[0.5, 0.5, 0.5]] * 3
+    assert seconds_savings(curves, "coorchestrate", "random")["against_best"]["value"] == float(
+        "-inf"
+    )

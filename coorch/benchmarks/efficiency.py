@@ -166,9 +166,8 @@ def paired_comparison(
     never reached; a win is reaching it when the baseline did not, or reaching it in fewer
     seconds). Per baseline ``of`` seeds, wins and losses on each (the rest are ties) and
     ``wins``: those on seconds to the target when given (the twins' question), else on nRMSE;
-    with 95 % paired bootstrap intervals (:mod:`coorch.benchmarks.paired_intervals`): the mean
-    nRMSE difference and, with ``seconds``, the share of seconds saved, per baseline and
-    (``against_best``) against the best of them. None when ``reference`` is not among the
+    and the mean nRMSE difference with its 95 % paired bootstrap interval
+    (:mod:`coorch.benchmarks.paired_intervals`). None when ``reference`` is not among the
     policies."""
     if reference not in nrmse:
         return None
@@ -188,17 +187,13 @@ def paired_comparison(
             ref_s, base_s = seconds[reference], seconds[b]
             row["seconds_wins"] = int(sum(_sooner(ref_s[s], base_s[s]) for s in seeds))
             row["seconds_losses"] = int(sum(_sooner(base_s[s], ref_s[s]) for s in seeds))
-            row["seconds_saving"] = intervals.per_baseline_seconds(seconds, reference, b)
         row["wins"] = row["seconds_wins" if seconds is not None else "nrmse_wins"]
         baselines[b] = row
-    out = {
+    return {
         "reference": reference,
         "wins_on": "seconds to the target" if seconds is not None else "final mean nRMSE",
         "baselines": baselines,
     }
-    if seconds is not None and baselines:
-        out["against_best"] = intervals.against_best(seconds, reference)
-    return out
 
 
 def _sooner(a: float | None, b: float | None) -> bool:
@@ -316,8 +311,22 @@ def run_twins(
             "definition": f"median over seeds of {reference}'s final mean nRMSE",
         },
         "policies": curves,
-        "paired": paired_comparison(_per_seed_nrmse(curves), seconds),
+        "paired": _with_savings(
+            paired_comparison(_per_seed_nrmse(curves), seconds), curves, reference
+        ),
     }
+
+
+def _with_savings(paired: dict | None, curves: dict, target_from: str) -> dict | None:
+    """``paired`` with the share of seconds to the target co-orchestration saves, per baseline
+    and against the best, each with its interval (the target recomputed on every resample:
+    :func:`~coorch.benchmarks.paired_intervals.seconds_savings`)."""
+    if paired is None or not paired["baselines"]:
+        return paired
+    savings = intervals.seconds_savings(curves, paired["reference"], target_from)
+    for b, row in paired["baselines"].items():
+        row["seconds_saving"] = savings["baselines"][b]
+    return {**paired, "against_best": savings["against_best"]}
 
 
 def twin_curve(runs: list[Trace], scale: np.ndarray, tasks: Sequence[str]) -> dict:
