@@ -146,7 +146,7 @@ def leave_one_out(scores: dict[str, dict[str, float]]) -> dict:
 def run_cv(
     replay: str | Path | None,
     *,
-    seeds: int = 10,
+    seeds: int = 20,
     budget: int = 40,
     steps: int = 30,
     candidates: dict[str, Settings] = CANDIDATES,
@@ -208,11 +208,12 @@ def format_cv(result: dict) -> str:
     lines = []
     for name, r in result["criteria"].items():
         problems = list(r["scores"])
+        w = max(len("candidate"), *map(len, r["votes"])) + 2
         lines.append(f"criterion {name!r} (log; lower is better)")
-        lines.append(f"  {'candidate':<14}" + "".join(f"{p:>10}" for p in problems) + "  votes")
+        lines.append(f"  {'candidate':<{w}}" + "".join(f"{p:>10}" for p in problems) + "  votes")
         for c in r["votes"]:
             row = "".join(f"{r['scores'][p][c]:>10.3f}" for p in problems)
-            lines.append(f"  {c:<14}{row}{r['votes'][c]:>7}")
+            lines.append(f"  {c:<{w}}{row}{r['votes'][c]:>7}")
         for p, f in r["folds"].items():
             lines.append(
                 f"  without {p}: chosen {f['chosen']!r}, rank {f['rank_on_held_out']} on {p}"
@@ -225,7 +226,10 @@ def format_cv(result: dict) -> str:
 def bench_defaults_command(
     dataset: Path | None = typer.Option(None, help="the replay file (raman_beps.nc)"),
     seeds: int = typer.Option(
-        10, min=1, help="agent seeds per candidate and problem (5 proved too few: 2026-12-03)"
+        20,
+        min=1,
+        help="agent seeds per candidate and problem (5 proved too few: 2026-12-03; 10 left "
+        "three candidates one fold each: 2026-12-05)",
     ),
     json_out: bool = typer.Option(False, "--json", help="print one JSON object on stdout"),
     workers: int = typer.Option(0, help="processes (0: one per core, at most two)"),
