@@ -352,10 +352,11 @@ def seconds_to_target(curve: dict, target: float) -> dict:
     """Instrument-seconds at which each seed's mean nRMSE first reaches ``target``; the median
     over seeds (an unreached seed counts as infinitely slow, so the median is ``None`` when
     half or more never reach it) and how many seeds reached it."""
-    hits = []
-    for err, sec in zip(curve["per_seed_nrmse"], curve["per_seed_seconds"], strict=True):
-        idx = np.flatnonzero(np.asarray(err) <= target)
-        hits.append(sec[idx[0]] if len(idx) else np.inf)
+    hits = intervals.first_hits(
+        np.asarray(curve["per_seed_nrmse"], float),
+        np.asarray(curve["per_seed_seconds"], float),
+        target,
+    )
     med = float(np.median(hits))
     return {
         "median_s": None if not np.isfinite(med) else round(med, 1),

@@ -88,7 +88,10 @@ def seconds_savings(curves: Mapping[str, dict], reference: str, target_from: str
     def saving(idx: np.ndarray, against: Sequence[str]) -> float:
         idx = np.asarray(idx, int)
         target = np.median(err[target_from][idx, -1])
-        med = {p: np.median(_hits(err[p][idx], sec[p][idx], target)) for p in (reference, *against)}
+        med = {
+            p: np.median(first_hits(err[p][idx], sec[p][idx], target))
+            for p in (reference, *against)
+        }
         best = min(med[b] for b in against)
         if np.isinf(med[reference]):
             return -np.inf
@@ -100,15 +103,16 @@ def seconds_savings(curves: Mapping[str, dict], reference: str, target_from: str
         return _summary(value, _interval((index,), lambda i: saving(i, against), False))
 
     target = np.median(err[target_from][:, -1])
-    best = min(others, key=lambda p: np.median(_hits(err[p], sec[p], target)))
+    best = min(others, key=lambda p: np.median(first_hits(err[p], sec[p], target)))
     return {
         "baselines": {b: summary([b]) for b in others},
         "against_best": {"best": best, "seeds": len(seeds), **summary(others)},
     }
 
 
-def _hits(err: np.ndarray, sec: np.ndarray, target: float) -> np.ndarray:
-    """(S,) seconds at each seed's first scored step at or below ``target``, inf if none."""
+def first_hits(err: np.ndarray, sec: np.ndarray, target: float) -> np.ndarray:
+    """(S,) seconds at each seed's first scored step at or below ``target``, inf if none
+    (``err``, ``sec``: (S, steps) per seed; the rule of ``seconds_to_target`` too)."""
     reached = err <= target
     first = reached.argmax(1)
     return np.where(reached.any(1), sec[np.arange(len(sec)), first], np.inf)
