@@ -38,6 +38,16 @@ def test_no_policy_picks_a_pending_point(name):
     assert len(pol.pending) == 12
 
 
+def test_single_task_is_coorchestration_with_the_tasks_decoupled():
+    """The ablation differs from co-orchestration in the coupling alone, options included."""
+    cand, bounds = np.linspace(0, 1, 11)[:, None], np.array([[0.0, 1.0]])
+    co = make_policy("coorchestrate", cand, bounds, instruments(), balance=0.5)
+    single = make_policy("single_task", cand, bounds, instruments(), balance=0.5)
+    assert single.name == "single_task" and not single.decision.coupled
+    assert single.decision == dataclasses.replace(co.decision, coupled=False)
+    assert single.acquisition == co.acquisition and single.revisit is co.revisit is False
+
+
 def test_the_recipe_table_names_every_policy_and_refuses_unknown_ones():
     assert set(POLICIES) == set(RECIPES)
     with pytest.raises(ValueError, match="unknown policy"):

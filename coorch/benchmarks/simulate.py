@@ -56,8 +56,9 @@ class Settings:
     ``max_correlation``, ``task_weights``, ``weight_power``, ``balance``,
     ``prior_slope_variance`` and ``smoothness`` are
     co-orchestration's options (``coorch.models.policies.coorchestrate``), by default the
-    policy's own defaults, chosen by cross-validation (``coorch bench defaults``); the
-    baselines run as published.
+    policy's own defaults, chosen by cross-validation (``coorch bench defaults``). Single-task,
+    co-orchestration with the tasks decoupled, takes them too; the other baselines run as
+    published.
     """
 
     max_iter: int = 30
@@ -70,8 +71,9 @@ class Settings:
     smoothness: float = COORCHESTRATE_SMOOTHNESS
 
     def policy_options(self, policy: str) -> dict:
-        """Keyword options for :func:`make_policy` (only ``coorchestrate`` takes any)."""
-        if policy != "coorchestrate":
+        """Keyword options for :func:`make_policy`: co-orchestration's, which single-task (its
+        decoupled ablation) shares; the other baselines take none."""
+        if policy not in ("coorchestrate", "single_task"):
             return {}
         return {
             "max_correlation": self.max_correlation,
